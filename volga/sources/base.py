@@ -1,0 +1,71 @@
+"""The contract every connector implements.
+
+A ``Source`` is a small frozen description returned by a ``@source`` function; the
+engine calls ``open`` to get a ``SourceReader`` that it polls for micro-batches.
+Readers hand out polars DataFrames whose columns are exactly the entity's fields with
+the entity's dtypes (timestamps ``Datetime("us", "UTC")``), in arrival order. Rows that do
+not fit the entity are never fatal: they are kept in ``reader.rejected`` with a reason.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import polars as pl
+
+from volga.api.entity import Schema
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A record that could not be read as the entity, and why."""
+
+    source: str
+    reason: str
+    record: Any
+
+
+class SourceReader(abc.ABC):
+    """A live, stateful reader. Not thread-safe: one engine thread polls it."""
+
+    def __init__(self) -> None:
+        self.rejected: list[Rejected] = []
+        self.rows_read = 0
+        # perf_counter() time at which the oldest row of the last poll entered the
+        # source (for paced/external sources: when it was due or arrived). Used for
+        # event -> store latency figures; None when unknown.
+        self.entered_at: float | None = None
+
+    @abc.abstractmethod
+    def poll(self, max_rows: int) -> pl.DataFrame | None:
+        """Up to ``max_rows`` new valid rows, or None when nothing is ready right now."""
+
+    @property
+    @abc.abstractmethod
+    def finished(self) -> bool:
+        """True once a bounded source has handed out every row."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections/files."""
+
+    def drain_rejected(self) -> list[Rejected]:
+        out, self.rejected = self.rejected, []
+        return out
+
+
+class Source(abc.ABC):
+    """Where an entity's events come from. Returned by ``@source`` functions."""
+
+    @property
+    def bounded(self) -> bool:
+        """A bounded source ends; an unbounded one is followed until the job stops."""
+        return True
+
+    @abc.abstractmethod
+    def open(self, schema: Schema, *, name: str) -> SourceReader:
+        """Start reading rows of ``schema``; ``name`` (the source function) is used in messages."""
+
+    def describe(self) -> str:
+        return type(self).__name__
