@@ -1,0 +1,24 @@
+"""Volga: one feature definition, run offline (batch), online (streaming) and on demand.
+
+>>> import volga
+>>> sorted(n for n in ("entity", "source", "pipeline", "Client") if hasattr(volga, n))
+['Client', 'entity', 'pipeline', 'source']
+"""
+
+from volga.api.aggregates import Avg, Count, CountDistinct, First, Last, LastN, Max, Min, Stddev, Sum
+from volga.api.decorators import PipelineDef, SourceDef, pipeline, source
+from volga.api.entity import entity, field
+from volga.api.frame import Entity, PipelineDefinitionError, col
+from volga.client import Client
+from volga.errors import JobFailed, KeyMismatch, Rejected, UnknownFeature
+from volga.runtime.local.job import Job
+from volga.sources.base import Source
+from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
+
+__all__ = [
+    "Avg", "Client", "Count", "CountDistinct", "Entity", "First", "Job", "JobFailed", "KeyMismatch",
+    "Last", "LastN", "Max", "MemoryOnlineStore", "Min", "OfflineStore", "OnlineStore",
+    "ParquetOfflineStore", "PipelineDef", "PipelineDefinitionError", "Rejected", "Source", "SourceDef",
+    "Stddev", "Sum", "UnknownFeature", "col", "entity", "field", "pipeline", "source",
+]
+__version__ = "0.1.0"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import sys
 import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -100,6 +101,16 @@ def field(*, key: bool = False, timestamp: bool = False, default: Any = _MISSING
     return _FieldMarker(key, timestamp, default)
 
 
+def _type_hints(cls: type, depth: int = 2) -> dict[str, Any]:
+    """Resolve annotations; string annotations (``from __future__ import annotations``)
+    may name types imported inside the function that defines the class."""
+    try:
+        return typing.get_type_hints(cls)
+    except NameError:
+        frame = sys._getframe(depth)
+        return typing.get_type_hints(cls, localns={**frame.f_globals, **frame.f_locals})
+
+
 def entity(cls: type[T]) -> type[T]:
     """Turn an annotated class into a typed, keyword-constructed record type.
 
@@ -108,7 +119,7 @@ def entity(cls: type[T]) -> type[T]:
     """
     where = cls.__name__
     own = dict(cls.__dict__.get("__annotations__", {}))
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     inherited: dict[str, FieldSpec] = {}
     for base in cls.__mro__[1:]:
         base_schema: Schema | None = base.__dict__.get(SCHEMA_ATTR)
@@ -219,6 +230,6 @@ def make_instance(cls: type[T], row: dict[str, Any]) -> T:
     schema = entity_schema(cls)
     values = {f.name: row.get(f.name) for f in schema.fields}
     ts = values.get(schema.timestamp)
-    if isinstance(ts, datetime.datetime) and ts.tzinfo is None:
-        values[schema.timestamp] = ts.replace(tzinfo=datetime.timezone.utc)
+    if isinstance(ts, datetime.datetime):  # always datetime.timezone.utc, whatever tz object polars used
+        values[schema.timestamp] = ts.replace(tzinfo=datetime.timezone.utc) if ts.tzinfo is None else ts.astimezone(datetime.timezone.utc)
     return cls(**values)

@@ -10,21 +10,13 @@ not fit the entity are never fatal: they are kept in ``reader.rejected`` with a 
 from __future__ import annotations
 
 import abc
-import dataclasses
-from typing import Any
 
 import polars as pl
 
 from volga.api.entity import Schema
+from volga.errors import Rejected
 
-
-@dataclasses.dataclass(frozen=True)
-class Rejected:
-    """A record that could not be read as the entity, and why."""
-
-    source: str
-    reason: str
-    record: Any
+__all__ = ["Rejected", "Source", "SourceReader"]
 
 
 class SourceReader(abc.ABC):

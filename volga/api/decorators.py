@@ -1,0 +1,217 @@
+"""``@source`` and ``@pipeline``: definitions as data.
+
+A decorated function becomes a frozen definition object; nothing is registered
+globally. ``params`` given at materialize time fill function parameters that have
+defaults: ``{"online": True}`` applies to every function with that parameter,
+``{"order_source": {"online": False}}`` to one function, and ``{"global": {...}}`` is the
+same as top-level values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Union
+
+from volga.api import nodes
+from volga.api.entity import Schema, entity_schema, is_entity
+from volga.api.frame import Entity, PipelineDefinitionError
+from volga.api.types import Duration, dtype_name, parse_duration_us
+
+Params = Mapping[str, Any]
+
+
+def _param_names(fn: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def resolve_params(fn_name: str, fn: Callable[..., Any], params: Params | None, skip: int = 0) -> dict[str, Any]:
+    """Keyword arguments for ``fn``'s parameters after the first ``skip`` ones."""
+    params = dict(params or {})
+    own = params.get(fn_name)
+    own = own if isinstance(own, Mapping) else {}
+    shared = params.get("global")
+    shared = shared if isinstance(shared, Mapping) else {}
+    kwargs: dict[str, Any] = {}
+    for name in _param_names(fn)[skip:]:
+        for scope in (own, shared, params):
+            if name in scope:
+                kwargs[name] = scope[name]
+                break
+    return kwargs
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SourceDef:
+    """A ``@source`` function: where an entity's events come from."""
+
+    fn: Callable[..., Any]
+    entity: type
+    lateness_us: int = 0
+    idle_timeout_us: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+    @property
+    def schema(self) -> Schema:
+        return entity_schema(self.entity)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def call(self, params: Params | None = None) -> Any:
+        """Call the function with its parameters filled from ``params``."""
+        return self.fn(**resolve_params(self.name, self.fn, params))
+
+    def __repr__(self) -> str:
+        return f"<source {self.name} -> {self.entity.__name__}>"
+
+
+def source(
+    entity_cls: type, *, lateness: Duration = "0s", idle_timeout: Duration | None = None
+) -> Callable[[Callable[..., Any]], SourceDef]:
+    """Declare the function that returns this entity's ``volga.Source``.
+
+    ``lateness`` bounds how far out of event-time order events may arrive (streaming
+    watermarks); ``idle_timeout`` lets a silent source stop holding other inputs back.
+    """
+    if not is_entity(entity_cls):
+        raise TypeError(f"@source expects an @entity class, got {entity_cls!r}")
+    lateness_us = parse_duration_us(lateness, what="@source lateness")
+    idle_us = None if idle_timeout is None else parse_duration_us(idle_timeout, what="@source idle_timeout")
+
+    def wrap(fn: Callable[..., Any]) -> SourceDef:
+        for p in inspect.signature(fn).parameters.values():
+            if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                raise TypeError(f"@source {fn.__name__}: parameter '{p.name}' needs a default (params fill it at materialize time)")
+        return SourceDef(fn, entity_cls, lateness_us, idle_us)
+
+    return wrap
+
+
+Dependency = Union[SourceDef, "PipelineDef", str]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PipelineDef:
+    """A ``@pipeline`` function: a feature computed from its dependencies."""
+
+    fn: Callable[..., Any]
+    dependencies: tuple[Dependency, ...]
+    output: type
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+    @property
+    def schema(self) -> Schema:
+        return entity_schema(self.output)
+
+    def __repr__(self) -> str:
+        return f"<pipeline {self.name} -> {self.output.__name__}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def resolved_dependencies(self, lookup: Mapping[str, Any] | None = None) -> list[SourceDef | PipelineDef]:
+        """Dependencies as definitions; names are looked up in ``lookup`` then the function's module."""
+        out: list[SourceDef | PipelineDef] = []
+        for dep in self.dependencies:
+            if isinstance(dep, str):
+                found = (lookup or {}).get(dep)
+                if found is None:
+                    candidate = self.fn.__globals__.get(dep)
+                    found = candidate if isinstance(candidate, (SourceDef, PipelineDef)) else None
+                if found is None:
+                    raise PipelineDefinitionError(
+                        f"pipeline {self.name}: unknown dependency '{dep}' (no @source or @pipeline of that name is known)"
+                    )
+                out.append(found)
+            else:
+                out.append(dep)
+        return out
+
+    def build(self, params: Params | None = None, lookup: Mapping[str, Any] | None = None, _stack: tuple[str, ...] = ()) -> nodes.Node:
+        """Run the body on symbolic frames and return the validated logical output node."""
+        if self.name in _stack:
+            cycle = " -> ".join((*_stack[_stack.index(self.name):], self.name))
+            raise PipelineDefinitionError(f"pipeline {self.name}: dependency cycle {cycle}")
+        stack = (*_stack, self.name)
+        frames = []
+        param_names = _param_names(self.fn)
+        for index, dep in enumerate(self.resolved_dependencies(lookup)):
+            arg = param_names[index] if index < len(param_names) else f"#{index}"
+            where = f"pipeline {self.name} (argument '{arg}' from {dep.name})"
+            if isinstance(dep, SourceDef):
+                node: nodes.Node = nodes.SourceNode(dep.schema, dep)
+            else:
+                node = dep.build(params, lookup, stack)
+            frames.append(Entity(node, where))
+        result = self.fn(*frames, **resolve_params(self.name, self.fn, params, skip=len(frames)))
+        if not isinstance(result, Entity):
+            raise PipelineDefinitionError(f"pipeline {self.name}: the body must return an Entity frame, got {type(result).__name__}")
+        return _conform_output(self, result)
+
+
+def _conform_output(pipe: PipelineDef, result: Entity) -> nodes.Node:
+    """Check the body's result against the declared output entity; reorder columns to it."""
+    got, want = result.schema, pipe.schema
+    problems: list[str] = []
+    for f in want.fields:
+        if not got.has(f.name):
+            problems.append(f"'{f.name}': declared {f.type_name} but the pipeline does not produce it")
+        elif got.field(f.name).dtype != f.dtype:
+            problems.append(f"'{f.name}': declared {f.type_name} but the pipeline produces {dtype_name(got.field(f.name).dtype)}")
+    for f in got.fields:
+        if not want.has(f.name):
+            problems.append(f"'{f.name}': produced ({f.type_name}) but not declared in {want.name}")
+    if not problems:
+        if sorted(got.keys) != sorted(want.keys):
+            problems.append(f"keys: {want.name} declares {list(want.keys)} but the pipeline is keyed by {list(got.keys)}")
+        if got.timestamp != want.timestamp:
+            problems.append(f"timestamp: {want.name} declares '{want.timestamp}' but the pipeline's is '{got.timestamp}'")
+    if problems:
+        raise PipelineDefinitionError(
+            f"pipeline {pipe.name}: output does not match {want.name}:\n  " + "\n  ".join(problems)
+        )
+    return nodes.SelectNode(dataclasses.replace(want, name=pipe.name), result.node, tuple(want.names))
+
+
+def pipeline(*, dependencies: Sequence[Dependency], output: type) -> Callable[[Callable[..., Any]], PipelineDef]:
+    """Declare a feature pipeline over sources and other pipelines.
+
+    The body runs once now, on symbolic frames, to validate it; at materialize time it
+    runs again with the job's ``params``.
+    """
+    if not is_entity(output):
+        raise TypeError(f"@pipeline output must be an @entity class, got {output!r}")
+
+    def wrap(fn: Callable[..., Any]) -> PipelineDef:
+        deps = tuple(dependencies)
+        for dep in deps:
+            if not isinstance(dep, (SourceDef, PipelineDef, str)):
+                raise TypeError(f"pipeline {fn.__name__}: dependency {dep!r} is not a @source, @pipeline or name")
+        n_params = len([p for p in inspect.signature(fn).parameters.values() if p.default is inspect.Parameter.empty])
+        if n_params != len(deps):
+            raise TypeError(
+                f"pipeline {fn.__name__}: takes {n_params} input frame(s) without defaults but declares "
+                f"{len(deps)} dependencies"
+            )
+        pipe = PipelineDef(fn, deps, output)
+        if not any(isinstance(d, str) for d in deps) or _names_resolvable(pipe):
+            pipe.build()
+        return pipe
+
+    return wrap
+
+
+def _names_resolvable(pipe: PipelineDef) -> bool:
+    try:
+        pipe.resolved_dependencies()
+        return True
+    except PipelineDefinitionError:
+        return False

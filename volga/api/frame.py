@@ -1,0 +1,358 @@
+"""The symbolic ``Entity`` frame that pipeline bodies operate on.
+
+A pipeline body runs once, at definition, on these frames; each operator returns a new
+frame wrapping a logical node with its inferred schema. Mistakes (unknown columns, type
+errors, bad joins) raise here, naming the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Sequence
+from typing import Any, Callable, Literal
+
+import polars as pl
+
+from volga.api import nodes
+from volga.api.aggregates import Aggregate
+from volga.api.entity import FieldSpec, Schema
+from volga.api.types import TIMESTAMP_DTYPE, dtype_name, dtype_of
+
+col = pl.col
+
+
+class PipelineDefinitionError(ValueError):
+    """A pipeline body does something its input schemas do not allow."""
+
+
+class Entity:
+    """A typed, keyed, timestamped stream of rows inside a ``@pipeline`` body."""
+
+    def __init__(self, node: nodes.Node, where: str) -> None:
+        self._node = node
+        self._where = where
+
+    # -- introspection ---------------------------------------------------------
+    @property
+    def schema(self) -> Schema:
+        return self._node.schema
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+    @property
+    def node(self) -> nodes.Node:
+        return self._node
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}: {f.type_name}" for f in self.schema.fields)
+        return f"Entity<{self._node.label()}>({fields}; keys={list(self.schema.keys)}, timestamp={self.schema.timestamp!r})"
+
+    def _new(self, node: nodes.Node) -> Entity:
+        return Entity(node, self._where)
+
+    def _error(self, message: str) -> PipelineDefinitionError:
+        return PipelineDefinitionError(f"{self._where}: {message}")
+
+    def _require(self, names: Sequence[str], what: str) -> None:
+        for name in names:
+            if not self.schema.has(name):
+                raise self._error(f"{what}: unknown column '{name}'; available: {self.columns}")
+
+    # -- stateless operators ---------------------------------------------------
+    def filter(self, predicate: Callable[[dict[str, Any]], bool] | pl.Expr) -> Entity:
+        """Keep rows where ``predicate`` holds: a row function or a boolean polars expression."""
+        if isinstance(predicate, pl.Expr):
+            out = _expr_dtype(self, predicate, "filter")
+            if out != pl.Boolean():
+                raise self._error(f"filter: expression must be boolean, got {dtype_name(out)}")
+        else:
+            _probe_row_fn(self, predicate, "filter")
+        return self._new(nodes.FilterNode(self.schema, self._node, predicate))
+
+    def transform(
+        self,
+        fn: Callable[[dict[str, Any]], dict[str, Any]] | pl.Expr | Sequence[pl.Expr],
+        schema: dict[str, Any] | None = None,
+    ) -> Entity:
+        """Map rows: a row function returning a dict (the whole new row), or polars
+        expressions applied like ``with_columns``.
+
+        With a row function that changes columns, pass ``schema={name: type}`` for the
+        output; keys and timestamp must be kept.
+        """
+        if isinstance(fn, pl.Expr) or (isinstance(fn, Sequence) and all(isinstance(e, pl.Expr) for e in fn)):
+            exprs = (fn,) if isinstance(fn, pl.Expr) else tuple(fn)
+            out_schema = _exprs_schema(self, exprs, "transform")
+            fields = _fields_from_polars(self.schema, out_schema, self._where)
+            return self._new(nodes.TransformNode(_with_fields(self.schema, fields), self._node, exprs))
+        if not callable(fn):
+            raise self._error("transform: expected a row function or polars expressions")
+        if schema is None:
+            new_schema = self.schema
+        else:
+            fields = []
+            for name, annotation in schema.items():
+                try:
+                    dtype = dtype_of(annotation)
+                except TypeError as e:
+                    raise self._error(f"transform: column '{name}': {e}") from None
+                old = self.schema.field(name) if self.schema.has(name) else None
+                fields.append(
+                    FieldSpec(name, dtype, optional=old.optional if old else True,
+                              key=name in self.schema.keys, timestamp=name == self.schema.timestamp)
+                )
+            missing = [n for n in (*self.schema.keys, self.schema.timestamp) if n not in schema]
+            if missing:
+                raise self._error(f"transform: output schema must keep key/timestamp columns {missing}")
+            new_schema = _with_fields(self.schema, fields)
+        _probe_row_fn(self, fn, "transform")
+        return self._new(nodes.TransformNode(new_schema, self._node, fn))
+
+    def assign(self, column: str, type: Any, fn: Callable[[dict[str, Any]], Any] | pl.Expr) -> Entity:
+        """Add (or replace) ``column`` of ``type`` computed by a row function or an expression."""
+        try:
+            dtype = dtype_of(type)
+        except TypeError as e:
+            raise self._error(f"assign '{column}': {e}") from None
+        if column in self.schema.keys or column == self.schema.timestamp:
+            raise self._error(f"assign '{column}': cannot overwrite a key or the timestamp column")
+        if isinstance(fn, pl.Expr):
+            _expr_dtype(self, fn, f"assign '{column}'")
+        else:
+            _probe_row_fn(self, fn, f"assign '{column}'")
+        fields = [f for f in self.schema.fields if f.name != column] + [FieldSpec(column, dtype, optional=True)]
+        return self._new(nodes.AssignNode(_with_fields(self.schema, fields), self._node, column, fn))
+
+    def rename(self, columns: dict[str, str]) -> Entity:
+        """Rename columns; keys and timestamp keep their role under the new name."""
+        self._require(list(columns), "rename")
+        mapping = dict(columns)
+        names = [mapping.get(n, n) for n in self.columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise self._error(f"rename: would create duplicate column(s) {dupes}")
+        fields = tuple(dataclasses.replace(f, name=mapping.get(f.name, f.name)) for f in self.schema.fields)
+        schema = Schema(
+            self.schema.name,
+            fields,
+            tuple(mapping.get(k, k) for k in self.schema.keys),
+            mapping.get(self.schema.timestamp, self.schema.timestamp),
+        )
+        return self._new(nodes.RenameNode(schema, self._node, tuple(mapping.items())))
+
+    def drop(self, columns: Sequence[str]) -> Entity:
+        """Remove value columns (keys and the timestamp cannot be dropped)."""
+        columns = [columns] if isinstance(columns, str) else list(columns)
+        self._require(columns, "drop")
+        protected = [c for c in columns if c in self.schema.keys or c == self.schema.timestamp]
+        if protected:
+            raise self._error(f"drop: cannot drop key/timestamp column(s) {protected}")
+        return self.select([c for c in self.columns if c not in columns])
+
+    def select(self, columns: Sequence[str]) -> Entity:
+        """Keep only these columns, plus the keys and timestamp (always kept)."""
+        columns = [columns] if isinstance(columns, str) else list(columns)
+        self._require(columns, "select")
+        keep = set(columns) | set(self.schema.keys) | {self.schema.timestamp}
+        fields = tuple(f for f in self.schema.fields if f.name in keep)
+        schema = dataclasses.replace(self.schema, fields=fields)
+        return self._new(nodes.SelectNode(schema, self._node, tuple(f.name for f in fields)))
+
+    def dropnull(self, columns: Sequence[str] | None = None) -> Entity:
+        """Drop rows with a null in ``columns`` (default: every Optional column)."""
+        if columns is None:
+            columns = [f.name for f in self.schema.fields if f.optional]
+        columns = [columns] if isinstance(columns, str) else list(columns)
+        self._require(columns, "dropnull")
+        fields = tuple(dataclasses.replace(f, optional=False) if f.name in columns else f for f in self.schema.fields)
+        schema = dataclasses.replace(self.schema, fields=fields)
+        return self._new(nodes.DropNullNode(schema, self._node, tuple(columns)))
+
+    # -- stateful operators ----------------------------------------------------
+    def join(
+        self,
+        other: Entity,
+        on: Sequence[str] | None = None,
+        *,
+        left_on: Sequence[str] | None = None,
+        right_on: Sequence[str] | None = None,
+        how: Literal["left", "inner"] = "left",
+        suffix: str = "_right",
+    ) -> Entity:
+        """As-of join: each row is matched with ``other``'s latest row of the same key
+        whose timestamp is <= this row's timestamp.
+
+        The output keeps this frame's columns, keys and timestamp, then ``other``'s
+        columns except its join keys (its timestamp is kept as a value column). A column
+        of ``other`` whose name is already taken gets ``suffix`` appended; if that name
+        is taken too, the join is an error (never a silent overwrite).
+        """
+        if not isinstance(other, Entity):
+            raise self._error(f"join: expected an Entity frame, got {type(other).__name__}")
+        if how not in ("left", "inner"):
+            raise self._error(f"join: how must be 'left' or 'inner', not {how!r}")
+        if on is not None:
+            if left_on is not None or right_on is not None:
+                raise self._error("join: pass either on= or left_on=/right_on=, not both")
+            left_on = right_on = [on] if isinstance(on, str) else list(on)
+        if left_on is None or right_on is None:
+            raise self._error("join: pass on= or both left_on= and right_on=")
+        left_keys = [left_on] if isinstance(left_on, str) else list(left_on)
+        right_keys = [right_on] if isinstance(right_on, str) else list(right_on)
+        if len(left_keys) != len(right_keys) or not left_keys:
+            raise self._error(f"join: left_on {left_keys} and right_on {right_keys} must have the same, non-zero length")
+        self._require(left_keys, "join left_on")
+        for name in right_keys:
+            if not other.schema.has(name):
+                raise self._error(f"join right_on: unknown column '{name}' in {other.schema.name}; available: {other.columns}")
+        for lk, rk in zip(left_keys, right_keys):
+            ld, rd = self.schema.field(lk).dtype, other.schema.field(rk).dtype
+            if ld != rd:
+                raise self._error(f"join: key types differ: '{lk}' is {dtype_name(ld)} but '{rk}' is {dtype_name(rd)}")
+        if sorted(right_keys) != sorted(other.schema.keys):
+            raise self._error(
+                f"join: right_on {right_keys} must be the key of {other.schema.name} {list(other.schema.keys)} "
+                "(an as-of join looks up the latest row per right key)"
+            )
+        taken = set(self.columns)
+        right_columns: list[tuple[str, str]] = []
+        fields = list(self.schema.fields)
+        for f in other.schema.fields:
+            if f.name in right_keys:
+                continue
+            out = f.name
+            if out in taken:
+                out = f.name + suffix
+                if out in taken:
+                    raise self._error(f"join: right column '{f.name}' collides with '{f.name}' and '{out}'; rename it first")
+            taken.add(out)
+            right_columns.append((f.name, out))
+            fields.append(FieldSpec(out, f.dtype, optional=f.optional or how == "left"))
+        schema = dataclasses.replace(self.schema, fields=tuple(fields))
+        node = nodes.JoinNode(
+            schema, self._node, other._node, tuple(left_keys), tuple(right_keys), how, tuple(right_columns)
+        )
+        return self._new(node)
+
+    def group_by(self, keys: Sequence[str] | str) -> GroupBy:
+        """Group by key columns, then ``.aggregate([...])``."""
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        if not keys:
+            raise self._error("group_by: needs at least one key column")
+        self._require(keys, "group_by")
+        for k in keys:
+            f = self.schema.field(k)
+            if isinstance(f.dtype, pl.List) or f.dtype == TIMESTAMP_DTYPE and k == self.schema.timestamp:
+                raise self._error(f"group_by: '{k}' ({f.type_name}) cannot be a group key")
+        return GroupBy(self, tuple(keys))
+
+
+class GroupBy:
+    def __init__(self, frame: Entity, keys: tuple[str, ...]) -> None:
+        self._frame, self._keys = frame, keys
+
+    def aggregate(self, aggregates: Sequence[Aggregate]) -> Entity:
+        """One output row per input row: the keys, the timestamp, and each aggregate
+        over the key's events in ``[t - window, t]`` up to and including this row."""
+        frame = self._frame
+        if not aggregates:
+            raise frame._error("aggregate: needs at least one aggregate")
+        fields = [dataclasses.replace(frame.schema.field(k), key=True, optional=False) for k in self._keys]
+        fields.append(dataclasses.replace(frame.schema.field(frame.schema.timestamp), timestamp=True))
+        seen = {f.name for f in fields}
+        for agg in aggregates:
+            if not isinstance(agg, Aggregate):
+                raise frame._error(f"aggregate: expected Count/Sum/Avg/..., got {agg!r}")
+            if agg.into in seen:
+                raise frame._error(f"aggregate: output column '{agg.into}' is used twice (or is a key/timestamp)")
+            seen.add(agg.into)
+            in_dtype = None
+            optional = agg.kind not in ("count", "count_distinct", "last_n")
+            if agg.on is not None:
+                frame._require([agg.on], f"{type(agg).__name__}(into={agg.into!r}) on")
+                in_field = frame.schema.field(agg.on)
+                in_dtype = in_field.dtype
+                agg.check_input(in_dtype, frame._where)
+                optional = optional and (in_field.optional or agg.kind == "stddev")
+            elif agg.needs_on:
+                raise frame._error(f"{type(agg).__name__}(into={agg.into!r}) needs on=")
+            fields.append(FieldSpec(agg.into, agg.output_dtype(in_dtype), optional=optional))
+        schema = Schema(frame.schema.name, tuple(fields), self._keys, frame.schema.timestamp)
+        return frame._new(nodes.AggregateNode(schema, frame._node, self._keys, tuple(aggregates)))
+
+
+# -- schema inference helpers ----------------------------------------------------------
+def _with_fields(schema: Schema, fields: Sequence[FieldSpec]) -> Schema:
+    return dataclasses.replace(schema, fields=tuple(fields))
+
+
+def _exprs_schema(frame: Entity, exprs: Sequence[pl.Expr], what: str) -> dict[str, pl.DataType]:
+    try:
+        return dict(pl.LazyFrame(schema=frame.schema.polars_schema()).with_columns(*exprs).collect_schema())
+    except Exception as e:  # polars raises several error types for bad expressions
+        raise frame._error(f"{what}: invalid expression: {_first_line(e)}") from None
+
+
+def _expr_dtype(frame: Entity, expr: pl.Expr, what: str) -> pl.DataType:
+    try:
+        schema = pl.LazyFrame(schema=frame.schema.polars_schema()).select(expr).collect_schema()
+    except Exception as e:
+        raise frame._error(f"{what}: invalid expression: {_first_line(e)}; columns are {frame.columns}") from None
+    return next(iter(schema.values()))
+
+
+def _fields_from_polars(schema: Schema, out: dict[str, pl.DataType], where: str) -> list[FieldSpec]:
+    fields = []
+    for name, dtype in out.items():
+        if schema.has(name):
+            old = schema.field(name)
+            if (old.key or old.timestamp) and dtype != old.dtype:
+                raise PipelineDefinitionError(f"{where}: transform changes the type of key/timestamp '{name}'")
+            fields.append(dataclasses.replace(old, dtype=dtype))
+        else:
+            fields.append(FieldSpec(name, dtype, optional=True))
+    return fields
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+class _UnknownColumn(KeyError):
+    pass
+
+
+class _ProbeRow(dict):  # type: ignore[type-arg]
+    """A sample row that reports reads of columns the schema does not have."""
+
+    def __missing__(self, key: str) -> Any:
+        raise _UnknownColumn(key)
+
+
+_SAMPLES: dict[Any, Any] = {
+    pl.String(): "",
+    pl.Int64(): 0,
+    pl.Float64(): 0.0,
+    pl.Boolean(): False,
+    TIMESTAMP_DTYPE: datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc),
+}
+
+
+def _probe_row_fn(frame: Entity, fn: Callable[..., Any], what: str) -> None:
+    """Call a row function once on a sample row to catch unknown column names early.
+
+    Only a read of a missing column is reported; any other exception from the sample
+    values (division by zero...) is ignored: it says nothing about real rows.
+    """
+    if not callable(fn):
+        raise frame._error(f"{what}: expected a row function or a polars expression, got {type(fn).__name__}")
+    row = _ProbeRow({f.name: _SAMPLES.get(f.dtype, []) for f in frame.schema.fields})
+    try:
+        fn(row)
+    except _UnknownColumn as e:
+        raise frame._error(f"{what}: the row function reads unknown column {e}; columns are {frame.columns}") from None
+    except Exception:
+        pass

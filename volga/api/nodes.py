@@ -1,0 +1,121 @@
+"""Logical plan nodes: what a pipeline body builds. Frozen data; nothing runs here.
+
+Every node knows its output ``Schema`` (inferred when the node is created, so mistakes
+surface at definition time). The plan layer walks these nodes to compile physical
+operators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal, Union
+
+import polars as pl
+
+from volga.api.aggregates import Aggregate
+from volga.api.entity import Schema
+
+RowFn = Callable[[dict[str, Any]], Any]
+Predicate = Union[RowFn, pl.Expr]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Node:
+    schema: Schema
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return ()
+
+    def label(self) -> str:
+        return type(self).__name__.removesuffix("Node").lower()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SourceNode(Node):
+    source: Any  # volga.api.decorators.SourceDef (kept untyped to avoid an import cycle)
+
+    def label(self) -> str:
+        return f"source[{self.source.name}]"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class UnaryNode(Node):
+    input: Node
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.input,)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FilterNode(UnaryNode):
+    predicate: Predicate
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TransformNode(UnaryNode):
+    """Row function (dict -> dict) or a list of polars expressions (``with_columns``)."""
+
+    fn: RowFn | tuple[pl.Expr, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AssignNode(UnaryNode):
+    column: str
+    fn: RowFn | pl.Expr
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RenameNode(UnaryNode):
+    mapping: tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SelectNode(UnaryNode):
+    """Keep these columns (also used by ``drop``); keys and timestamp always stay."""
+
+    columns: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DropNullNode(UnaryNode):
+    columns: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AggregateNode(UnaryNode):
+    keys: tuple[str, ...]
+    aggregates: tuple[Aggregate, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class JoinNode(Node):
+    left: Node
+    right: Node
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    how: Literal["left", "inner"]
+    # right column name -> output column name (collisions get the suffix)
+    right_columns: tuple[tuple[str, str], ...]
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.left, self.right)
+
+
+def walk(root: Node) -> list[Node]:
+    """Every node reachable from ``root``, inputs before the nodes that use them."""
+    order: list[Node] = []
+    seen: set[int] = set()
+
+    def visit(node: Node) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for child in node.inputs:
+            visit(child)
+        order.append(node)
+
+    visit(root)
+    return order

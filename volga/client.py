@@ -1,0 +1,263 @@
+"""``volga.Client``: a thin facade that wires definitions, runtime and stores together.
+
+>>> client = Client(offline_store=ParquetOfflineStore(__import__("tempfile").mkdtemp()))
+>>> client.online_store.__class__.__name__
+'MemoryOnlineStore'
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from volga.api.decorators import Params, PipelineDef, SourceDef
+from volga.api.entity import Schema, make_instance
+from volga.api.types import datetime_to_us, dtype_name
+from volga.errors import KeyMismatch, UnknownFeature
+from volga.plan.compile import PhysicalPlan, compile_plan
+from volga.runtime.local.executors import Metrics, StreamOptions, collect_rejected, run_batch, run_streaming
+from volga.runtime.local.job import Job
+from volga.runtime.local.stage import SourceStage
+from volga.sources.base import Source
+from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
+
+Mode = Literal["offline", "online"]
+Definition = PipelineDef | SourceDef
+
+
+class Client:
+    """Materialize pipelines and read features.
+
+    Embedded defaults: an in-memory online store and a Parquet offline store under
+    ``data_dir`` (default ``$VOLGA_DATA_DIR`` or ``./volga_data``).
+    """
+
+    def __init__(
+        self,
+        online_store: OnlineStore | None = None,
+        offline_store: OfflineStore | None = None,
+        *,
+        data_dir: str | Path | None = None,
+    ) -> None:
+        root = Path(data_dir or os.environ.get("VOLGA_DATA_DIR", "volga_data"))
+        self.online_store = online_store if online_store is not None else MemoryOnlineStore()
+        self.offline_store = offline_store if offline_store is not None else ParquetOfflineStore(root / "offline")
+        self.definitions: dict[str, Definition] = {}
+        self.jobs: list[Job] = []
+
+    # -- definitions -------------------------------------------------------------------
+    def register(self, *definitions: Definition) -> None:
+        """Make definitions (and everything they depend on) known by name."""
+        for d in definitions:
+            if not isinstance(d, (PipelineDef, SourceDef)):
+                raise TypeError(f"register expects @source/@pipeline definitions, got {d!r}")
+            existing = self.definitions.get(d.name)
+            if existing is not None and existing is not d:
+                raise ValueError(f"two different definitions are named '{d.name}'")
+            self.definitions[d.name] = d
+            if isinstance(d, PipelineDef):
+                self.register(*[dep for dep in d.dependencies if not isinstance(dep, str)])
+
+    def explain(self, pipelines: Sequence[PipelineDef], params: Params | None = None) -> str:
+        """The physical plan the engine would run, one step per line."""
+        return self._plan(pipelines, params).explain()
+
+    def _plan(self, pipelines: Sequence[PipelineDef], params: Params | None) -> PhysicalPlan:
+        if isinstance(pipelines, PipelineDef):
+            pipelines = [pipelines]
+        self.register(*pipelines)
+        return compile_plan(list(pipelines), params, self.definitions)
+
+    # -- jobs --------------------------------------------------------------------------
+    def materialize(
+        self,
+        pipelines: Sequence[PipelineDef],
+        mode: Mode = "offline",
+        *,
+        params: Params | None = None,
+        block: bool = True,
+        write_online: bool = False,
+        write_offline: bool = False,
+        batch_size: int = 10_000,
+    ) -> Job:
+        """Run pipelines over their sources.
+
+        ``mode="offline"``: read bounded sources fully, write every output row to the
+        offline store (replacing that pipeline's previous rows) and, with
+        ``write_online=True``, to the online store too.
+        ``mode="online"``: stream micro-batches of up to ``batch_size`` rows into the online
+        store; with ``write_offline=True`` the job's output rows also replace the
+        pipeline's offline rows (cleared at job start, appended as they come).
+        ``block=False`` returns a running :class:`Job` (``wait()``/``stop()``).
+        """
+        if mode not in ("offline", "online"):
+            raise ValueError(f"mode must be 'offline' or 'online', not {mode!r}")
+        plan = self._plan(pipelines, params)
+        readers: dict[int, Any] = {}
+        try:
+            for step in plan.source_steps():
+                assert step.source is not None
+                source = step.source.call(params)
+                if not isinstance(source, Source):
+                    raise TypeError(f"@source {step.source.name} must return a volga.Source, got {type(source).__name__}")
+                if mode == "offline" and not source.bounded:
+                    raise ValueError(
+                        f"offline mode reads bounded history, but @source {step.source.name} returned an "
+                        f"unbounded {source.describe()}; use mode='online' or pass params that select a bounded source"
+                    )
+                readers[step.id] = source.open(step.schema, name=step.source.name)
+        except BaseException:
+            for reader in readers.values():
+                reader.close()
+            raise
+        schemas = {name: plan.pipelines[name].schema for name in plan.outputs}
+        stages = {step.id: SourceStage(step.source, readers[step.id]) for step in plan.source_steps() if step.source}
+
+        def cleanup() -> None:
+            for reader in readers.values():
+                reader.close()
+
+        if mode == "offline":
+            def sink(name: str, rows: pl.DataFrame) -> None:
+                self.offline_store.replace(name, schemas[name], rows)
+                if write_online:
+                    self.online_store.write(name, schemas[name], rows)
+
+            def work(stop: threading.Event, metrics: Metrics) -> None:
+                run_batch(plan, readers, sink, metrics)
+
+            job_stages: dict[str, SourceStage] = {}
+        else:
+            if write_offline:
+                for name, schema in schemas.items():
+                    self.offline_store.replace(name, schema, pl.DataFrame(schema=schema.polars_schema()))
+
+            def sink(name: str, rows: pl.DataFrame) -> None:
+                self.online_store.write(name, schemas[name], rows)
+                if write_offline:
+                    self.offline_store.append(name, schemas[name], rows)
+
+            options = StreamOptions(batch_size=batch_size)
+
+            def work(stop: threading.Event, metrics: Metrics) -> None:
+                run_streaming(plan, stages, sink, metrics, stop, options)
+
+            job_stages = {stage.source.name: stage for stage in stages.values()}
+        job = Job(mode, list(plan.outputs), work, job_stages, lambda: collect_rejected(plan, stages, readers), cleanup)
+        self.jobs.append(job)
+        return job.start(block)
+
+    # -- reads -------------------------------------------------------------------------
+    def get_offline(
+        self, name: str, start: datetime.datetime | None = None, end: datetime.datetime | None = None
+    ) -> pl.DataFrame:
+        """Every stored output row of pipeline ``name`` (``start <= ts <= end``), as polars."""
+        rows = self.offline_store.read(name, start, end)
+        if rows is None:
+            raise UnknownFeature(
+                f"no offline rows for '{name}': run client.materialize([{name}], mode='offline') first"
+                + (f" (known: {sorted(self.definitions)})" if name not in self.definitions else "")
+            )
+        return rows
+
+    def get_latest(self, name: str, keys: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """The latest row per key (an instance of the output entity) or None, in key order."""
+        entity_cls, schema = self._feature(name)
+        frame = self._keys_frame(name, schema, keys)
+        if self.online_store.schema(name) is None:  # defined, but nothing materialized online yet
+            return [None] * frame.height
+        rows = self.online_store.get_latest(name, frame)
+        return [None if row[schema.timestamp] is None else _instance(entity_cls, row) for row in rows.iter_rows(named=True)]
+
+    def get_last_n(self, name: str, keys: Sequence[Mapping[str, Any]], n: int) -> list[list[Any]]:
+        """Up to ``n`` latest rows per key, oldest first."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"get_last_n('{name}'): n must be a positive int, got {n!r}")
+        entity_cls, schema = self._feature(name)
+        keys_frame = self._keys_frame(name, schema, keys)
+        if self.online_store.schema(name) is None:
+            return [[] for _ in range(keys_frame.height)]
+        frame = self.online_store.get_last_n(name, keys_frame, n)
+        return _group_rows(entity_cls, frame, len(keys))
+
+    def get_range(
+        self, name: str, keys: Sequence[Mapping[str, Any]], start: datetime.datetime | None, end: datetime.datetime | None
+    ) -> list[list[Any]]:
+        """Rows per key with ``start <= ts <= end`` (None = open), oldest first."""
+        entity_cls, schema = self._feature(name)
+        keys_frame = self._keys_frame(name, schema, keys)
+        if self.online_store.schema(name) is None:
+            return [[] for _ in range(keys_frame.height)]
+        frame = self.online_store.get_range(
+            name,
+            keys_frame,
+            None if start is None else datetime_to_us(start),
+            None if end is None else datetime_to_us(end),
+        )
+        return _group_rows(entity_cls, frame, len(keys))
+
+    def _feature(self, name: str) -> tuple[Any, Schema]:
+        definition = self.definitions.get(name)
+        if isinstance(definition, PipelineDef):
+            return definition.output, definition.schema
+        schema = self.online_store.schema(name)
+        if schema is None:
+            known = sorted(n for n, d in self.definitions.items() if isinstance(d, PipelineDef))
+            raise UnknownFeature(f"unknown feature '{name}'; known pipelines: {known}")
+        return None, schema
+
+    @staticmethod
+    def _keys_frame(name: str, schema: Schema, keys: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+        if isinstance(keys, Mapping) or not isinstance(keys, Sequence):
+            raise KeyMismatch(f"'{name}': keys must be a list of dicts like [{{{', '.join(repr(k) + ': ...' for k in schema.keys)}}}]")
+        expected = set(schema.keys)
+        columns: dict[str, list[Any]] = {k: [] for k in schema.keys}
+        for index, key in enumerate(keys):
+            if not isinstance(key, Mapping):
+                raise KeyMismatch(f"'{name}': key #{index} must be a dict of {sorted(expected)}, got {type(key).__name__}")
+            if set(key) != expected:
+                missing, extra = sorted(expected - set(key)), sorted(set(key) - expected)
+                raise KeyMismatch(
+                    f"'{name}': key #{index} must have exactly the key fields {sorted(expected)}"
+                    + (f"; missing {missing}" if missing else "")
+                    + (f"; unknown {extra}" if extra else "")
+                )
+            for field_name in schema.keys:
+                value = key[field_name]
+                dtype = schema.field(field_name).dtype
+                if not _matches(value, dtype):
+                    raise KeyMismatch(
+                        f"'{name}': key #{index} field '{field_name}' must be {dtype_name(dtype)}, got {value!r}"
+                    )
+                columns[field_name].append(value)
+        return pl.DataFrame(columns, schema={k: schema.field(k).dtype for k in schema.keys})
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {"String": (str,), "Int64": (int,), "Float64": (float, int), "Boolean": (bool,)}
+
+
+def _matches(value: Any, dtype: pl.DataType) -> bool:
+    allowed = _PY_TYPES.get(type(dtype).__name__)
+    if allowed is None:
+        return isinstance(value, datetime.datetime) if dtype.is_temporal() else True
+    return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+
+
+def _instance(entity_cls: Any, row: dict[str, Any]) -> Any:
+    return make_instance(entity_cls, row) if entity_cls is not None else row
+
+
+def _group_rows(entity_cls: Any, frame: pl.DataFrame, n_keys: int) -> list[list[Any]]:
+    from volga.storage import KEY_INDEX
+
+    out: list[list[Any]] = [[] for _ in range(n_keys)]
+    for row in frame.iter_rows(named=True):
+        index = row.pop(KEY_INDEX)
+        out[index].append(_instance(entity_cls, row))
+    return out

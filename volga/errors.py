@@ -1,0 +1,30 @@
+"""Error types and the record of set-aside rows, shared by every layer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A record that could not be processed, where, and why. Never fatal to a job."""
+
+    source: str
+    reason: str
+    record: Any
+
+
+class JobFailed(RuntimeError):
+    """A job stopped because of an error; ``__cause__`` holds the original exception."""
+
+
+class UnknownFeature(KeyError):
+    """A feature (pipeline or on-demand function) name that nothing defines or stores."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else "unknown feature"
+
+
+class KeyMismatch(ValueError):
+    """Lookup keys that do not match the feature's key fields (names or types)."""

@@ -1,0 +1,80 @@
+"""As-of (point-in-time) join (DESIGN.md "Join").
+
+Each left row at time t gets the latest right row of the same key with ts <= t (among
+equal timestamps, the one that arrived last). Both inputs arrive in event-time order and
+are buffered until the runtime says how far it is safe to go (``release(bound)``: every
+row with ts < bound; ``None`` = everything). State between calls is only the latest
+right row per key.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from volga.api import nodes
+
+_RTS = "__volga_right_ts"
+_MATCH = "__volga_matched"
+
+
+class AsOfJoinOp:
+    def __init__(self, node: nodes.JoinNode) -> None:
+        self.node = node
+        self.left_ts = node.left.schema.timestamp
+        self.right_ts = node.right.schema.timestamp
+        self.right_keys = list(node.right_on)
+        self.left_keys = list(node.left_on)
+        self.left_buffer: list[pl.DataFrame] = []
+        self.right_buffer: list[pl.DataFrame] = []
+        self.latest = self._prepare_right(pl.DataFrame(schema=node.right.schema.polars_schema()))
+
+    def push(self, side: int, batch: pl.DataFrame) -> None:
+        if batch.height:
+            (self.left_buffer if side == 0 else self.right_buffer).append(batch)
+
+    @property
+    def buffered_rows(self) -> int:
+        return sum(b.height for b in self.left_buffer) + sum(b.height for b in self.right_buffer)
+
+    def release(self, bound_us: int | None) -> pl.DataFrame:
+        left = _take_before(self.left_buffer, self.left_ts, bound_us)
+        right = _take_before(self.right_buffer, self.right_ts, bound_us)
+        if right is not None and right.height:
+            both = pl.concat([self.latest, self._prepare_right(right)])
+            # equal (key, ts): the last arrival wins; state keeps the latest row per key
+            both = both.unique(subset=[*self.right_keys, _RTS], keep="last", maintain_order=True)
+        else:
+            both = self.latest
+        out = self._join(left, both) if left is not None and left.height else None
+        self.latest = both.unique(subset=self.right_keys, keep="last", maintain_order=True).sort(_RTS, maintain_order=True)
+        if out is None:
+            return pl.DataFrame(schema=self.node.schema.polars_schema())
+        return out
+
+    def _prepare_right(self, right: pl.DataFrame) -> pl.DataFrame:
+        renamed = right.rename({src: dst for src, dst in self.node.right_columns if src != dst})
+        ts_out = dict(self.node.right_columns)[self.right_ts]  # the right timestamp stays as a value column
+        return renamed.with_columns(pl.col(ts_out).alias(_RTS), pl.lit(True).alias(_MATCH))
+
+    def _join(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
+        right = right.rename({rk: lk for lk, rk in zip(self.left_keys, self.right_keys) if lk != rk})
+        joined = left.join_asof(
+            right, left_on=self.left_ts, right_on=_RTS, by=self.left_keys, strategy="backward", check_sortedness=False
+        )
+        if self.node.how == "inner":
+            joined = joined.filter(pl.col(_MATCH).is_not_null())
+        return joined.select(self.node.schema.names)
+
+
+def _take_before(buffer: list[pl.DataFrame], ts_col: str, bound_us: int | None) -> pl.DataFrame | None:
+    """Remove and return the buffered rows with ts < bound (rows arrive in ts order)."""
+    if not buffer:
+        return None
+    rows = pl.concat(buffer) if len(buffer) > 1 else buffer[0]
+    buffer.clear()
+    if bound_us is None:
+        return rows
+    cut = int(rows[ts_col].dt.epoch("us").search_sorted(bound_us, side="left"))
+    if cut < rows.height:
+        buffer.append(rows.slice(cut))
+    return rows.slice(0, cut)

@@ -1,0 +1,122 @@
+"""Compile pipeline definitions into a physical plan: a small DAG of operators.
+
+The physical plan has four kinds of steps, shared by every runtime: ``source``,
+``chain`` (fused stateless operators), ``window`` (keyed aggregation) and ``join``
+(as-of join). Each source definition is read once even when several pipelines use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Union
+
+from volga.api import nodes
+from volga.api.decorators import Params, PipelineDef, SourceDef
+from volga.api.entity import Schema
+from volga.api.frame import PipelineDefinitionError
+from volga.ops.join import AsOfJoinOp
+from volga.ops.stateless import StatelessChain, StatelessNode
+from volga.ops.window import WindowAggregateOp
+
+Operator = Union[StatelessChain, WindowAggregateOp, AsOfJoinOp, None]
+
+
+@dataclasses.dataclass
+class Step:
+    id: int
+    kind: Literal["source", "chain", "window", "join"]
+    inputs: list[int]
+    schema: Schema
+    op: Operator = None
+    source: SourceDef | None = None
+
+    def describe(self) -> str:
+        if self.kind == "source":
+            assert self.source is not None
+            return f"source {self.source.name} ({self.source.entity.__name__})"
+        if isinstance(self.op, StatelessChain):
+            return "chain " + " -> ".join(s.label() for s in self.op.steps)
+        return self.kind
+
+
+@dataclasses.dataclass
+class PhysicalPlan:
+    steps: list[Step]  # inputs always come before the steps that read them
+    outputs: dict[str, int]  # pipeline name -> step producing its rows
+    pipelines: dict[str, PipelineDef]
+
+    def consumers(self, step_id: int) -> list[tuple[int, int]]:
+        """(consumer step id, input index) pairs reading ``step_id``."""
+        return [(s.id, i) for s in self.steps for i, src in enumerate(s.inputs) if src == step_id]
+
+    def source_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.kind == "source"]
+
+    def explain(self) -> str:
+        lines = []
+        names = {v: k for k, v in self.outputs.items()}
+        for s in self.steps:
+            out = f"  => {names[s.id]}" if s.id in names else ""
+            lines.append(f"[{s.id}] {s.describe()} <- {s.inputs}{out}")
+        return "\n".join(lines)
+
+
+def compile_plan(
+    pipelines: Sequence[PipelineDef], params: Params | None = None, lookup: Mapping[str, Any] | None = None
+) -> PhysicalPlan:
+    """Build fresh operators for ``pipelines`` (each call gives new, empty state)."""
+    steps: list[Step] = []
+    by_node: dict[int, int] = {}
+    by_source: dict[int, int] = {}
+    outputs: dict[str, int] = {}
+    consumers: dict[int, int] = {}
+    roots = []
+    for pipe in pipelines:
+        if not isinstance(pipe, PipelineDef):
+            raise TypeError(f"materialize expects @pipeline definitions, got {pipe!r}")
+        root = pipe.build(params, lookup)
+        roots.append((pipe, root))
+        for node in nodes.walk(root):
+            for child in node.inputs:
+                consumers[id(child)] = consumers.get(id(child), 0) + 1
+
+    def add(kind: Any, inputs: list[int], schema: Schema, op: Operator = None, source: SourceDef | None = None) -> int:
+        steps.append(Step(len(steps), kind, inputs, schema, op, source))
+        return len(steps) - 1
+
+    def visit(node: nodes.Node, where: str) -> int:
+        if id(node) in by_node:
+            return by_node[id(node)]
+        if isinstance(node, nodes.SourceNode):
+            src: SourceDef = node.source
+            if id(src) not in by_source:
+                by_source[id(src)] = add("source", [], node.schema, source=src)
+            result = by_source[id(src)]
+        elif isinstance(node, StatelessNode):
+            assert isinstance(node, nodes.UnaryNode)
+            upstream = visit(node.input, where)
+            prev = steps[upstream]
+            if prev.kind == "chain" and consumers.get(id(node.input), 0) <= 1 and upstream not in outputs.values():
+                assert isinstance(prev.op, StatelessChain)
+                prev.op.steps.append(node)
+                prev.schema = node.schema
+                result = upstream
+            else:
+                result = add("chain", [upstream], node.schema, StatelessChain([node], where))
+        elif isinstance(node, nodes.AggregateNode):
+            upstream = visit(node.input, where)
+            op = WindowAggregateOp(node.input.schema, node.schema, node.keys, node.aggregates)
+            result = add("window", [upstream], node.schema, op)
+        elif isinstance(node, nodes.JoinNode):
+            left = visit(node.left, where)
+            right = visit(node.right, where)
+            result = add("join", [left, right], node.schema, AsOfJoinOp(node))
+        else:
+            raise PipelineDefinitionError(f"{where}: cannot compile {node!r}")
+        by_node[id(node)] = result
+        return result
+
+    for pipe, root in roots:
+        outputs[pipe.name] = visit(root, f"pipeline {pipe.name}")
+    return PhysicalPlan(steps, outputs, {p.name: p for p in pipelines})

@@ -1,0 +1,171 @@
+"""Embedded drivers for a physical plan: batch (everything at once) and streaming
+(micro-batches with watermarks). Both run the same operators; only the driving differs.
+
+Outputs leave through ``sink(pipeline_name, rows)``; the runtime never imports stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+
+import polars as pl
+
+from volga.errors import Rejected
+from volga.ops.join import AsOfJoinOp
+from volga.ops.stateless import StatelessChain
+from volga.ops.window import WindowAggregateOp
+from volga.plan.compile import PhysicalPlan, Step
+from volga.runtime.local.stage import FINISHED_WM, SourceStage
+
+Sink = Callable[[str, pl.DataFrame], None]
+
+
+@dataclasses.dataclass
+class Metrics:
+    """What a job did. Latency samples are (seconds from entering a source to being
+    written, number of rows), one per written micro-batch, measured from the oldest
+    row polled in the batch's iteration."""
+
+    rows_in: dict[str, int] = dataclasses.field(default_factory=dict)
+    rows_out: dict[str, int] = dataclasses.field(default_factory=dict)
+    late: dict[str, int] = dataclasses.field(default_factory=dict)
+    batches: int = 0
+    started_at: float = dataclasses.field(default_factory=time.perf_counter)
+    finished_at: float | None = None
+    latency_samples: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at or time.perf_counter()) - self.started_at
+
+    def latency_percentile(self, q: float) -> float | None:
+        """Row-weighted latency percentile in seconds (q in 0..100)."""
+        if not self.latency_samples:
+            return None
+        ordered = sorted(self.latency_samples)
+        total = sum(n for _, n in ordered)
+        target = total * q / 100.0
+        seen = 0
+        for seconds, n in ordered:
+            seen += n
+            if seen >= target:
+                return seconds
+        return ordered[-1][0]
+
+
+def _apply_unary(step: Step, batch: pl.DataFrame) -> pl.DataFrame:
+    assert isinstance(step.op, (StatelessChain, WindowAggregateOp))
+    return step.op.apply(batch)
+
+
+def collect_rejected(plan: PhysicalPlan, stages: dict[int, SourceStage] | None, readers: dict[int, object]) -> list[Rejected]:
+    out: list[Rejected] = []
+    for reader in readers.values():
+        out.extend(getattr(reader, "drain_rejected", lambda: [])())
+    for step in plan.steps:
+        if isinstance(step.op, StatelessChain):
+            out.extend(step.op.rejected)
+            step.op.rejected = []
+    return out
+
+
+def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metrics: Metrics, batch_size: int = 1_000_000) -> None:
+    """Read every bounded source fully, then run each step once over all its input."""
+    results: dict[int, pl.DataFrame] = {}
+    remaining = {s.id: len(plan.consumers(s.id)) for s in plan.steps}
+    for step in plan.steps:
+        if step.kind == "source":
+            assert step.source is not None
+            reader = readers[step.id]
+            parts = []
+            while not reader.finished:  # type: ignore[attr-defined]
+                part = reader.poll(batch_size)  # type: ignore[attr-defined]
+                if part is not None and part.height:
+                    parts.append(part)
+                elif not reader.finished:  # type: ignore[attr-defined]
+                    time.sleep(0.001)  # a paced source read in batch mode: wait for due rows
+            rows = pl.concat(parts) if parts else pl.DataFrame(schema=step.schema.polars_schema())
+            metrics.rows_in[step.source.name] = rows.height
+            out = rows.sort(step.schema.timestamp, maintain_order=True)
+        elif step.kind == "join":
+            assert isinstance(step.op, AsOfJoinOp)
+            step.op.push(0, results[step.inputs[0]])
+            step.op.push(1, results[step.inputs[1]])
+            out = step.op.release(None)
+        else:
+            out = _apply_unary(step, results[step.inputs[0]])
+        results[step.id] = out
+        for src in step.inputs:
+            remaining[src] -= 1
+            if remaining[src] == 0 and src not in plan.outputs.values():
+                del results[src]
+    for name, step_id in plan.outputs.items():
+        rows = results[step_id]
+        metrics.rows_out[name] = rows.height
+        sink(name, rows)
+    metrics.batches = 1
+
+
+@dataclasses.dataclass
+class StreamOptions:
+    batch_size: int = 10_000
+    idle_sleep_s: float = 0.0005
+
+
+def run_streaming(
+    plan: PhysicalPlan,
+    stages: dict[int, SourceStage],
+    sink: Sink,
+    metrics: Metrics,
+    stop: threading.Event,
+    options: StreamOptions,
+) -> None:
+    """Poll sources in micro-batches and push them through the plan until every source
+    is exhausted (bounded) or ``stop`` is set."""
+    while not stop.is_set():
+        outputs: dict[int, pl.DataFrame | None] = {}
+        watermarks: dict[int, tuple[int, bool]] = {}
+        entered: list[float] = []
+        for step in plan.steps:
+            if step.kind == "source":
+                stage = stages[step.id]
+                out = stage.poll(options.batch_size)
+                if stage.entered_at is not None:
+                    entered.append(stage.entered_at)
+                watermarks[step.id] = (stage.watermark, stage.idle)
+            elif step.kind == "join":
+                assert isinstance(step.op, AsOfJoinOp)
+                for side, src in enumerate(step.inputs):
+                    batch = outputs[src]
+                    if batch is not None:
+                        step.op.push(side, batch)
+                active = [watermarks[src][0] for src in step.inputs if not watermarks[src][1]]
+                bound = min(active) if active else FINISHED_WM
+                out = step.op.release(None if bound >= FINISHED_WM else bound) if step.op.buffered_rows else None
+                watermarks[step.id] = (bound, not active)
+            else:
+                batch = outputs[step.inputs[0]]
+                out = _apply_unary(step, batch) if batch is not None and batch.height else None
+                watermarks[step.id] = watermarks[step.inputs[0]]
+            outputs[step.id] = out if out is not None and out.height else None
+
+        written = 0
+        for name, step_id in plan.outputs.items():
+            rows = outputs[step_id]
+            if rows is not None:
+                sink(name, rows)
+                metrics.rows_out[name] = metrics.rows_out.get(name, 0) + rows.height
+                written += rows.height
+        if written and entered:
+            metrics.latency_samples.append((time.perf_counter() - min(entered), written))
+        metrics.batches += 1
+        for stage in stages.values():
+            metrics.rows_in[stage.source.name] = stage.rows_in
+            metrics.late[stage.source.name] = stage.late_count
+        if all(stage.done for stage in stages.values()):
+            break
+        if not any(outputs[s.id] is not None for s in plan.source_steps()):
+            time.sleep(options.idle_sleep_s)
