@@ -177,7 +177,7 @@ class WindowAggregateOp:
             seg_key = kid[seg_start]
             # kept rows of a key come before its new rows; carried totals already hold them
             first_new = seg_start + np.add.reduceat((~is_new).astype(np.int64), seg_start)
-            vals = _as_float(column) if column is not None else np.zeros(size)
+            vals = _as_float(column) if column is not None and agg.kind != "count" else np.zeros(size)
             if agg.kind == "stddev":
                 out_n = np.zeros(size, dtype=np.int64)
                 out_m2 = np.zeros(size)
