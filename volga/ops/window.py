@@ -34,6 +34,9 @@ class _Carry:
     means: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     m2s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
+    def copy(self) -> "_Carry":
+        return _Carry(self.sums.copy(), self.counts.copy(), self.means.copy(), self.m2s.copy())
+
     def grow(self, size: int) -> None:
         if size > self.counts.shape[0]:
             extra = size - self.counts.shape[0] + max(1024, size // 2)
@@ -72,14 +75,14 @@ class WindowAggregateOp:
         return {
             "keys": self.key_index.snapshot(),
             "state": self.state.clone(),
-            "carries": {i: dataclasses.replace(c) for i, c in self.carries.items()},
+            "carries": {i: c.copy() for i, c in self.carries.items()},
             "next_seq": self.next_seq,
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
         self.key_index.restore(snap["keys"])
         self.state = snap["state"].clone()
-        self.carries = {i: dataclasses.replace(c) for i, c in snap["carries"].items()}
+        self.carries = {i: c.copy() for i, c in snap["carries"].items()}
         self.next_seq = snap["next_seq"]
 
     @property
