@@ -10,13 +10,18 @@ not fit the entity are never fatal: they are kept in ``reader.rejected`` with a 
 from __future__ import annotations
 
 import abc
+from typing import Literal
 
 import polars as pl
 
 from volga.api.entity import Schema
 from volga.errors import Rejected
 
-__all__ = ["Rejected", "Source", "SourceReader"]
+__all__ = ["Rejected", "Source", "SourceMode", "SourceReader"]
+
+# How a job reads a source: "offline" reads what exists now and ends (a topic up to its
+# high-water marks, a query's current result); "online" follows it until the job stops.
+SourceMode = Literal["offline", "online"]
 
 
 class SourceReader(abc.ABC):
@@ -39,6 +44,15 @@ class SourceReader(abc.ABC):
     def finished(self) -> bool:
         """True once a bounded source has handed out every row."""
 
+    def commit(self) -> None:  # noqa: B027 - optional hook
+        """Acknowledge every row handed out by ``poll`` so far: it is in the stores.
+
+        Called by the runtime after the sink has written what those rows produced. Sources
+        with server-side positions (Kafka consumer-group offsets, Redis Streams group acks)
+        persist them here, so a restarted job resumes after the last written row
+        (at-least-once). The default does nothing.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections/files."""
 
@@ -56,8 +70,14 @@ class Source(abc.ABC):
         return True
 
     @abc.abstractmethod
-    def open(self, schema: Schema, *, name: str) -> SourceReader:
-        """Start reading rows of ``schema``; ``name`` (the source function) is used in messages."""
+    def open(self, schema: Schema, *, name: str, mode: SourceMode | None = None) -> SourceReader:
+        """Start reading rows of ``schema``; ``name`` (the source function) is used in messages.
+
+        ``mode`` is the job's mode when the engine passes it: sources that can be read both
+        ways (Kafka, Redis Streams, PostgreSQL) read bounded in ``"offline"`` mode and follow
+        in ``"online"`` mode, unless they were built with an explicit ``follow=``. Sources
+        with one way of reading ignore it.
+        """
 
     def describe(self) -> str:
         return type(self).__name__

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from volga.api.entity import Schema
 from volga.api.types import Duration, parse_duration_us
-from volga.sources.base import Rejected, Source, SourceReader
+from volga.sources.base import Rejected, Source, SourceMode, SourceReader
 from volga.sources.validation import conform_indexed, require_columns
 
 __all__ = ["CsvSource", "JsonLinesSource", "ParquetSource"]
@@ -139,7 +139,7 @@ class ParquetSource(Source):
     def __post_init__(self) -> None:
         _check_positive(self.batch_rows, "batch_rows", f"ParquetSource({str(self.path)!r})")
 
-    def open(self, schema: Schema, *, name: str) -> SourceReader:
+    def open(self, schema: Schema, *, name: str, mode: SourceMode | None = None) -> SourceReader:
         file = _existing_file(self.path, source=name, kind="Parquet")
         return ParquetReader(file, schema, name=name, batch_rows=self.batch_rows)
 
@@ -196,7 +196,7 @@ class CsvSource(Source):
         if len(self.separator) != 1:
             raise ValueError(f"{owner}: separator must be one character, not {self.separator!r}")
 
-    def open(self, schema: Schema, *, name: str) -> SourceReader:
+    def open(self, schema: Schema, *, name: str, mode: SourceMode | None = None) -> SourceReader:
         file = _existing_file(self.path, source=name, kind="CSV")
         return CsvReader(file, schema, name=name, separator=self.separator, block_bytes=self.block_bytes)
 
@@ -306,7 +306,7 @@ class JsonLinesSource(Source):
     def bounded(self) -> bool:
         return not self.follow
 
-    def open(self, schema: Schema, *, name: str) -> SourceReader:
+    def open(self, schema: Schema, *, name: str, mode: SourceMode | None = None) -> SourceReader:
         file = _existing_file(self.path, source=name, kind="JSON lines")
         interval_s = parse_duration_us(self.poll_interval) / 1e6
         return JsonLinesReader(

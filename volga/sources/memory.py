@@ -32,7 +32,7 @@ from typing import Any
 import polars as pl
 
 from volga.api.entity import Schema
-from volga.sources.base import Source, SourceReader
+from volga.sources.base import Source, SourceMode, SourceReader
 from volga.sources.validation import conform, require_columns
 
 
@@ -99,7 +99,7 @@ class MemorySource(Source):
                 "won't do; pass list(...))"
             )
 
-    def open(self, schema: Schema, *, name: str) -> MemoryReader:
+    def open(self, schema: Schema, *, name: str, mode: SourceMode | None = None) -> MemoryReader:
         if isinstance(self.rows, pl.DataFrame):
             require_columns(self.rows.columns, schema, source=name, where="the in-memory DataFrame")
         df, rejected = conform(self.rows, schema, source=name)
