@@ -17,6 +17,7 @@ from typing import Any, Literal
 import polars as pl
 
 from volga.api.decorators import Params, PipelineDef, SourceDef
+from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.entity import Schema, make_instance
 from volga.api.types import datetime_to_us, dtype_name
 from volga.errors import KeyMismatch, UnknownFeature
@@ -24,11 +25,12 @@ from volga.plan.compile import PhysicalPlan, compile_plan
 from volga.runtime.local.executors import Metrics, StreamOptions, collect_rejected, run_batch, run_streaming
 from volga.runtime.local.job import Job
 from volga.runtime.local.stage import SourceStage
+from volga.serving.executor import OnDemandExecutor
 from volga.sources.base import Source
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
 
 Mode = Literal["offline", "online"]
-Definition = PipelineDef | SourceDef
+Definition = PipelineDef | SourceDef | OnDemandDef
 
 
 class Client:
@@ -50,19 +52,26 @@ class Client:
         self.offline_store = offline_store if offline_store is not None else ParquetOfflineStore(root / "offline")
         self.definitions: dict[str, Definition] = {}
         self.jobs: list[Job] = []
+        self._on_demand = OnDemandExecutor(self.definitions, lambda: self.online_store)
 
     # -- definitions -------------------------------------------------------------------
     def register(self, *definitions: Definition) -> None:
-        """Make definitions (and everything they depend on) known by name."""
+        """Make definitions (and everything they depend on) known by name.
+
+        A new definition with a known name replaces the old one (as when a notebook cell
+        is run again).
+        """
         for d in definitions:
-            if not isinstance(d, (PipelineDef, SourceDef)):
-                raise TypeError(f"register expects @source/@pipeline definitions, got {d!r}")
-            existing = self.definitions.get(d.name)
-            if existing is not None and existing is not d:
-                raise ValueError(f"two different definitions are named '{d.name}'")
+            if not isinstance(d, (PipelineDef, SourceDef, OnDemandDef)):
+                raise TypeError(f"register expects @source/@pipeline/@on_demand definitions, got {d!r}")
             self.definitions[d.name] = d
             if isinstance(d, PipelineDef):
                 self.register(*[dep for dep in d.dependencies if not isinstance(dep, str)])
+            if isinstance(d, OnDemandDef):
+                self.register(*[dep.target for dep in d.dependencies if not isinstance(dep.target, str)])
+        for d in definitions:
+            if isinstance(d, OnDemandDef):
+                dependency_order([d], self.definitions)  # resolves dependency names, rejects cycles
 
     def explain(self, pipelines: Sequence[PipelineDef], params: Params | None = None) -> str:
         """The physical plan the engine would run, one step per line."""
@@ -201,6 +210,27 @@ class Client:
             None if end is None else datetime_to_us(end),
         )
         return _group_rows(entity_cls, frame, len(keys))
+
+    # -- on-demand features and serving ------------------------------------------------
+    def get_on_demand(self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None) -> list[Any]:
+        """Registered on-demand feature ``name`` computed now: an output instance or None per key.
+
+        ``args`` holds query arguments (``n``, ``start``, ``end``) and per-request function
+        arguments: ``{"n": 5}`` applies to everything taking it, ``{"user_spent": {"n": 5}}``
+        to one feature. A pipeline name gives its latest row.
+        """
+        return self._on_demand.get(name, keys, args)
+
+    def serve(
+        self, port: int = 0, host: str = "127.0.0.1", *, auth_token: str | None = None, max_body_bytes: int = 1 << 20
+    ) -> Any:
+        """Serve the registered features over HTTP from a background thread.
+
+        Returns the running :class:`volga.serving.http.Server` (``.url``, ``.stop()``).
+        """
+        from volga.serving.http import serve_in_thread
+
+        return serve_in_thread(self._on_demand, host=host, port=port, auth_token=auth_token, max_body_bytes=max_body_bytes)
 
     def _feature(self, name: str) -> tuple[Any, Schema]:
         definition = self.definitions.get(name)

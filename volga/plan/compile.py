@@ -75,6 +75,8 @@ def compile_plan(
     for pipe in pipelines:
         if not isinstance(pipe, PipelineDef):
             raise TypeError(f"materialize expects @pipeline definitions, got {pipe!r}")
+        if sum(p.name == pipe.name for p in pipelines) > 1:
+            raise PipelineDefinitionError(f"two pipelines in one job are named '{pipe.name}'")
         root = pipe.build(params, lookup)
         roots.append((pipe, root))
         for node in nodes.walk(root):
