@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench setup clean
+.PHONY: demo test test-fast bench setup services clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	cd examples && ../$(BIN)/python quickstart.py
 
-test: setup
+# Debian servers the integration tests start (on free ports, stopped afterwards); installed
+# once here when missing (needs root, as on CI), else the tests say what to install.
+services:
+	@if command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql >/dev/null; \
+	else echo "note: install the Debian packages redis-server and postgresql for the integration tests"; fi
+
+test: setup services
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
