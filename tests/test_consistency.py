@@ -17,7 +17,7 @@ import math
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -56,7 +56,7 @@ VOLGA_AGGREGATES: dict[str, Any] = {
     "Count": Count, "Sum": Sum, "Avg": Avg, "Min": Min, "Max": Max, "First": First,
     "Last": Last, "Stddev": Stddev, "CountDistinct": CountDistinct, "LastN": LastN,
 }
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -174,7 +174,8 @@ def assert_same_row_set(got: Any, want: Sequence[dict[str, Any]], columns: Seque
     got_set = Counter(_show(r) for r in got.select(list(columns)).to_dicts())
     want_set = Counter(_show({c: r[c] for c in columns}) for r in want)
     assert got_set == want_set, (
-        f"{label}: unexpected {sorted((got_set - want_set).elements())}; missing {sorted((want_set - got_set).elements())}"
+        f"{label}: unexpected {sorted((got_set - want_set).elements())}; "
+        f"missing {sorted((want_set - got_set).elements())}"
     )
 
 
@@ -184,10 +185,13 @@ def assert_no_late(run_late: dict[str, pl.DataFrame], label: str) -> None:
         assert late.height == 0, f"{label}: in-order input, yet late_events({name!r}) holds {late.to_dicts()}"
 
 
-def check_three_ways(run: Run, want: Sequence[dict[str, Any]], columns: Sequence[str], batch_size: int) -> None:
+def check_three_ways(
+    run: Run, want: Sequence[dict[str, Any]], columns: Sequence[str], batch_size: int, context: str = ""
+) -> None:
+    label = f"streaming (batch_size={batch_size}{context})"
     assert_rows_match(run.batch, want, columns, "batch vs reference")
-    assert_rows_match(run.stream, want, columns, f"streaming (batch_size={batch_size}) vs reference")
-    assert_no_late(run.late, f"streaming (batch_size={batch_size})")
+    assert_rows_match(run.stream, want, columns, f"{label} vs reference")
+    assert_no_late(run.late, label)
 
 
 # --------------------------------------------------------------------------- strategies
@@ -203,7 +207,9 @@ def event_rows(draw: st.DrawFn, *, max_size: int = 30) -> list[dict[str, Any]]:
     n_keys = draw(st.integers(1, len(KEYS)))
     items = draw(
         st.lists(
-            st.tuples(minute_gap, st.sampled_from(KEYS[:n_keys]), optional_price, st.integers(-50, 50), st.sampled_from(TAGS)),
+            st.tuples(
+                minute_gap, st.sampled_from(KEYS[:n_keys]), optional_price, st.integers(-50, 50), st.sampled_from(TAGS)
+            ),
             max_size=max_size,
         )
     )
@@ -264,7 +270,8 @@ class AggCase:
 @st.composite
 def agg_cases(draw: st.DrawFn) -> AggCase:
     kind = draw(st.sampled_from(sorted(AGG_COLUMNS)))
-    return AggCase(kind, draw(st.sampled_from(AGG_COLUMNS[kind])), draw(st.sampled_from(WINDOWS)), draw(st.integers(1, 4)))
+    on = draw(st.sampled_from(AGG_COLUMNS[kind]))
+    return AggCase(kind, on, draw(st.sampled_from(WINDOWS)), draw(st.integers(1, 4)))
 
 
 EVERY_KIND = [
@@ -280,21 +287,30 @@ EVERY_KIND = [
     AggCase("Stddev", "v", "60m", 1),
     AggCase("Stddev", "q", "forever", 1),
     AggCase("CountDistinct", "tag", "60m", 1),
+    AggCase("Count", "tag", "forever", 1),
+    AggCase("Max", "tag", "60m", 1),
     AggCase("LastN", "v", "5m", 3),
+    AggCase("LastN", "tag", "forever", 2),
 ]
 
 
 # --------------------------------------------------------------------------- a. windowed aggregation
 
 
-def aggregation_pipeline(rows: list[dict[str, Any]], cases: Sequence[AggCase], *, lateness: str = "0s") -> tuple[Any, list[str]]:
-    """``events.group_by(["k"]).aggregate(...)`` over a MemorySource of ``rows``."""
+def aggregation_pipeline(
+    rows: list[dict[str, Any]], cases: Sequence[AggCase], *, lateness: str = "0s", keys: Sequence[str] = ("k",)
+) -> tuple[Any, list[str]]:
+    """``events.group_by(keys).aggregate(...)`` over a MemorySource of ``rows``.
+
+    Returns the pipeline and its output columns: the keys, ``ts``, then the aggregates.
+    """
     Event = make_entity("Event", EVENT_FIELDS, keys=["k"], timestamp="ts")
     intos = [f"{case.kind.lower()}_{case.on or 'rows'}_{case.window}_{i}" for i, case in enumerate(cases)]
     Out = make_entity(
         "Out",
-        [("k", str), ("ts", datetime.datetime)] + [(into, case.annotation()) for into, case in zip(intos, cases)],
-        keys=["k"],
+        [(key, str) for key in keys] + [("ts", datetime.datetime)]
+        + [(into, case.annotation()) for into, case in zip(intos, cases)],
+        keys=keys,
         timestamp="ts",
     )
 
@@ -304,26 +320,41 @@ def aggregation_pipeline(rows: list[dict[str, Any]], cases: Sequence[AggCase], *
 
     @pipeline(dependencies=[events], output=Out)
     def features(events: Entity) -> Entity:
-        return events.group_by(keys=["k"]).aggregate([case.volga(into) for into, case in zip(intos, cases)])
+        return events.group_by(keys=list(keys)).aggregate([case.volga(into) for into, case in zip(intos, cases)])
 
-    return features, ["k", "ts", *intos]
-
-
-def reference_aggregation(rows: list[dict[str, Any]], cases: Sequence[AggCase], columns: list[str]) -> list[dict[str, Any]]:
-    intos = columns[2:]
-    return ref.window_aggregate(ref.sort_events(rows, "ts"), ["k"], "ts", [c.reference(i) for i, c in zip(intos, cases)])
+    return features, [*keys, "ts", *intos]
 
 
-def check_aggregation(rows: list[dict[str, Any]], cases: Sequence[AggCase], batch_size: int) -> None:
-    pipe, columns = aggregation_pipeline(rows, cases)
-    want = reference_aggregation(rows, cases, columns)
+def reference_aggregation(
+    rows: list[dict[str, Any]], cases: Sequence[AggCase], columns: list[str], keys: Sequence[str] = ("k",)
+) -> list[dict[str, Any]]:
+    intos = columns[len(keys) + 1 :]
+    aggs = [case.reference(into) for into, case in zip(intos, cases)]
+    return ref.window_aggregate(ref.sort_events(rows, "ts"), keys, "ts", aggs)
+
+
+def check_aggregation(
+    rows: list[dict[str, Any]], cases: Sequence[AggCase], batch_size: int, keys: Sequence[str] = ("k",)
+) -> None:
+    pipe, columns = aggregation_pipeline(rows, cases, keys=keys)
+    want = reference_aggregation(rows, cases, columns, keys)
     check_three_ways(batch_then_stream(pipe, batch_size=batch_size, sources=["events"]), want, columns, batch_size)
 
 
+group_keys = st.sampled_from([("k",), ("k",), ("k", "tag"), ("tag",)])
+
+
 @SETTINGS
-@given(rows=event_rows(), cases=st.lists(agg_cases(), min_size=1, max_size=4), batch_size=st.integers(1, 50))
-def test_window_aggregates_batch_stream_reference(rows: list[dict[str, Any]], cases: list[AggCase], batch_size: int) -> None:
-    check_aggregation(rows, cases, batch_size)
+@given(
+    rows=event_rows(),
+    cases=st.lists(agg_cases(), min_size=1, max_size=4),
+    keys=group_keys,
+    batch_size=st.integers(1, 50),
+)
+def test_window_aggregates_batch_stream_reference(
+    rows: list[dict[str, Any]], cases: list[AggCase], keys: tuple[str, ...], batch_size: int
+) -> None:
+    check_aggregation(rows, cases, batch_size, keys)
 
 
 @SETTINGS
@@ -334,11 +365,16 @@ def test_every_aggregate_kind_at_once(rows: list[dict[str, Any]], batch_size: in
 
 @pytest.mark.slow
 @SLOW_SETTINGS
-@given(rows=event_rows(max_size=120), cases=st.lists(agg_cases(), min_size=1, max_size=8), batch_size=st.integers(1, 50))
+@given(
+    rows=event_rows(max_size=120),
+    cases=st.lists(agg_cases(), min_size=1, max_size=8),
+    keys=group_keys,
+    batch_size=st.integers(1, 50),
+)
 def test_window_aggregates_batch_stream_reference_heavy(
-    rows: list[dict[str, Any]], cases: list[AggCase], batch_size: int
+    rows: list[dict[str, Any]], cases: list[AggCase], keys: tuple[str, ...], batch_size: int
 ) -> None:
-    check_aggregation(rows, cases, batch_size)
+    check_aggregation(rows, cases, batch_size, keys)
 
 
 def test_design_worked_window_example() -> None:
@@ -375,7 +411,8 @@ def users_and_orders(draw: st.DrawFn, *, max_size: int = 25) -> tuple[list[dict[
     if orders:
         for index, tier in draw(st.lists(st.tuples(st.integers(0, len(orders) - 1), st.integers(0, 3)), max_size=4)):
             order = orders[index]  # a right row at exactly a left row's time and key
-            users.append({"user_id": order["buyer_id"], "registered_at": order["purchased_at"], "tier": tier, "note": "same-time"})
+            same_time = {"user_id": order["buyer_id"], "registered_at": order["purchased_at"], "tier": tier, "note": "same"}
+            users.append(same_time)
     return orders, ref.sort_events(users, "registered_at")
 
 
@@ -398,7 +435,14 @@ join_cases = st.builds(
 )
 
 
-def join_pipeline(users: list[dict[str, Any]], orders: list[dict[str, Any]], case: JoinCase) -> tuple[Any, list[str]]:
+def join_pipeline(
+    users: list[dict[str, Any]],
+    orders: list[dict[str, Any]],
+    case: JoinCase,
+    *,
+    orders_lateness: str = "0s",
+    users_lateness: str = "0s",
+) -> tuple[Any, list[str]]:
     User = make_entity("User", USER_FIELDS, keys=["user_id"], timestamp="registered_at")
     Order = make_entity("Order", ORDER_FIELDS, keys=["buyer_id"], timestamp="purchased_at")
     right_optional = case.how == "left"
@@ -422,11 +466,11 @@ def join_pipeline(users: list[dict[str, Any]], orders: list[dict[str, Any]], cas
         ]
         Out = make_entity("Out", out_fields, keys=["buyer_id"], timestamp="purchased_at")
 
-    @source(User)
+    @source(User, lateness=users_lateness)
     def users_src() -> volga.Source:
         return MemorySource(users)
 
-    @source(Order)
+    @source(Order, lateness=orders_lateness)
     def orders_src() -> volga.Source:
         return MemorySource(orders)
 
@@ -528,20 +572,24 @@ ORDER_SENSITIVE = [
 ]
 
 
+def shuffle_within(draw: st.DrawFn, rows: list[dict[str, Any]], ts_field: str, lateness_minutes: int) -> list[int]:
+    """An arrival order (indices into ``rows``) in which no row is late.
+
+    Rows arrive in order of ``ts + jitter`` with ``0 <= jitter <= lateness``, so a row is
+    at most ``lateness`` older than anything that arrived before it.
+    """
+    jitters = draw(st.lists(st.integers(0, lateness_minutes), min_size=len(rows), max_size=len(rows)))
+    arrival_keys = [ref.to_us(row[ts_field]) + jitter * MINUTE_US for row, jitter in zip(rows, jitters)]
+    return sorted(range(len(rows)), key=lambda i: (arrival_keys[i], i))
+
+
 @st.composite
 def shuffled_within_lateness(draw: st.DrawFn, *, max_size: int = 30) -> tuple[str, list[dict[str, Any]]]:
-    """(lateness, events in arrival order) where no event is late.
-
-    Each event arrives in order of ``ts + jitter`` with ``0 <= jitter <= lateness``, so an
-    event is at most ``lateness`` older than anything that arrived before it.
-    """
+    """(lateness, events in arrival order) where events are out of order, none late."""
     lateness = draw(st.sampled_from(sorted(LATENESS_MINUTES)))
     rows = draw(event_rows(max_size=max_size))
-    jitters = draw(st.lists(st.integers(0, LATENESS_MINUTES[lateness]), min_size=len(rows), max_size=len(rows)))
-    arrival_keys = [ref.to_us(row["ts"]) // MINUTE_US + jitter for row, jitter in zip(rows, jitters)]
-    order = sorted(range(len(rows)), key=lambda i: (arrival_keys[i], i))
-    arrival = [dict(rows[i], q=i) for i in order]  # q = original position: makes tie order visible
-    return lateness, arrival
+    order = shuffle_within(draw, rows, "ts", LATENESS_MINUTES[lateness])
+    return lateness, [dict(rows[i], q=i) for i in order]  # q = original position: makes tie order visible
 
 
 @SETTINGS
@@ -557,6 +605,46 @@ def test_out_of_order_within_lateness_equals_batch(data: tuple[str, list[dict[st
     assert_rows_match(batch, want, columns, "batch vs reference")
     assert_rows_match(stream, want, columns, f"streaming (batch_size={batch_size}, lateness={lateness}) vs reference")
     assert_no_late(late_frames, f"streaming (lateness={lateness}), no event displaced beyond it")
+
+
+@dataclass(frozen=True)
+class ShuffledJoin:
+    orders_lateness: str
+    users_lateness: str
+    orders: list[dict[str, Any]]
+    users: list[dict[str, Any]]
+
+
+@st.composite
+def join_inputs_within_lateness(draw: st.DrawFn) -> ShuffledJoin:
+    """Orders and users, each shuffled within its own source's lateness."""
+    orders, users = draw(users_and_orders())
+    orders_lateness = draw(st.sampled_from(sorted(LATENESS_MINUTES)))
+    users_lateness = draw(st.sampled_from(["0s", *sorted(LATENESS_MINUTES)]))
+    order_arrival = shuffle_within(draw, orders, "purchased_at", LATENESS_MINUTES[orders_lateness])
+    user_arrival = shuffle_within(draw, users, "registered_at", LATENESS_MINUTES.get(users_lateness, 0))
+    return ShuffledJoin(
+        orders_lateness,
+        users_lateness,
+        [orders[i] for i in order_arrival],
+        [users[i] for i in user_arrival],
+    )
+
+
+@SETTINGS
+@given(data=join_inputs_within_lateness(), case=join_cases, batch_size=st.integers(1, 50))
+def test_out_of_order_join_within_lateness_equals_batch(data: ShuffledJoin, case: JoinCase, batch_size: int) -> None:
+    sides = ((data.orders, "purchased_at", data.orders_lateness), (data.users, "registered_at", data.users_lateness))
+    for rows, ts_field, lateness in sides:
+        _, late = ref.split_late(rows, ts_field, LATENESS_MINUTES.get(lateness, 0) * MINUTE_US)
+        assert not late, "strategy bug: generated a late row"
+    pipe, columns = join_pipeline(
+        data.users, data.orders, case, orders_lateness=data.orders_lateness, users_lateness=data.users_lateness
+    )
+    want = reference_join(data.users, data.orders, case)
+    run = batch_then_stream(pipe, batch_size=batch_size, sources=["orders_src", "users_src"])
+    context = f", lateness orders={data.orders_lateness} users={data.users_lateness}"
+    check_three_ways(run, want, columns, batch_size, context)
 
 
 @st.composite
@@ -593,7 +681,8 @@ def check_late(data: tuple[str, list[dict[str, Any]], list[dict[str, Any]]], bat
     streaming_pipe, columns = aggregation_pipeline(rows, ORDER_SENSITIVE, lateness=lateness)
     stream, late_frames = run_stream(streaming_pipe, batch_size=batch_size, sources=["events"])
     label = f"streaming (batch_size={batch_size}, lateness={lateness})"
-    assert_same_row_set(late_frames["events"], late_rows, [n for n, _ in EVENT_FIELDS], f"{label} late_events('events')")
+    event_columns = [name for name, _ in EVENT_FIELDS]
+    assert_same_row_set(late_frames["events"], late_rows, event_columns, f"{label} late_events('events')")
     want = reference_aggregation(on_time, ORDER_SENSITIVE, columns)
     assert_rows_match(stream, want, columns, f"{label} vs reference over the on-time events")
     batch_pipe, _ = aggregation_pipeline(on_time, ORDER_SENSITIVE, lateness=lateness)
