@@ -161,6 +161,7 @@ def run_streaming(
                 written += rows.height
         if written and entered:
             metrics.latency_samples.append((time.perf_counter() - min(entered), written))
+        _commit_sources(plan, stages)
         metrics.batches += 1
         for stage in stages.values():
             metrics.rows_in[stage.source.name] = stage.rows_in
@@ -169,3 +170,22 @@ def run_streaming(
             break
         if not any(outputs[s.id] is not None for s in plan.source_steps()):
             time.sleep(options.idle_sleep_s)
+
+
+def _commit_sources(plan: PhysicalPlan, stages: dict[int, SourceStage]) -> None:
+    """Tell the readers that what they handed out is in the stores (at-least-once).
+
+    Called after every micro-batch's sink writes (cheap when nothing changed).
+    Only when no polled row is still held back (a source's lateness buffer, a join waiting
+    for its other input's watermark): committing then could lose those rows if the job
+    died before writing them. Window state is not covered: it is rebuilt by a restarted
+    job only from what the source re-delivers (the checkpointing issue will snapshot it).
+    """
+    if any(stage.buffer is not None and stage.buffer.height for stage in stages.values()):
+        return
+    if any(isinstance(step.op, AsOfJoinOp) and step.op.buffered_rows for step in plan.steps):
+        return
+    for stage in stages.values():
+        commit = getattr(stage.reader, "commit", None)
+        if commit is not None:
+            commit()
