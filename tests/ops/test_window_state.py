@@ -38,9 +38,13 @@ def ticks(n, keys=3, step_s=60, start=0):
 
 def test_time_windows_evict_old_rows():
     op = make_op([Count(window="10m", into="n"), Avg(on="v", window="5m", into="a")])
+    op.compact_slack_rows = 100
     for start in range(0, 3000, 100):
         op.apply(ticks(100, start=start))
-    # one event per minute over 3 keys: a 10-minute window holds ~11 minutes of events
+        # one event per minute over 3 keys: a 10-minute window holds ~11 rows; the log is
+        # compacted whenever it exceeds twice the surviving rows plus the slack
+        assert op.state_rows <= 2 * 12 + 100 + 100
+    op._compact()
     assert op.state_rows <= 12
 
 
@@ -51,7 +55,9 @@ def test_forever_windows_keep_only_what_they_need():
         Max(on="v", window="forever", into="hi"), First(on="v", window="forever", into="f"),
         LastN(2, on="v", window="forever", into="last2"), CountDistinct(on="v", window="forever", into="d"),
     ])
+    op.compact_slack_rows = 100
     outs = [op.apply(ticks(100, start=start)) for start in range(0, 3000, 100)]
+    op._compact()
     # per key: min row, max row, first row, 2 last rows, one row per distinct value (17)
     assert op.state_rows <= 3 * (1 + 1 + 1 + 2 + 17)
     final = pl.concat(outs).filter(pl.col("k") == "0").tail(1).row(0, named=True)

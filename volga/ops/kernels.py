@@ -1,13 +1,19 @@
-"""JIT-compiled window kernels over columnar buffers.
+"""JIT-compiled incremental window kernels.
 
-Input rows are grouped by key into contiguous segments ``[seg_start[s], seg_end[s])``,
-each in processing order. For row ``i`` the window is the index range ``[lo[i], i]``
-(rows of the same key with ``ts >= ts[i] - window``, all of which precede ``i``).
+State lives in an append-only row log (arrays indexed by row id, rows in processing
+order) plus per-key arrays. Rows of one key are linked (``prev``/``nxt``), so each
+kernel walks only the rows it needs: a new row is pushed, rows that left the window are
+popped, and the result is read, in amortised O(1) per row. Processing is strictly
+sequential in row order, so the result does not depend on how rows were split into
+micro-batches: batch and streaming runs are bitwise identical.
 
-Sliding aggregates use the two-stack queue: the window is a front part ``[lo, m)``
-with precomputed suffix aggregates and a back part ``[m, i]`` with one running
-aggregate. Values are only ever merged, never subtracted, so a large value that leaves
-the window leaves no rounding residue behind (unlike add/subtract running sums).
+Sliding sums, moments and min/max use the two-stack queue: the window is a front part
+``[lo, f_end]`` whose rows hold precomputed suffix aggregates, and a back part
+``(f_end, r]`` with one running aggregate per key. Values are only merged, never
+subtracted, so a large value leaving the window leaves no rounding residue.
+
+Row ids are comparable within a key (the log only appends; compaction keeps order).
+``lo[k] < 0`` means the key has no rows yet; ``window_us < 0`` means forever.
 """
 
 from __future__ import annotations
@@ -15,54 +21,61 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# numba's cache lives next to this file; compiled once per machine.
 _JIT = {"cache": True, "nogil": True}
 
 
 @njit(**_JIT)
-def window_starts(seg_start, seg_end, ts, window_us, lo_out):  # type: ignore[no-untyped-def]
-    """First index of each row's window; ``window_us < 0`` means forever."""
-    for s in range(seg_start.shape[0]):
-        a = seg_start[s]
-        lo = a
-        for i in range(a, seg_end[s]):
-            if window_us >= 0:
-                limit = ts[i] - window_us
-                while ts[lo] < limit:
-                    lo += 1
-            lo_out[i] = lo
+def link_rows(r0, n, kid, prev, nxt, last_row):  # type: ignore[no-untyped-def]
+    """Chain the new rows ``[r0, r0 + n)`` to their key's previous row."""
+    for r in range(r0, r0 + n):
+        k = kid[r]
+        p = last_row[k]
+        prev[r] = p
+        nxt[r] = -1
+        if p >= 0:
+            nxt[p] = r
+        last_row[k] = r
 
 
 @njit(**_JIT)
-def sliding_sum(seg_start, seg_end, lo_arr, vals, valid, out_sum, out_cnt):  # type: ignore[no-untyped-def]
-    """Sum and non-null count over each window (two-stack queue, merges only)."""
-    n = vals.shape[0]
-    f_sum = np.empty(n)
-    f_cnt = np.empty(n, dtype=np.int64)
-    for s in range(seg_start.shape[0]):
-        a, b = seg_start[s], seg_end[s]
-        m = a
-        b_sum = 0.0
-        b_cnt = 0
-        for i in range(a, b):
-            if valid[i]:
-                b_sum += vals[i]
-                b_cnt += 1
-            lo = lo_arr[i]
-            if lo >= m:  # front exhausted: rebuild it over the whole window
-                acc = 0.0
-                c = 0
-                for k in range(i, lo - 1, -1):
-                    if valid[k]:
-                        acc = vals[k] + acc
-                        c += 1
-                    f_sum[k] = acc
-                    f_cnt[k] = c
-                m = i + 1
-                b_sum = 0.0
-                b_cnt = 0
-            out_sum[i] = f_sum[lo] + b_sum
-            out_cnt[i] = f_cnt[lo] + b_cnt
+def _window_start(r, k, ts, nxt, lo, window_us):  # type: ignore[no-untyped-def]
+    start = lo[k]
+    if start < 0:
+        start = r
+    if window_us >= 0:
+        limit = ts[r] - window_us
+        while ts[start] < limit:
+            start = nxt[start]
+    lo[k] = start
+    return start
+
+
+@njit(**_JIT)
+def sliding_sum(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end, b_sum, b_cnt, f_sum, f_cnt, out_sum, out_cnt):  # type: ignore[no-untyped-def]
+    for r in range(r0, r0 + n):
+        k = kid[r]
+        start = _window_start(r, k, ts, nxt, lo, window_us)
+        if valid[r]:
+            b_sum[k] += val[r]
+            b_cnt[k] += 1
+        if start > f_end[k]:  # front exhausted: rebuild it over the whole window
+            acc = 0.0
+            c = 0
+            j = r
+            while True:
+                if valid[j]:
+                    acc = val[j] + acc
+                    c += 1
+                f_sum[j] = acc
+                f_cnt[j] = c
+                if j == start:
+                    break
+                j = prev[j]
+            f_end[k] = r
+            b_sum[k] = 0.0
+            b_cnt[k] = 0
+        out_sum[r - r0] = f_sum[start] + b_sum[k]
+        out_cnt[r - r0] = f_cnt[start] + b_cnt[k]
 
 
 @njit(**_JIT)
@@ -71,170 +84,205 @@ def _merge_moments(n1, mean1, m2_1, n2, mean2, m2_2):  # type: ignore[no-untyped
         return n2, mean2, m2_2
     if n2 == 0:
         return n1, mean1, m2_1
-    n = n1 + n2
+    total = n1 + n2
     delta = mean2 - mean1
-    mean = mean1 + delta * n2 / n
-    m2 = m2_1 + m2_2 + delta * delta * n1 * n2 / n
-    return n, mean, m2
+    return total, mean1 + delta * n2 / total, m2_1 + m2_2 + delta * delta * n1 * n2 / total
 
 
 @njit(**_JIT)
-def sliding_moments(seg_start, seg_end, lo_arr, vals, valid, out_n, out_m2):  # type: ignore[no-untyped-def]
-    """Count and sum of squared deviations (Chan's parallel merge) over each window."""
-    size = vals.shape[0]
-    f_n = np.empty(size, dtype=np.int64)
-    f_mean = np.empty(size)
-    f_m2 = np.empty(size)
-    for s in range(seg_start.shape[0]):
-        a, b = seg_start[s], seg_end[s]
-        m = a
-        bn, bmean, bm2 = 0, 0.0, 0.0
-        for i in range(a, b):
-            if valid[i]:
-                bn, bmean, bm2 = _merge_moments(bn, bmean, bm2, 1, vals[i], 0.0)
-            lo = lo_arr[i]
-            if lo >= m:
-                cn, cmean, cm2 = 0, 0.0, 0.0
-                for k in range(i, lo - 1, -1):
-                    if valid[k]:
-                        cn, cmean, cm2 = _merge_moments(1, vals[k], 0.0, cn, cmean, cm2)
-                    f_n[k] = cn
-                    f_mean[k] = cmean
-                    f_m2[k] = cm2
-                m = i + 1
-                bn, bmean, bm2 = 0, 0.0, 0.0
-            tn, tmean, tm2 = _merge_moments(f_n[lo], f_mean[lo], f_m2[lo], bn, bmean, bm2)
-            out_n[i] = tn
-            out_m2[i] = tm2
+def sliding_moments(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end, b_n, b_mean, b_m2, f_n, f_mean, f_m2, out_n, out_m2):  # type: ignore[no-untyped-def]
+    """Count and M2 (sum of squared deviations, Chan's merge) per window."""
+    for r in range(r0, r0 + n):
+        k = kid[r]
+        start = _window_start(r, k, ts, nxt, lo, window_us)
+        if valid[r]:
+            b_n[k], b_mean[k], b_m2[k] = _merge_moments(b_n[k], b_mean[k], b_m2[k], 1, val[r], 0.0)
+        if start > f_end[k]:
+            cn, cmean, cm2 = 0, 0.0, 0.0
+            j = r
+            while True:
+                if valid[j]:
+                    cn, cmean, cm2 = _merge_moments(1, val[j], 0.0, cn, cmean, cm2)
+                f_n[j] = cn
+                f_mean[j] = cmean
+                f_m2[j] = cm2
+                if j == start:
+                    break
+                j = prev[j]
+            f_end[k] = r
+            b_n[k], b_mean[k], b_m2[k] = 0, 0.0, 0.0
+        tn, _, tm2 = _merge_moments(f_n[start], f_mean[start], f_m2[start], b_n[k], b_mean[k], b_m2[k])
+        out_n[r - r0] = tn
+        out_m2[r - r0] = tm2
 
 
 @njit(**_JIT)
-def sliding_arg_extreme(seg_start, seg_end, lo_arr, order, valid, want_max, out_idx):  # type: ignore[no-untyped-def]
-    """Index of the min (or max) non-null ``order`` value in each window; -1 if none."""
-    size = order.shape[0]
-    f_idx = np.empty(size, dtype=np.int64)
-    for s in range(seg_start.shape[0]):
-        a, b = seg_start[s], seg_end[s]
-        m = a
-        b_idx = -1
-        for i in range(a, b):
-            if valid[i]:
-                if b_idx < 0 or (order[i] > order[b_idx] if want_max else order[i] < order[b_idx]):
-                    b_idx = i
-            lo = lo_arr[i]
-            if lo >= m:
-                best = -1
-                for k in range(i, lo - 1, -1):
-                    if valid[k]:
-                        if best < 0 or (order[k] >= order[best] if want_max else order[k] <= order[best]):
-                            best = k
-                    f_idx[k] = best
-                m = i + 1
-                b_idx = -1
-            f = f_idx[lo]
-            if f < 0:
-                out_idx[i] = b_idx
-            elif b_idx < 0:
-                out_idx[i] = f
-            elif want_max:
-                out_idx[i] = b_idx if order[b_idx] > order[f] else f
-            else:
-                out_idx[i] = b_idx if order[b_idx] < order[f] else f
+def _better(a, b, order, want_max):  # type: ignore[no-untyped-def]
+    """Is row ``a`` a strictly better extreme than row ``b`` (-1 = none)?"""
+    if a < 0:
+        return False
+    if b < 0:
+        return True
+    return order[a] > order[b] if want_max else order[a] < order[b]
 
 
 @njit(**_JIT)
-def first_last(seg_start, seg_end, lo_arr, valid, out_first, out_last):  # type: ignore[no-untyped-def]
-    """Indices of the earliest and latest non-null rows in each window; -1 if none."""
-    for s in range(seg_start.shape[0]):
-        a, b = seg_start[s], seg_end[s]
-        fv = a
-        last = -1
-        for i in range(a, b):
-            if valid[i]:
-                last = i
-            lo = lo_arr[i]
-            if fv < lo:
-                fv = lo
-            while fv <= i and not valid[fv]:
-                fv += 1
-            out_first[i] = fv if fv <= i else -1
-            out_last[i] = last if last >= lo else -1
+def sliding_extreme(r0, n, kid, ts, prev, nxt, order, valid, want_max, window_us, lo, f_end, b_idx, f_idx, out_idx):  # type: ignore[no-untyped-def]
+    """Row id of the min (max) non-null value per window; -1 if none."""
+    for r in range(r0, r0 + n):
+        k = kid[r]
+        start = _window_start(r, k, ts, nxt, lo, window_us)
+        if valid[r] and _better(r, b_idx[k], order, want_max):
+            b_idx[k] = r
+        if start > f_end[k]:
+            best = -1
+            j = r
+            while True:
+                if valid[j] and (best < 0 or not _better(best, j, order, want_max)):
+                    best = j  # ties: the earliest row, whose value is the same
+                f_idx[j] = best
+                if j == start:
+                    break
+                j = prev[j]
+            f_end[k] = r
+            b_idx[k] = -1
+        front = f_idx[start]
+        out_idx[r - r0] = b_idx[k] if _better(b_idx[k], front, order, want_max) else front
 
 
 @njit(**_JIT)
-def sliding_count_distinct(seg_start, seg_end, lo_arr, ids, n_ids, out):  # type: ignore[no-untyped-def]
-    """Number of distinct non-null ids (dense, ``-1`` = null) in each window."""
-    counts = np.zeros(n_ids, dtype=np.int64)
-    for s in range(seg_start.shape[0]):
-        a, b = seg_start[s], seg_end[s]
-        lo_prev = a
-        distinct = 0
-        for i in range(a, b):
-            v = ids[i]
-            if v >= 0:
-                if counts[v] == 0:
-                    distinct += 1
-                counts[v] += 1
-            lo = lo_arr[i]
-            for k in range(lo_prev, lo):
-                w = ids[k]
-                if w >= 0:
-                    counts[w] -= 1
-                    if counts[w] == 0:
-                        distinct -= 1
-            lo_prev = lo
-            out[i] = distinct
-        for k in range(lo_prev, b):  # leave the table empty for the next key
-            if ids[k] >= 0:
-                counts[ids[k]] = 0
+def sliding_count(r0, n, kid, ts, nxt, valid, window_us, lo, cnt, out):  # type: ignore[no-untyped-def]
+    """Number of rows (``valid`` all true) or non-null values per window."""
+    for r in range(r0, r0 + n):
+        k = kid[r]
+        start = lo[k]
+        if start < 0:
+            start = r
+        if valid[r]:
+            cnt[k] += 1
+        if window_us >= 0:
+            limit = ts[r] - window_us
+            while ts[start] < limit:
+                if valid[start]:
+                    cnt[k] -= 1
+                start = nxt[start]
+        lo[k] = start
+        out[r - r0] = cnt[k]
 
 
 @njit(**_JIT)
-def last_n_indices(lo_arr, valid, rows, n, out_offsets, out_idx):  # type: ignore[no-untyped-def]
-    """For each row in ``rows``: indices of the last ``n`` non-null rows of its window,
-    most recent first, written to ``out_idx`` with list offsets. Returns the total."""
+def first_last(r0, n, kid, ts, nxt, valid, window_us, lo, fv, lv, out_first, out_last):  # type: ignore[no-untyped-def]
+    """Row ids of the earliest and latest non-null rows per window; -1 if none.
+
+    ``fv[k]`` is a valid row in the window, or -1 once every row so far was scanned."""
+    for r in range(r0, r0 + n):
+        k = kid[r]
+        start = _window_start(r, k, ts, nxt, lo, window_us)
+        if valid[r]:
+            lv[k] = r
+        f = fv[k]
+        if f < 0:
+            f = r
+        elif f < start:
+            f = start
+        while 0 <= f <= r and not valid[f]:
+            f = nxt[f]  # rows of later batches may already be linked: never look past r
+        if f > r:
+            f = -1
+        fv[k] = f
+        out_first[r - r0] = f
+        out_last[r - r0] = lv[k] if lv[k] >= start else -1
+
+
+@njit(**_JIT)
+def last_n(r0, n, kid, ts, prev, nxt, valid, window_us, lo, count, out_offsets, out_idx):  # type: ignore[no-untyped-def]
+    """Row ids of the last ``count`` non-null rows per window, most recent first."""
     total = 0
-    for r in range(rows.shape[0]):
-        i = rows[r]
-        out_offsets[r] = total
-        k = i
+    for r in range(r0, r0 + n):
+        k = kid[r]
+        start = _window_start(r, k, ts, nxt, lo, window_us)
+        out_offsets[r - r0] = total
+        j = r
         taken = 0
-        while k >= lo_arr[i] and taken < n:
-            if valid[k]:
-                out_idx[total] = k
+        while j >= start and taken < count:
+            if valid[j]:
+                out_idx[total] = j
                 total += 1
                 taken += 1
-            k -= 1
-    out_offsets[rows.shape[0]] = total
+            j = prev[j]
+    out_offsets[n] = total
     return total
 
 
 @njit(**_JIT)
-def carry_sums(seg_start, seg_end, seg_key, first_new, vals, valid, c_sum, c_cnt, out_sum, out_cnt):  # type: ignore[no-untyped-def]
-    """Forever sum/count continued from per-key carried totals, over new rows only."""
-    for s in range(seg_start.shape[0]):
-        key = seg_key[s]
-        acc = c_sum[key]
-        cnt = c_cnt[key]
-        for i in range(first_new[s], seg_end[s]):
-            if valid[i]:
-                acc += vals[i]
-                cnt += 1
-            out_sum[i] = acc
-            out_cnt[i] = cnt
-        c_sum[key] = acc
-        c_cnt[key] = cnt
+def count_distinct(r0, n, kid, ts, nxt, vid, window_us, lo, counts, distinct, out):  # type: ignore[no-untyped-def]
+    """Distinct non-null value ids (``-1`` = null) per window; ``counts`` maps
+    ``key_id << 32 | value_id`` to occurrences in the window."""
+    for r in range(r0, r0 + n):
+        k = kid[r]
+        start = lo[k]
+        if start < 0:
+            start = r
+        v = vid[r]
+        if v >= 0:
+            slot = (k << 32) | v
+            c = counts.get(slot, 0)
+            if c == 0:
+                distinct[k] += 1
+            counts[slot] = c + 1
+        if window_us >= 0:
+            limit = ts[r] - window_us
+            while ts[start] < limit:
+                w = vid[start]
+                if w >= 0:
+                    slot = (k << 32) | w
+                    c = counts[slot] - 1
+                    if c == 0:
+                        del counts[slot]
+                        distinct[k] -= 1
+                    else:
+                        counts[slot] = c
+                start = nxt[start]
+        lo[k] = start
+        out[r - r0] = distinct[k]
 
 
 @njit(**_JIT)
-def carry_moments(seg_start, seg_end, seg_key, first_new, vals, valid, c_n, c_mean, c_m2, out_n, out_m2):  # type: ignore[no-untyped-def]
-    """Forever count/M2 (Welford) continued from per-key carried state, over new rows."""
-    for s in range(seg_start.shape[0]):
-        key = seg_key[s]
-        n, mean, m2 = c_n[key], c_mean[key], c_m2[key]
-        for i in range(first_new[s], seg_end[s]):
-            if valid[i]:
-                n, mean, m2 = _merge_moments(n, mean, m2, 1, vals[i], 0.0)
-            out_n[i] = n
-            out_m2[i] = m2
-        c_n[key], c_mean[key], c_m2[key] = n, mean, m2
+def relink(kid, last_row, prev, nxt):  # type: ignore[no-untyped-def]
+    """Rebuild the per-key links of a compacted log."""
+    last_row[:] = -1
+    for r in range(kid.shape[0]):
+        k = kid[r]
+        p = last_row[k]
+        prev[r] = p
+        nxt[r] = -1
+        if p >= 0:
+            nxt[p] = r
+        last_row[k] = r
+
+
+@njit(**_JIT)
+def mark_last_valid(last_row, prev, valid, count, live):  # type: ignore[no-untyped-def]
+    """Mark each key's last ``count`` non-null rows live (what LastN forever needs)."""
+    for k in range(last_row.shape[0]):
+        j = last_row[k]
+        taken = 0
+        while j >= 0 and taken < count:
+            if valid[j]:
+                live[j] = True
+                taken += 1
+            j = prev[j]
+
+
+def empty_counts():  # type: ignore[no-untyped-def]
+    """A typed dict for ``count_distinct`` (created outside JIT code)."""
+    from numba import types
+    from numba.typed import Dict
+
+    return Dict.empty(key_type=types.int64, value_type=types.int64)
+
+
+__all__ = [
+    "count_distinct", "empty_counts", "first_last", "last_n", "link_rows", "mark_last_valid",
+    "relink", "sliding_count", "sliding_extreme", "sliding_moments", "sliding_sum", "np",
+]

@@ -1,15 +1,17 @@
 """Keyed, per-event sliding window aggregation (DESIGN.md "Windowed aggregation").
 
 One operator serves batch and streaming: ``apply`` takes the next input rows in
-processing order and returns one output row per input row. Between calls it keeps, per
-key, only the rows a future window can still see (``ts >= last_ts - largest window``)
-plus, for "forever" windows, the few rows or running totals the aggregate needs.
-Batch mode is simply one call with everything.
+processing order and returns one output row per input row. State is incremental (see
+``kernels``): an append-only row log plus per-key window pointers and partial
+aggregates, so a micro-batch costs O(its rows), whatever the window length. Rows that no
+window can see any more (older than every window start of their key, and not the few
+rows a "forever" aggregate keeps) are dropped when the log is compacted, which happens
+whenever the log has doubled since the last compaction.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from typing import Any
 
 import numpy as np
@@ -19,34 +21,42 @@ import pyarrow as pa
 from volga.api.aggregates import Aggregate
 from volga.api.entity import Schema
 from volga.ops import kernels
-from volga.ops.keys import KeyIndex
+from volga.ops.keys import KeyIndex, OrderLabels
 
-KID, TS, SEQ, NEW = "__volga_kid", "__volga_ts", "__volga_seq", "__volga_new"
-_CARRY_KINDS = ("count", "sum", "avg", "stddev")  # forever windows keep running totals
+_SUM_KINDS = ("sum", "avg")
 
 
-@dataclasses.dataclass
-class _Carry:
-    """Running totals for forever count/sum/avg/stddev, indexed by key id."""
+class _Arrays:
+    """Named numpy arrays that grow together (amortised doubling)."""
 
-    sums: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
-    counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    means: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
-    m2s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self.fills: dict[str, Any] = {}
+        self.capacity = 0
 
-    def copy(self) -> "_Carry":
-        return _Carry(self.sums.copy(), self.counts.copy(), self.means.copy(), self.m2s.copy())
+    def add(self, name: str, dtype: Any, fill: Any) -> None:
+        self.arrays[name] = np.full(self.capacity, fill, dtype=dtype)
+        self.fills[name] = fill
 
-    def grow(self, size: int) -> None:
-        if size > self.counts.shape[0]:
-            extra = size - self.counts.shape[0] + max(1024, size // 2)
-            self.sums = np.concatenate([self.sums, np.zeros(extra)])
-            self.counts = np.concatenate([self.counts, np.zeros(extra, dtype=np.int64)])
-            self.means = np.concatenate([self.means, np.zeros(extra)])
-            self.m2s = np.concatenate([self.m2s, np.zeros(extra)])
+    def ensure(self, size: int) -> None:
+        if size <= self.capacity:
+            return
+        capacity = max(size, 2 * self.capacity, 1024)
+        for name, old in self.arrays.items():
+            new = np.full(capacity, self.fills[name], dtype=old.dtype)
+            new[: old.shape[0]] = old
+            self.arrays[name] = new
+        self.capacity = capacity
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
 
 
 class WindowAggregateOp:
+    # The log is compacted once it holds more than twice the rows that survived the last
+    # compaction plus this slack: amortised O(1) per row, and at most ~2x the live state.
+    compact_slack_rows = 65_536
+
     def __init__(self, input_schema: Schema, output_schema: Schema, keys: tuple[str, ...], aggregates: tuple[Aggregate, ...]) -> None:
         self.input_schema = input_schema
         self.output_schema = output_schema
@@ -54,238 +64,256 @@ class WindowAggregateOp:
         self.aggregates = aggregates
         self.ts_col = input_schema.timestamp
         self.value_cols = sorted({a.on for a in aggregates if a.on is not None})
-        windows = [a.window_us for a in aggregates if a.window_us is not None]
-        self.max_window_us = max(windows) if windows else None
         self.key_index = KeyIndex(keys, {k: input_schema.field(k).dtype for k in keys})
-        self.carries: dict[int, _Carry] = {i: _Carry() for i, a in enumerate(aggregates) if self._carried(a)}
-        self.state = self._empty_state()
-        self.next_seq = 0
+        self.value_index = {
+            a.on: KeyIndex((a.on,), {a.on: input_schema.field(a.on).dtype})
+            for a in aggregates if a.kind == "count_distinct" and a.on is not None
+        }
+        self.order_labels = {
+            a.on: OrderLabels()
+            for a in aggregates if a.kind in ("min", "max") and a.on is not None and input_schema.field(a.on).dtype == pl.String
+        }
+        self.rows = _Arrays()  # the row log
+        self.per_key = _Arrays()
+        self.counts: dict[int, Any] = {}
+        self.values: dict[str, list[pl.Series]] = {c: [] for c in self.value_cols}  # value log, in chunks
+        self.size = 0
+        self.live_after_compaction = 0
+        self._declare_state()
 
-    @staticmethod
-    def _carried(agg: Aggregate) -> bool:
-        return agg.window_us is None and agg.kind in _CARRY_KINDS
-
-    def _empty_state(self) -> pl.DataFrame:
-        schema = {KID: pl.Int64(), TS: pl.Int64(), SEQ: pl.Int64()}
-        schema.update({c: self.input_schema.field(c).dtype for c in self.value_cols})
-        return pl.DataFrame(schema=schema)
+    def _declare_state(self) -> None:
+        rows, keys = self.rows, self.per_key
+        rows.add("kid", np.int64, -1)
+        rows.add("ts", np.int64, 0)
+        rows.add("prev", np.int64, -1)
+        rows.add("nxt", np.int64, -1)
+        rows.add("all", np.bool_, True)  # "valid" for Count() without on=
+        keys.add("last_row", np.int64, -1)
+        for col in self.value_cols:
+            rows.add(f"val:{col}", np.float64, 0.0)
+            rows.add(f"valid:{col}", np.bool_, False)
+            if col in self.value_index:
+                rows.add(f"vid:{col}", np.int64, -1)
+        for i, agg in enumerate(self.aggregates):
+            keys.add(f"lo:{i}", np.int64, -1)
+            if agg.kind in _SUM_KINDS:
+                keys.add(f"f_end:{i}", np.int64, -1)
+                keys.add(f"b_sum:{i}", np.float64, 0.0)
+                keys.add(f"b_cnt:{i}", np.int64, 0)
+                rows.add(f"f_sum:{i}", np.float64, 0.0)
+                rows.add(f"f_cnt:{i}", np.int64, 0)
+            elif agg.kind == "stddev":
+                keys.add(f"f_end:{i}", np.int64, -1)
+                keys.add(f"b_n:{i}", np.int64, 0)
+                keys.add(f"b_mean:{i}", np.float64, 0.0)
+                keys.add(f"b_m2:{i}", np.float64, 0.0)
+                rows.add(f"f_n:{i}", np.int64, 0)
+                rows.add(f"f_mean:{i}", np.float64, 0.0)
+                rows.add(f"f_m2:{i}", np.float64, 0.0)
+            elif agg.kind in ("min", "max"):
+                keys.add(f"f_end:{i}", np.int64, -1)
+                keys.add(f"b_idx:{i}", np.int64, -1)
+                rows.add(f"f_idx:{i}", np.int64, -1)
+            elif agg.kind == "count":
+                keys.add(f"cnt:{i}", np.int64, 0)
+            elif agg.kind in ("first", "last"):
+                keys.add(f"fv:{i}", np.int64, -1)
+                keys.add(f"lv:{i}", np.int64, -1)
+            elif agg.kind == "count_distinct":
+                keys.add(f"distinct:{i}", np.int64, 0)
+                self.counts[i] = kernels.empty_counts()
 
     # -- state -----------------------------------------------------------------------
+    @property
+    def state_rows(self) -> int:
+        """Rows currently held in the log (for tests and metrics)."""
+        return self.size
+
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "keys": self.key_index.snapshot(),
-            "state": self.state.clone(),
-            "carries": {i: c.copy() for i, c in self.carries.items()},
-            "next_seq": self.next_seq,
-        }
+        return copy.deepcopy(
+            {
+                "keys": self.key_index.snapshot(),
+                "values_index": {c: v.snapshot() for c, v in self.value_index.items()},
+                "order_labels": self.order_labels,
+                "rows": {n: a[: self.size].copy() for n, a in self.rows.arrays.items()},
+                "per_key": {n: a[: self.key_index.size].copy() for n, a in self.per_key.arrays.items()},
+                "counts": {i: dict(d) for i, d in self.counts.items()},
+                "values": {c: self._value_log(c) for c in self.value_cols},
+                "size": self.size,
+            }
+        )
 
     def restore(self, snap: dict[str, Any]) -> None:
         self.key_index.restore(snap["keys"])
-        self.state = snap["state"].clone()
-        self.carries = {i: c.copy() for i, c in snap["carries"].items()}
-        self.next_seq = snap["next_seq"]
+        for c, v in snap["values_index"].items():
+            self.value_index[c].restore(v)
+        self.order_labels = copy.deepcopy(snap["order_labels"])
+        for saved, arrays in ((snap["rows"], self.rows), (snap["per_key"], self.per_key)):
+            for name, values in saved.items():
+                arrays.arrays[name] = values.copy()
+            arrays.capacity = len(next(iter(saved.values())))
+        for i, saved_counts in snap["counts"].items():
+            self.counts[i] = kernels.empty_counts()
+            for slot, c in saved_counts.items():
+                self.counts[i][slot] = c
+        self.values = {c: [s.clone()] for c, s in snap["values"].items()}
+        self.size = self.live_after_compaction = snap["size"]
 
-    @property
-    def state_rows(self) -> int:
-        return self.state.height
+    def _value_log(self, col: str) -> pl.Series:
+        chunks = self.values[col]
+        if len(chunks) > 1:  # chunked, not copied: O(number of chunks)
+            self.values[col] = [pl.concat(chunks, rechunk=False)]
+        return self.values[col][0] if self.values[col] else pl.Series(col, [], dtype=self.input_schema.field(col).dtype)
 
     # -- processing ------------------------------------------------------------------
     def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
         n = batch.height
         if n == 0:
             return pl.DataFrame(schema=self.output_schema.polars_schema())
+        if self.size > 2 * self.live_after_compaction + self.compact_slack_rows:
+            self._compact()
+        # Rows of one key are laid out next to each other in the log (keys are independent,
+        # so only the order within a key matters): the kernels' walks then stay in cache.
         kids = self.key_index.ids(batch)
-        for carry in self.carries.values():
-            carry.grow(self.key_index.size)
-        base = self.next_seq
-        self.next_seq += n
-        new = pl.DataFrame(
-            {
-                KID: kids,
-                TS: batch[self.ts_col].dt.epoch("us"),
-                SEQ: np.arange(base, base + n, dtype=np.int64),
-            }
-        ).with_columns(batch.select(self.value_cols))
-        if self.state.height:
-            touched = pl.Series(np.unique(kids))
-            old = self.state.filter(pl.col(KID).is_in(touched.implode()))
-            untouched = self.state.filter(~pl.col(KID).is_in(touched.implode()))
-            combined = pl.concat([old, new])
-        else:
-            untouched, combined = self.state, new
-        order = np.argsort(combined[KID].to_numpy(), kind="stable")
-        combined = combined[order]
-        outputs, keep = self._compute(combined, base)
-        self.state = pl.concat([untouched, combined.filter(pl.Series(keep))])
+        order = np.argsort(kids, kind="stable")
+        r0 = self.size
+        self._append(batch[order], kids[order])
+        rows, keys = self.rows, self.per_key
+        kernels.link_rows(r0, n, rows["kid"], rows["prev"], rows["nxt"], keys["last_row"])
+        back = pl.Series(np.argsort(order))
+        columns = [
+            self._aggregate(i, a, r0, n).gather(back).alias(a.into).cast(self.output_schema.field(a.into).dtype)
+            for i, a in enumerate(self.aggregates)
+        ]
         out = batch.select([*self.keys, self.ts_col])
-        return out.with_columns(outputs).select(self.output_schema.names)
+        return out.with_columns(columns).select(self.output_schema.names)
 
-    def _compute(self, combined: pl.DataFrame, base: int) -> tuple[list[pl.Series], np.ndarray]:
-        kid = combined[KID].to_numpy()
-        ts = combined[TS].to_numpy()
-        seq = combined[SEQ].to_numpy()
-        size = kid.shape[0]
-        is_new = seq >= base
-        bounds = np.flatnonzero(np.diff(kid)) + 1
-        seg_start = np.concatenate([[0], bounds]).astype(np.int64)
-        seg_end = np.concatenate([bounds, [size]]).astype(np.int64)
-        new_pos = np.flatnonzero(is_new)
-        order_back = seq[new_pos] - base  # position of each new row in the input batch
+    def _append(self, batch: pl.DataFrame, kids: np.ndarray) -> None:
+        n, r0 = batch.height, self.size
+        self.per_key.ensure(self.key_index.size)
+        self.rows.ensure(r0 + n)
+        rows = self.rows
+        rows["kid"][r0 : r0 + n] = kids
+        rows["ts"][r0 : r0 + n] = batch[self.ts_col].dt.epoch("us").to_numpy()
+        for col in self.value_cols:
+            series = batch[col]
+            self.values[col].append(series)
+            rows[f"valid:{col}"][r0 : r0 + n] = series.is_not_null().to_numpy()
+            if series.dtype == pl.Float64:
+                rows[f"val:{col}"][r0 : r0 + n] = series.fill_null(0.0).to_numpy()
+            elif series.dtype in (pl.Int64, pl.Boolean) or series.dtype.is_temporal():
+                rows[f"val:{col}"][r0 : r0 + n] = series.cast(pl.Int64).fill_null(0).to_numpy()
+            elif col in self.order_labels:
+                labels = self.order_labels[col]
+                rows[f"val:{col}"][r0 : r0 + n] = labels.label(series)
+                if labels.relabelled:  # every stored label moved: recompute them from the value log
+                    rows[f"val:{col}"][:r0] = labels.label(self._value_log(col).head(r0))
+            if col in self.value_index:
+                ids = self.value_index[col].ids(batch.select(col))
+                valid = rows[f"valid:{col}"][r0 : r0 + n]
+                rows[f"vid:{col}"][r0 : r0 + n] = np.where(valid, ids, -1)
+        self.size += n
 
-        keep = np.zeros(size, dtype=bool)
-        last_ts = ts[seg_end - 1]
-        if self.max_window_us is not None:
-            keep |= ts >= np.repeat(last_ts - self.max_window_us, seg_end - seg_start)
-        lo_cache: dict[int, np.ndarray] = {}
-
-        def window_lo(window_us: int | None) -> np.ndarray:
-            w = -1 if window_us is None else window_us
-            if w not in lo_cache:
-                lo = np.empty(size, dtype=np.int64)
-                kernels.window_starts(seg_start, seg_end, ts, w, lo)
-                lo_cache[w] = lo
-            return lo_cache[w]
-
-        outputs: list[pl.Series] = []
-        for index, agg in enumerate(self.aggregates):
-            lo = window_lo(agg.window_us)
-            series = self._aggregate(index, agg, combined, lo, seg_start, seg_end, kid, is_new, new_pos, keep)
-            values = _reorder(series, order_back)
-            outputs.append(values.alias(agg.into).cast(self.output_schema.field(agg.into).dtype))
-        return outputs, keep
-
-    def _aggregate(
-        self,
-        index: int,
-        agg: Aggregate,
-        combined: pl.DataFrame,
-        lo: np.ndarray,
-        seg_start: np.ndarray,
-        seg_end: np.ndarray,
-        kid: np.ndarray,
-        is_new: np.ndarray,
-        new_pos: np.ndarray,
-        keep: np.ndarray,
-    ) -> pl.Series:
-        """The aggregate's values for the new rows, in combined (key, seq) order."""
-        size = combined.height
-        forever = agg.window_us is None
-        column = combined[agg.on] if agg.on is not None else None
-        valid = np.ones(size, dtype=bool) if column is None else column.is_not_null().to_numpy()
-        if agg.kind == "count" and agg.on is None and not forever:
-            return pl.Series((np.arange(size) - lo + 1)[new_pos])
-
-        if agg.kind in _CARRY_KINDS and forever:
-            carry = self.carries[index]
-            seg_key = kid[seg_start]
-            # kept rows of a key come before its new rows; carried totals already hold them
-            first_new = seg_start + np.add.reduceat((~is_new).astype(np.int64), seg_start)
-            vals = _as_float(column) if column is not None and agg.kind != "count" else np.zeros(size)
-            if agg.kind == "stddev":
-                out_n = np.zeros(size, dtype=np.int64)
-                out_m2 = np.zeros(size)
-                kernels.carry_moments(seg_start, seg_end, seg_key, first_new, vals, valid, carry.counts, carry.means, carry.m2s, out_n, out_m2)
-                return _stddev(out_n[new_pos], out_m2[new_pos])
-            out_sum = np.zeros(size)
-            out_cnt = np.zeros(size, dtype=np.int64)
-            kernels.carry_sums(seg_start, seg_end, seg_key, first_new, vals, valid, carry.sums, carry.counts, out_sum, out_cnt)
-            return _sum_like(agg, out_sum[new_pos], out_cnt[new_pos])
-
-        if agg.kind in ("count", "sum", "avg"):
-            assert column is not None or agg.kind == "count"
-            if agg.kind == "count":
-                prefix = np.cumsum(valid)
-                before = np.where(lo > 0, prefix[np.maximum(lo - 1, 0)], 0)
-                return pl.Series((prefix - before)[new_pos])
-            out_sum = np.zeros(size)
-            out_cnt = np.zeros(size, dtype=np.int64)
-            kernels.sliding_sum(seg_start, seg_end, lo, _as_float(column), valid, out_sum, out_cnt)
-            return _sum_like(agg, out_sum[new_pos], out_cnt[new_pos])
+    def _aggregate(self, i: int, agg: Aggregate, r0: int, n: int) -> pl.Series:
+        rows, keys = self.rows, self.per_key
+        w = -1 if agg.window_us is None else agg.window_us
+        common = (r0, n, rows["kid"], rows["ts"])
+        val = rows[f"val:{agg.on}"] if agg.on else None
+        valid = rows[f"valid:{agg.on}"] if agg.on else rows["all"]
+        lo = keys[f"lo:{i}"]
+        if agg.kind in _SUM_KINDS:
+            sums, counts = np.empty(n), np.empty(n, dtype=np.int64)
+            kernels.sliding_sum(*common, rows["prev"], rows["nxt"], val, valid, w, lo, keys[f"f_end:{i}"],
+                                keys[f"b_sum:{i}"], keys[f"b_cnt:{i}"], rows[f"f_sum:{i}"], rows[f"f_cnt:{i}"], sums, counts)
+            has = pl.Series(counts) > 0
+            value = pl.Series(sums / np.maximum(counts, 1)) if agg.kind == "avg" else pl.Series(sums)
+            return pl.select(pl.when(has).then(value)).to_series()
         if agg.kind == "stddev":
-            out_n = np.zeros(size, dtype=np.int64)
-            out_m2 = np.zeros(size)
-            kernels.sliding_moments(seg_start, seg_end, lo, _as_float(column), valid, out_n, out_m2)
-            return _stddev(out_n[new_pos], out_m2[new_pos])
-
-        assert column is not None
-        if agg.kind in ("min", "max"):
-            idx = np.empty(size, dtype=np.int64)
-            kernels.sliding_arg_extreme(seg_start, seg_end, lo, _order_key(column), valid, agg.kind == "max", idx)
-            if forever:
-                keep[idx[seg_end - 1][idx[seg_end - 1] >= 0]] = True
-            return _gather(column, idx[new_pos])
-        if agg.kind in ("first", "last"):
-            first = np.empty(size, dtype=np.int64)
-            last = np.empty(size, dtype=np.int64)
-            kernels.first_last(seg_start, seg_end, lo, valid, first, last)
-            chosen = first if agg.kind == "first" else last
-            if forever:
-                keep[chosen[seg_end - 1][chosen[seg_end - 1] >= 0]] = True
-            return _gather(column, chosen[new_pos])
+            counts, m2 = np.empty(n, dtype=np.int64), np.empty(n)
+            kernels.sliding_moments(*common, rows["prev"], rows["nxt"], val, valid, w, lo, keys[f"f_end:{i}"],
+                                    keys[f"b_n:{i}"], keys[f"b_mean:{i}"], keys[f"b_m2:{i}"],
+                                    rows[f"f_n:{i}"], rows[f"f_mean:{i}"], rows[f"f_m2:{i}"], counts, m2)
+            std = np.sqrt(np.maximum(m2, 0.0) / np.maximum(counts - 1, 1))
+            return pl.select(pl.when(pl.Series(counts) >= 2).then(pl.Series(std))).to_series()
+        if agg.kind == "count":
+            out = np.empty(n, dtype=np.int64)
+            kernels.sliding_count(*common, rows["nxt"], valid, w, lo, keys[f"cnt:{i}"], out)
+            return pl.Series(out)
         if agg.kind == "count_distinct":
-            ids = column.rank("dense").cast(pl.Int64).fill_null(0).to_numpy() - 1
-            out = np.zeros(size, dtype=np.int64)
-            kernels.sliding_count_distinct(seg_start, seg_end, lo, ids, max(int(ids.max()) + 1, 1), out)
-            if forever:  # the last row of each distinct value per key is all a future count needs
-                last_of_value = pl.DataFrame({"k": kid, "v": ids, "i": np.arange(size)}).filter(pl.col("v") >= 0)
-                keep[last_of_value.group_by("k", "v").agg(pl.col("i").max())["i"].to_numpy()] = True
-            return pl.Series(out[new_pos])
+            out = np.empty(n, dtype=np.int64)
+            kernels.count_distinct(*common, rows["nxt"], rows[f"vid:{agg.on}"], w, lo, self.counts[i], keys[f"distinct:{i}"], out)
+            return pl.Series(out)
+        assert agg.on is not None
+        if agg.kind in ("min", "max"):
+            idx = np.empty(n, dtype=np.int64)
+            kernels.sliding_extreme(*common, rows["prev"], rows["nxt"], val, valid, agg.kind == "max", w, lo,
+                                    keys[f"f_end:{i}"], keys[f"b_idx:{i}"], rows[f"f_idx:{i}"], idx)
+            return self._gather(agg.on, idx)
+        if agg.kind in ("first", "last"):
+            first, last = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+            kernels.first_last(*common, rows["nxt"], valid, w, lo, keys[f"fv:{i}"], keys[f"lv:{i}"], first, last)
+            return self._gather(agg.on, first if agg.kind == "first" else last)
         if agg.kind == "last_n":
-            n = agg.n  # type: ignore[attr-defined]
-            offsets = np.empty(len(new_pos) + 1, dtype=np.int64)
-            flat = np.empty(len(new_pos) * n, dtype=np.int64)
-            total = kernels.last_n_indices(lo, valid, new_pos.astype(np.int64), n, offsets, flat)
-            if forever:
-                tail = np.empty(seg_end.shape[0] + 1, dtype=np.int64)
-                tail_idx = np.empty(seg_end.shape[0] * n, dtype=np.int64)
-                kept = kernels.last_n_indices(lo, valid, (seg_end - 1).astype(np.int64), n, tail, tail_idx)
-                keep[tail_idx[:kept]] = True
-            return _to_lists(column.gather(pl.Series(flat[:total])), offsets)
+            count = agg.n  # type: ignore[attr-defined]
+            offsets, flat = np.empty(n + 1, dtype=np.int64), np.empty(n * count, dtype=np.int64)
+            total = kernels.last_n(*common, rows["prev"], rows["nxt"], valid, w, lo, count, offsets, flat)
+            values = self._gather(agg.on, flat[:total])
+            lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values.to_arrow())
+            return pl.Series(lists).cast(pl.List(values.dtype))
         raise AssertionError(f"unknown aggregate kind {agg.kind}")
 
+    def _gather(self, col: str, idx: np.ndarray) -> pl.Series:
+        indices = pl.Series(idx)
+        if (idx < 0).any():
+            indices = pl.select(pl.when(indices >= 0).then(indices)).to_series()
+        return self._value_log(col).gather(indices)
 
-# -- helpers ---------------------------------------------------------------------------
-def _as_float(column: pl.Series | None) -> np.ndarray:
-    assert column is not None
-    return column.cast(pl.Float64).fill_null(0.0).to_numpy()
+    # -- compaction ------------------------------------------------------------------
+    def _compact(self) -> None:
+        """Drop rows no window can see; renumber the survivors (order is kept)."""
+        size, n_keys = self.size, self.key_index.size
+        rows, keys = self.rows, self.per_key
+        kid = rows["kid"][:size]
+        live = np.zeros(size, dtype=bool)
+        windowed_lo = np.full(n_keys, np.iinfo(np.int64).max, dtype=np.int64)
+        pointers = ["last_row"]
+        for i, agg in enumerate(self.aggregates):
+            lo = keys[f"lo:{i}"][:n_keys]
+            if agg.window_us is not None:
+                windowed_lo = np.where(lo >= 0, np.minimum(windowed_lo, lo), windowed_lo)
+            else:
+                _mark(live, lo)  # forever windows start at the key's first row
+            pointers.append(f"lo:{i}")
+            for name in (f"b_idx:{i}", f"fv:{i}", f"lv:{i}"):
+                if name in keys.arrays:
+                    _mark(live, keys[name][:n_keys])
+                    pointers.append(name)
+            if f"f_end:{i}" in keys.arrays:
+                pointers.append(f"f_end:{i}")
+            if agg.kind == "last_n" and agg.window_us is None:
+                kernels.mark_last_valid(keys["last_row"][:n_keys], rows["prev"], rows[f"valid:{agg.on}"], agg.n, live)  # type: ignore[attr-defined]
+        live |= np.arange(size) >= windowed_lo[kid]
+        _mark(live, keys["last_row"][:n_keys])
+        new_id = np.cumsum(live) - 1
+        keep = np.flatnonzero(live)
+        for name, array in rows.arrays.items():
+            array[: keep.shape[0]] = array[keep]
+            if name.startswith("f_idx:"):
+                _remap(array[: keep.shape[0]], new_id, live)
+        for name in pointers:
+            _remap(keys[name][:n_keys], new_id, live)
+        for col in self.value_cols:
+            self.values[col] = [self._value_log(col).gather(pl.Series(keep))]
+        self.size = self.live_after_compaction = int(keep.shape[0])
+        kernels.relink(rows["kid"][: self.size], keys["last_row"][:n_keys], rows["prev"], rows["nxt"])
 
 
-def _order_key(column: pl.Series) -> np.ndarray:
-    """Values as floats that order like the column (strings by dense rank)."""
-    if column.dtype == pl.Float64:
-        return column.fill_null(0.0).to_numpy()
-    if column.dtype in (pl.Int64, pl.Boolean) or column.dtype.is_temporal():
-        return column.cast(pl.Int64).cast(pl.Float64).fill_null(0.0).to_numpy()
-    return column.rank("dense").cast(pl.Float64).fill_null(0.0).to_numpy()
+def _mark(live: np.ndarray, row_ids: np.ndarray) -> None:
+    live[row_ids[row_ids >= 0]] = True
 
 
-def _sum_like(agg: Aggregate, sums: np.ndarray, counts: np.ndarray) -> pl.Series:
-    if agg.kind == "count":
-        return pl.Series(counts)
-    if agg.kind == "avg":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return pl.Series(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)).fill_nan(None)
-    return pl.select(pl.when(pl.Series(counts) > 0).then(pl.Series(sums))).to_series()
-
-
-def _stddev(n: np.ndarray, m2: np.ndarray) -> pl.Series:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.where(n >= 2, np.maximum(m2, 0.0) / np.maximum(n - 1, 1), np.nan)
-    return pl.Series(np.sqrt(var)).fill_nan(None)
-
-
-def _gather(column: pl.Series, idx: np.ndarray) -> pl.Series:
-    indices = pl.Series(idx).set(pl.Series(idx < 0), None) if (idx < 0).any() else pl.Series(idx)
-    return column.gather(indices)
-
-
-def _to_lists(values: pl.Series, offsets: np.ndarray) -> pl.Series:
-    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values.to_arrow())
-    return pl.Series(lists).cast(pl.List(values.dtype))
-
-
-def _reorder(series: pl.Series, order_back: np.ndarray) -> pl.Series:
-    """Put values computed in (key, seq) order back into input order."""
-    inverse = np.empty_like(order_back)
-    inverse[order_back] = np.arange(order_back.shape[0])
-    return series.gather(pl.Series(inverse))
+def _remap(pointers: np.ndarray, new_id: np.ndarray, live: np.ndarray) -> None:
+    """Row-id pointers into the compacted log; pointers to dropped rows become -1."""
+    ok = pointers >= 0
+    target = np.where(ok, pointers, 0)
+    pointers[:] = np.where(ok & live[target], new_id[target], -1)

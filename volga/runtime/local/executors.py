@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
 import polars as pl
 
 from volga.errors import Rejected
@@ -72,6 +73,14 @@ def collect_rejected(plan: PhysicalPlan, stages: dict[int, SourceStage] | None, 
     return out
 
 
+def sort_by_time(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
+    """Stable sort by event time (ties keep arrival order); free for rows already in order."""
+    ts = rows[ts_col]
+    if ts.is_sorted():
+        return rows
+    return rows[np.argsort(ts.dt.epoch("us").to_numpy(), kind="stable")]
+
+
 def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metrics: Metrics, batch_size: int = 1_000_000) -> None:
     """Read every bounded source fully, then run each step once over all its input."""
     results: dict[int, pl.DataFrame] = {}
@@ -89,7 +98,7 @@ def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metric
                     time.sleep(0.001)  # a paced source read in batch mode: wait for due rows
             rows = pl.concat(parts) if parts else pl.DataFrame(schema=step.schema.polars_schema())
             metrics.rows_in[step.source.name] = rows.height
-            out = rows.sort(step.schema.timestamp, maintain_order=True)
+            out = sort_by_time(rows, step.schema.timestamp)
         elif step.kind == "join":
             assert isinstance(step.op, AsOfJoinOp)
             step.op.push(0, results[step.inputs[0]])
