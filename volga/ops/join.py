@@ -43,10 +43,10 @@ class AsOfJoinOp:
             both = pl.concat([self.latest, self._prepare_right(right)])
             # equal (key, ts): the last arrival wins; state keeps the latest row per key
             both = both.unique(subset=[*self.right_keys, _RTS], keep="last", maintain_order=True)
+            out = self._join(left, both) if left is not None and left.height else None
+            self.latest = both.unique(subset=self.right_keys, keep="last", maintain_order=True).sort(_RTS, maintain_order=True)
         else:
-            both = self.latest
-        out = self._join(left, both) if left is not None and left.height else None
-        self.latest = both.unique(subset=self.right_keys, keep="last", maintain_order=True).sort(_RTS, maintain_order=True)
+            out = self._join(left, self.latest) if left is not None and left.height else None
         if out is None:
             return pl.DataFrame(schema=self.node.schema.polars_schema())
         return out

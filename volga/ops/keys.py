@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -11,32 +12,70 @@ _ID = "__volga_kid"
 
 
 class KeyIndex:
-    """Assigns each distinct key a stable id 0, 1, 2, ... in first-seen order."""
+    """Assigns each distinct key a stable id 0, 1, 2, ... in first-seen order.
+
+    Small batches (streaming) look keys up in a dict; large ones (backfills) join against
+    a key table, which is rebuilt from the dict only when it is stale.
+    """
+
+    DICT_BELOW_ROWS = 20_000
 
     def __init__(self, keys: tuple[str, ...], dtypes: dict[str, pl.DataType]) -> None:
         self.keys = list(keys)
-        self._table = pl.DataFrame(schema={**{k: dtypes[k] for k in keys}, _ID: pl.Int64()})
+        self.dtypes = {k: dtypes[k] for k in keys}
+        self._ids: dict[Any, int] = {}
+        self._table: pl.DataFrame | None = None
 
     @property
     def size(self) -> int:
-        return self._table.height
+        return len(self._ids)
 
     def ids(self, batch: pl.DataFrame) -> np.ndarray:
         """Key id of every row of ``batch`` (new keys are added)."""
+        if batch.height < self.DICT_BELOW_ROWS:
+            return self._ids_by_dict(batch)
+        return self._ids_by_join(batch)
+
+    def _key_values(self, frame: pl.DataFrame) -> list[Any]:
+        if len(self.keys) == 1:
+            return frame[self.keys[0]].to_list()
+        return list(zip(*(frame[k].to_list() for k in self.keys)))
+
+    def _ids_by_dict(self, batch: pl.DataFrame) -> np.ndarray:
+        ids, out = self._ids, []
+        for key in self._key_values(batch):
+            found = ids.get(key)
+            if found is None:
+                found = ids[key] = len(ids)
+                self._table = None
+            out.append(found)
+        return np.array(out, dtype=np.int64)
+
+    def _ids_by_join(self, batch: pl.DataFrame) -> np.ndarray:
         keys = batch.select(self.keys)
-        found = keys.join(self._table, on=self.keys, how="left", maintain_order="left", nulls_equal=True)[_ID]
-        if found.null_count():
-            fresh = keys.filter(found.is_null()).unique(maintain_order=True)
-            fresh = fresh.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_ID) + self._table.height)
-            self._table = pl.concat([self._table, fresh])
-            found = keys.join(self._table, on=self.keys, how="left", maintain_order="left", nulls_equal=True)[_ID]
-        return found.to_numpy()
+        fresh = keys.unique(maintain_order=True)
+        if self._table is not None:
+            fresh = fresh.join(self._table, on=self.keys, how="anti", nulls_equal=True)
+        for key in self._key_values(fresh):  # new keys only: first-seen order
+            self._ids.setdefault(key, len(self._ids))
+        if self._table is None or fresh.height:
+            self._table = self._build_table()
+        return keys.join(self._table, on=self.keys, how="left", maintain_order="left", nulls_equal=True)[_ID].to_numpy()
 
-    def snapshot(self) -> pl.DataFrame:
-        return self._table.clone()
+    def _build_table(self) -> pl.DataFrame:
+        if len(self.keys) == 1:
+            columns = {self.keys[0]: list(self._ids)}
+        else:
+            columns = {k: [key[i] for key in self._ids] for i, k in enumerate(self.keys)}
+        frame = pl.DataFrame(columns, schema=self.dtypes)
+        return frame.with_columns(pl.Series(_ID, list(self._ids.values()), dtype=pl.Int64))
 
-    def restore(self, table: pl.DataFrame) -> None:
-        self._table = table.clone()
+    def snapshot(self) -> dict[Any, int]:
+        return dict(self._ids)
+
+    def restore(self, ids: dict[Any, int]) -> None:
+        self._ids = dict(ids)
+        self._table = None
 
 
 class OrderLabels:
