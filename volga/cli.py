@@ -1,0 +1,49 @@
+"""The ``volga`` command line.
+
+    volga serve app.py [--host 127.0.0.1] [--port 8000] [--workers 1] [--auth-token TOKEN]
+
+``app.py`` (or ``app.py:client``, or ``package.module:client``) defines the features and a
+``volga.Client``; see :mod:`volga.serving.run`. The auth token may also come from the
+``VOLGA_AUTH_TOKEN`` environment variable (safer than the command line, which other
+users of the machine can read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="volga", description="Volga: real-time features, one definition for batch, streaming and on-demand.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve on-demand features over HTTP")
+    serve.add_argument("app", help="the module defining the features and a volga.Client: app.py, app.py:client or pkg.mod:client")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (needs a shared online store)")
+    serve.add_argument("--auth-token", default=None, help="require 'Authorization: Bearer TOKEN' (default: $VOLGA_AUTH_TOKEN)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted (default 1 MiB)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from volga.serving.run import AppError, serve_app
+
+        token = args.auth_token or os.environ.get("VOLGA_AUTH_TOKEN") or None
+        try:
+            return serve_app(
+                args.app, host=args.host, port=args.port, workers=args.workers, auth_token=token,
+                max_body_bytes=args.max_body_bytes,
+            )
+        except AppError as e:
+            print(e, file=sys.stderr)
+            return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
