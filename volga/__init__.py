@@ -9,7 +9,9 @@ from volga.api.aggregates import Avg, Count, CountDistinct, First, Last, LastN, 
 from volga.api.decorators import PipelineDef, SourceDef, pipeline, source
 from volga.api.entity import entity, field
 from volga.api.frame import Entity, PipelineDefinitionError, col
+from volga.api.on_demand import OnDemandDef, OnDemandDefinitionError, on_demand
 from volga.client import Client
+from volga.serving.client import OnDemandClient
 from volga.errors import JobFailed, KeyMismatch, Rejected, UnknownFeature
 from volga.runtime.local.job import Job
 from volga.sources.base import Source
@@ -20,5 +22,6 @@ __all__ = [
     "Last", "LastN", "Max", "MemoryOnlineStore", "Min", "OfflineStore", "OnlineStore",
     "ParquetOfflineStore", "PipelineDef", "PipelineDefinitionError", "Rejected", "Source", "SourceDef",
     "Stddev", "Sum", "UnknownFeature", "col", "entity", "field", "pipeline", "source",
+    "OnDemandClient", "OnDemandDef", "OnDemandDefinitionError", "on_demand",
 ]
 __version__ = "0.1.0"
