@@ -19,7 +19,7 @@ import polars as pl
 from volga.api.decorators import Params, PipelineDef, SourceDef
 from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.entity import Schema, make_instance
-from volga.api.types import datetime_to_us, dtype_name
+from volga.api.types import Duration, datetime_to_us, dtype_name, parse_duration_us
 from volga.errors import KeyMismatch, UnknownFeature
 from volga.plan.compile import PhysicalPlan, compile_plan
 from volga.runtime.local.executors import Metrics, StreamOptions, collect_rejected, run_batch, run_streaming
@@ -94,17 +94,21 @@ class Client:
         write_online: bool = False,
         write_offline: bool = False,
         batch_size: int = 10_000,
+        max_batch_delay: Duration = "0ms",
     ) -> Job:
         """Run pipelines over their sources.
 
         ``mode="offline"``: read bounded sources fully, write every output row to the
         offline store (replacing that pipeline's previous rows) and, with
         ``write_online=True``, to the online store too.
-        ``mode="online"``: stream micro-batches of up to ``batch_size`` rows into the online
+        ``mode="online"``: stream micro-batches of up to ``batch_size`` rows (waiting at most
+        ``max_batch_delay`` to fill one; default: take what is there) into the online
         store; with ``write_offline=True`` the job's output rows also replace the
         pipeline's offline rows (cleared at job start, appended as they come).
         ``block=False`` returns a running :class:`Job` (``wait()``/``stop()``).
         """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if mode not in ("offline", "online"):
             raise ValueError(f"mode must be 'offline' or 'online', not {mode!r}")
         plan = self._plan(pipelines, params)
@@ -152,7 +156,7 @@ class Client:
                 if write_offline:
                     self.offline_store.append(name, schemas[name], rows)
 
-            options = StreamOptions(batch_size=batch_size)
+            options = StreamOptions(batch_size=batch_size, max_batch_delay_s=parse_duration_us(max_batch_delay, what='max_batch_delay') / 1e6)
 
             def work(stop: threading.Event, metrics: Metrics) -> None:
                 run_streaming(plan, stages, sink, metrics, stop, options)

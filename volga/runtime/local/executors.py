@@ -121,6 +121,7 @@ def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metric
 @dataclasses.dataclass
 class StreamOptions:
     batch_size: int = 10_000
+    max_batch_delay_s: float = 0.0
     idle_sleep_s: float = 0.0005
 
 
@@ -141,7 +142,7 @@ def run_streaming(
         for step in plan.steps:
             if step.kind == "source":
                 stage = stages[step.id]
-                out = stage.poll(options.batch_size)
+                out = stage.poll(options.batch_size, options.max_batch_delay_s)
                 if stage.entered_at is not None:
                     entered.append(stage.entered_at)
                 watermarks[step.id] = (stage.watermark, stage.idle)

@@ -9,6 +9,7 @@ decided row by row in arrival order, so it does not depend on micro-batch sizes.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -16,6 +17,8 @@ import numpy as np
 import polars as pl
 
 from volga.api.decorators import SourceDef
+
+log = logging.getLogger("volga.stream")
 
 FINISHED_WM = 2**62  # watermark of an input that will never send another row
 NO_WM = -(2**62)
@@ -35,7 +38,13 @@ class SourceStage:
         self.rows_in = 0
         self.last_row_at = time.perf_counter()
         self.entered_at: float | None = None
+        self.pending: list[pl.DataFrame] = []
+        self.pending_since = 0.0
+        self.pending_entered: float | None = None
         self.done = False
+
+    def _pending_rows(self) -> int:
+        return sum(b.height for b in self.pending)
 
     @property
     def watermark(self) -> int:
@@ -49,10 +58,24 @@ class SourceStage:
             return False
         return time.perf_counter() - self.last_row_at >= self.idle_timeout_s
 
-    def poll(self, max_rows: int) -> pl.DataFrame | None:
-        """Rows released by this poll, in event-time order (None if none)."""
-        batch = None if self.done else self.reader.poll(max_rows)
-        self.entered_at = getattr(self.reader, "entered_at", None) if batch is not None else None
+    def poll(self, max_rows: int, max_delay_s: float = 0.0) -> pl.DataFrame | None:
+        """Rows released by this poll, in event-time order (None if none).
+
+        With ``max_delay_s`` > 0, polled rows are held until ``max_rows`` are collected or
+        the oldest has waited that long (fewer, larger micro-batches)."""
+        batch = None if self.done else self.reader.poll(max_rows - self._pending_rows())
+        if batch is not None and batch.height:
+            if not self.pending:
+                self.pending_since = time.perf_counter()
+                self.pending_entered = getattr(self.reader, "entered_at", None)
+            self.pending.append(batch)
+        if self.reader.finished or self._pending_rows() >= max_rows or time.perf_counter() - self.pending_since >= max_delay_s:
+            batch = pl.concat(self.pending) if len(self.pending) > 1 else (self.pending[0] if self.pending else None)
+            self.entered_at = self.pending_entered if batch is not None else None
+            self.pending = []
+        else:
+            batch = None
+            self.entered_at = None
         if batch is not None and batch.height:
             self.rows_in += batch.height
             self.last_row_at = time.perf_counter()
@@ -77,6 +100,10 @@ class SourceStage:
         mask = pl.Series(late)
         self.late.append(batch.filter(mask))
         self.late_count += int(late.sum())
+        log.warning(
+            "source %s: %d late row(s) set aside (older than watermark, lateness %d us); read them with job.late_events(%r)",
+            self.source.name, int(late.sum()), self.lateness_us, self.source.name,
+        )
         return batch.filter(~mask)
 
     def _release(self) -> pl.DataFrame | None:
