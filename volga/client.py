@@ -124,7 +124,7 @@ class Client:
                         f"offline mode reads bounded history, but @source {step.source.name} returned an "
                         f"unbounded {source.describe()}; use mode='online' or pass params that select a bounded source"
                     )
-                readers[step.id] = source.open(step.schema, name=step.source.name)
+                readers[step.id] = source.open(step.schema, name=step.source.name, mode=mode)
         except BaseException:
             for reader in readers.values():
                 reader.close()

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 import polars as pl
 
 from volga.api.entity import Schema
-from volga.sources.base import Source, SourceReader
+from volga.sources.base import Source, SourceMode, SourceReader
 
 
 class ChainReader(SourceReader):
-    def __init__(self, sources: Sequence[Source], schema: Schema, name: str) -> None:
+    def __init__(self, sources: Sequence[Source], schema: Schema, name: str, mode: SourceMode | None) -> None:
         super().__init__()
         self._pending = list(sources)
-        self._schema, self._name = schema, name
+        self._schema, self._name, self._mode = schema, name, mode
         self._current: SourceReader | None = None
         self._advance()
 
@@ -32,7 +32,7 @@ class ChainReader(SourceReader):
                 self._current = None
             if not self._pending:
                 return
-            self._current = self._pending.pop(0).open(self._schema, name=self._name)
+            self._current = self._pending.pop(0).open(self._schema, name=self._name, mode=self._mode)
 
     def poll(self, max_rows: int) -> pl.DataFrame | None:
         if self._current is None:
@@ -49,6 +49,10 @@ class ChainReader(SourceReader):
     def finished(self) -> bool:
         return self._current is None
 
+    def commit(self) -> None:
+        if self._current is not None:
+            self._current.commit()
+
     def close(self) -> None:
         if self._current is not None:
             self._current.close()
@@ -64,8 +68,8 @@ class ChainSource(Source):
     def bounded(self) -> bool:
         return all(s.bounded for s in self.sources)
 
-    def open(self, schema: Schema, *, name: str) -> SourceReader:
-        return ChainReader(self.sources, schema, name)
+    def open(self, schema: Schema, *, name: str, mode: SourceMode | None = None) -> SourceReader:
+        return ChainReader(self.sources, schema, name, mode)
 
     def describe(self) -> str:
         return "ChainSource(" + ", ".join(s.describe() for s in self.sources) + ")"

@@ -191,7 +191,7 @@ def _commit_sources(plan: PhysicalPlan, stages: dict[int, SourceStage]) -> None:
     died before writing them. Window state is not covered: it is rebuilt by a restarted
     job only from what the source re-delivers (the checkpointing issue will snapshot it).
     """
-    if any(stage.buffer is not None and stage.buffer.height for stage in stages.values()):
+    if any(stage.pending or (stage.buffer is not None and stage.buffer.height) for stage in stages.values()):
         return
     if any(isinstance(step.op, AsOfJoinOp) and step.op.buffered_rows for step in plan.steps):
         return
