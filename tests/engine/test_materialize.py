@@ -259,3 +259,58 @@ def test_max_batch_delay_groups_paced_rows(client):
     # rows are the same; only how many micro-batches carried them differs
     assert len(grouped.metrics.latency_samples) <= 3 < len(eager.metrics.latency_samples)
     assert client.get_latest("paced_counts", keys=[{"k": "a"}])[0].n == 60
+
+
+def test_idle_source_stops_holding_the_join_back(client, tmp_path):
+    silent = tmp_path / "tiers.jsonl"
+    silent.write_text("")
+
+    @source(Tier, idle_timeout="50ms")
+    def quiet_tiers() -> volga.Source:
+        return JsonLinesSource(silent, follow=True, poll_interval="10ms")
+
+    @source(Purchase)
+    def buys() -> volga.Source:
+        return MemorySource([{"user": "u", "at": at(m), "amount": 1.0} for m in (1, 2)])
+
+    @pipeline(dependencies=[buys, quiet_tiers], output=Enriched)
+    def with_tier(p: Entity, t: Entity) -> Entity:
+        return p.join(t, on=["user"], how="left")
+
+    job = client.materialize([with_tier], mode="online", block=False)
+    deadline = time.time() + 10
+    while client.get_latest("with_tier", keys=[{"user": "u"}]) == [None] and time.time() < deadline:
+        time.sleep(0.02)
+    job.stop()
+    (row,) = client.get_latest("with_tier", keys=[{"user": "u"}])
+    assert row is not None and row.at == at(2) and row.tier is None
+
+
+def test_join_state_snapshot_restore():
+    from volga.ops.join import AsOfJoinOp
+
+    captured = {}
+
+    @source(Tier)
+    def t() -> volga.Source:
+        return MemorySource([])
+
+    @source(Purchase)
+    def p() -> volga.Source:
+        return MemorySource([])
+
+    @pipeline(dependencies=[p, t], output=Enriched)
+    def joined(pp: Entity, tt: Entity) -> Entity:
+        out = pp.join(tt, on=["user"])
+        captured["node"] = out.node
+        return out
+
+    tiers = pl.DataFrame({"user": ["u"], "at": [at(10)], "tier": [1]}).with_columns(pl.col("at").dt.cast_time_unit("us"))
+    buys = pl.DataFrame({"user": ["u"], "at": [at(15)], "amount": [2.0]}).with_columns(pl.col("at").dt.cast_time_unit("us"))
+    a = AsOfJoinOp(captured["node"])
+    a.push(1, tiers)
+    a.release(None)
+    b = AsOfJoinOp(captured["node"])
+    b.restore(a.snapshot())
+    b.push(0, buys)
+    assert b.release(None)["tier"].to_list() == [1]

@@ -32,6 +32,18 @@ class AsOfJoinOp:
         if batch.height:
             (self.left_buffer if side == 0 else self.right_buffer).append(batch)
 
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "latest": self.latest.clone(),
+            "left": [b.clone() for b in self.left_buffer],
+            "right": [b.clone() for b in self.right_buffer],
+        }
+
+    def restore(self, snap: dict[str, object]) -> None:
+        self.latest = snap["latest"].clone()  # type: ignore[attr-defined]
+        self.left_buffer = [b.clone() for b in snap["left"]]  # type: ignore[attr-defined]
+        self.right_buffer = [b.clone() for b in snap["right"]]  # type: ignore[attr-defined]
+
     @property
     def buffered_rows(self) -> int:
         return sum(b.height for b in self.left_buffer) + sum(b.height for b in self.right_buffer)
