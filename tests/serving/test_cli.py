@@ -1,0 +1,104 @@
+"""``volga serve app.py``: one process, auth from the environment, --workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import volga
+from volga.serving import Unauthorized
+
+HERE = Path(__file__).parent
+ROOT = Path(volga.__file__).resolve().parents[1]
+
+
+def start(*args: str, env: dict | None = None) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "volga.cli", "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=environment, cwd=HERE,
+    )
+
+
+def wait_url(process: subprocess.Popen, timeout: float = 60) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                raise AssertionError(f"volga serve exited {process.returncode}: {process.stderr.read()}")
+            continue
+        found = re.search(r"on (http://\S+) ", line)
+        if found:
+            return found.group(1)
+    raise AssertionError("volga serve did not announce its URL")
+
+
+def stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.slow
+def test_serve_app_module_with_token_from_env():
+    process = start("cli_app.py", "--port", "0", env={"VOLGA_AUTH_TOKEN": "tok"})
+    try:
+        url = wait_url(process)
+        with pytest.raises(Unauthorized):
+            volga.OnDemandClient(url).request(["user_stats"], keys=[{"user_id": "1"}])
+        client = volga.OnDemandClient(url, auth_token="tok")
+        rows = client.request(["user_stats", "spend_trend"], keys=[{"user_id": "1"}, {"user_id": "999"}], query_args={"n": 2})
+        assert rows["user_stats"][0]["user_id"] == "1" and rows["user_stats"][1] is None
+        assert {f["name"] for f in client.features()} >= {"user_stats", "spend_trend", "window_spend", "user_offer", "user_spent"}
+    finally:
+        assert stop(process) == 0
+
+
+def test_workers_refused_with_in_memory_store():
+    process = start("cli_app.py", "--port", "0", "--workers", "2")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "--workers 2 needs an online store that the worker processes share" in err
+    assert "in-memory store" in err
+
+
+@pytest.mark.slow
+def test_workers_share_one_port_with_a_shared_store():
+    process = start("cli_shared_app.py:client", "--port", "0", "--workers", "2")
+    try:
+        url = wait_url(process, timeout=120)
+        pids = set()
+        deadline = time.time() + 20
+        while len(pids) < 2 and time.time() < deadline:
+            client = volga.OnDemandClient(url)  # a new connection each time: the kernel spreads them
+            pids.add(client.health()["pid"])
+            assert client.request(["user_stats"], keys=[{"user_id": "1"}])["user_stats"][0]["user_id"] == "1"
+            client.close()
+        assert len(pids) == 2
+    finally:
+        assert stop(process) == 0
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_such_app.py", "no such file 'no_such_app.py'"),
+        ("serving_defs.py", "must define one module-level volga.Client (found none)"),
+        ("cli_app.py:nobody", "has no volga.Client named 'nobody'"),
+    ],
+)
+def test_bad_app_spec(spec, message):
+    process = start(spec, "--port", "0")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and message in err
