@@ -162,7 +162,7 @@ class Client:
                 run_streaming(plan, stages, sink, metrics, stop, options)
 
             job_stages = {stage.source.name: stage for stage in stages.values()}
-        job = Job(mode, list(plan.outputs), work, job_stages, lambda: collect_rejected(plan, stages, readers), cleanup)
+        job = Job(mode, list(plan.outputs), work, job_stages, lambda: collect_rejected(plan, readers), cleanup)
         self.jobs.append(job)
         return job.start(block)
 

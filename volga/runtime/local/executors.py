@@ -62,7 +62,8 @@ def _apply_unary(step: Step, batch: pl.DataFrame) -> pl.DataFrame:
     return step.op.apply(batch)
 
 
-def collect_rejected(plan: PhysicalPlan, stages: dict[int, SourceStage] | None, readers: dict[int, object]) -> list[Rejected]:
+def collect_rejected(plan: PhysicalPlan, readers: dict[int, object]) -> list[Rejected]:
+    """Drain what readers and row functions set aside since the last call."""
     out: list[Rejected] = []
     for reader in readers.values():
         out.extend(getattr(reader, "drain_rejected", lambda: [])())
