@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,11 +21,10 @@ from volga.api.entity import Schema, make_instance
 from volga.api.types import Duration, datetime_to_us, dtype_name, parse_duration_us
 from volga.errors import KeyMismatch, UnknownFeature
 from volga.plan.compile import PhysicalPlan, compile_plan
-from volga.runtime.local.executors import Metrics, StreamOptions, collect_rejected, run_batch, run_streaming
+from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
-from volga.runtime.local.stage import SourceStage
+from volga.runtime.local.runtime import LocalRuntime
 from volga.serving.executor import OnDemandExecutor
-from volga.sources.base import Source
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
 
 Mode = Literal["offline", "online"]
@@ -112,42 +110,14 @@ class Client:
         if mode not in ("offline", "online"):
             raise ValueError(f"mode must be 'offline' or 'online', not {mode!r}")
         plan = self._plan(pipelines, params)
-        readers: dict[int, Any] = {}
-        try:
-            for step in plan.source_steps():
-                assert step.source is not None
-                source = step.source.call(params)
-                if not isinstance(source, Source):
-                    raise TypeError(f"@source {step.source.name} must return a volga.Source, got {type(source).__name__}")
-                if mode == "offline" and not source.bounded:
-                    raise ValueError(
-                        f"offline mode reads bounded history, but @source {step.source.name} returned an "
-                        f"unbounded {source.describe()}; use mode='online' or pass params that select a bounded source"
-                    )
-                readers[step.id] = source.open(step.schema, name=step.source.name, mode=mode)
-        except BaseException:
-            for reader in readers.values():
-                reader.close()
-            raise
         schemas = {name: plan.pipelines[name].schema for name in plan.outputs}
-        stages = {step.id: SourceStage(step.source, readers[step.id]) for step in plan.source_steps() if step.source}
-
-        def cleanup() -> None:
-            for reader in readers.values():
-                reader.close()
-
         if mode == "offline":
             def sink(name: str, rows: pl.DataFrame) -> None:
                 self.offline_store.replace(name, schemas[name], rows)
                 if write_online:
                     self.online_store.write(name, schemas[name], rows)
-
-            def work(stop: threading.Event, metrics: Metrics) -> None:
-                run_batch(plan, readers, sink, metrics)
-
-            job_stages: dict[str, SourceStage] = {}
         else:
-            if write_offline:
+            if write_offline:  # the job's output becomes the pipeline's offline rows
                 for name, schema in schemas.items():
                     self.offline_store.replace(name, schema, pl.DataFrame(schema=schema.polars_schema()))
 
@@ -156,15 +126,11 @@ class Client:
                 if write_offline:
                     self.offline_store.append(name, schemas[name], rows)
 
-            options = StreamOptions(batch_size=batch_size, max_batch_delay_s=parse_duration_us(max_batch_delay, what='max_batch_delay') / 1e6)
-
-            def work(stop: threading.Event, metrics: Metrics) -> None:
-                run_streaming(plan, stages, sink, metrics, stop, options)
-
-            job_stages = {stage.source.name: stage for stage in stages.values()}
-        job = Job(mode, list(plan.outputs), work, job_stages, lambda: collect_rejected(plan, readers), cleanup)
+        delay_s = parse_duration_us(max_batch_delay, what="max_batch_delay") / 1e6
+        options = StreamOptions(batch_size=batch_size, max_batch_delay_s=delay_s)
+        job = LocalRuntime().start(plan, mode, params, sink, block=block, options=options)
         self.jobs.append(job)
-        return job.start(block)
+        return job
 
     # -- reads -------------------------------------------------------------------------
     def get_offline(
