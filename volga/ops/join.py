@@ -52,7 +52,8 @@ class AsOfJoinOp:
         left = _take_before(self.left_buffer, self.left_ts, bound_us)
         right = _take_before(self.right_buffer, self.right_ts, bound_us)
         if right is not None and right.height:
-            both = pl.concat([self.latest, self._prepare_right(right)])
+            # sorted again: after an idle period a right row may arrive older than the state
+            both = pl.concat([self.latest, self._prepare_right(right)]).sort(_RTS, maintain_order=True)
             # equal (key, ts): the last arrival wins; state keeps the latest row per key
             both = both.unique(subset=[*self.right_keys, _RTS], keep="last", maintain_order=True)
             out = self._join(left, both) if left is not None and left.height else None
