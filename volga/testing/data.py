@@ -9,7 +9,8 @@ PRODUCT_TYPES = ["ON_SALE", "REGULAR", "CLEARANCE"]
 
 
 def make_users(n_users: int, *, start: datetime.datetime, seed: int = 0) -> pl.DataFrame:
-    """``n_users`` users ``"0"``, ``"1"``, ... registered in the 30 days before ``start``.
+    """``n_users`` users ``"0"``, ``"1"``, ... registered in the 30 days before ``start``,
+    in registration order (as a table read in creation order would be).
 
     >>> make_users(3, start=datetime.datetime(2025, 1, 1)).columns
     ['user_id', 'registered_at', 'name']
@@ -24,7 +25,7 @@ def make_users(n_users: int, *, start: datetime.datetime, seed: int = 0) -> pl.D
             "registered_at": pl.Series(start_us - offsets_us).cast(pl.Datetime("us", "UTC")),
             "name": np.char.add("user_", ids),
         }
-    )
+    ).sort("registered_at")
 
 
 def make_orders(
