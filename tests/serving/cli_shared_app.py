@@ -6,7 +6,6 @@ rows, so every process answers alike.
 
 import tempfile
 
-import serving_defs
 from serving_defs import user_spent, user_stats  # noqa: F401  (served)
 
 import volga

@@ -25,7 +25,7 @@ def raw(server, data: bytes, *, read_until_close: bool = False, timeout: float =
         while True:
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break

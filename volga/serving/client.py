@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import socket
 import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -130,7 +129,7 @@ class OnDemandClient:
                 if response.will_close:
                     self._drop()
                 break
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:  # socket.timeout is TimeoutError since 3.10
                 self._drop()
                 raise TimeoutError(f"{method} {self.url}{path}: no answer within {self.timeout}s") from None
             except (ConnectionError, http.client.HTTPException, OSError) as e:

@@ -99,9 +99,11 @@ class ServingApp:
                 return _not_allowed("GET")
             spec = openapi_spec(self.executor.definitions, auth=self._expected is not None)
             return 200, codec.dumps(spec), b""
-        error = ServingError(f"no route {method} {path}; try POST /features, GET /features, GET /health, GET /openapi.json", field="path")
-        error.status = 404
-        return 404, _error_body(error), b""
+        missing = ServingError(
+            f"no route {method} {path}; try POST /features, GET /features, GET /health, GET /openapi.json", field="path"
+        )
+        missing.status = 404
+        return 404, _error_body(missing), b""
 
     def features(self, body: bytes) -> bytes:
         """``POST /features``: validate the body's shape, run the executor, encode results."""

@@ -7,6 +7,7 @@ not on the hot path), so features registered after the server started appear too
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,7 +78,7 @@ def feature_listing(definitions: Mapping[str, Any]) -> dict[str, Any]:
 
 def _json_schema(dtype: pl.DataType, optional: bool) -> dict[str, Any]:
     if isinstance(dtype, pl.List):
-        out: dict[str, Any] = {"type": "array", "items": _json_schema(dtype.inner, False)}
+        out: dict[str, Any] = {"type": "array", "items": _json_schema(typing.cast(pl.DataType, dtype.inner), False)}
     elif isinstance(dtype, pl.Datetime):
         out = {"type": "string", "format": "date-time"}
     else:

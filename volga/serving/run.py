@@ -128,7 +128,7 @@ def _supervise(spec: str, *, host: str, port: int, workers: int, auth_token: str
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    url = ""
+    url, served = "", []
     for index in range(workers):
         ours, theirs = context.Pipe(duplex=False)
         process = context.Process(
@@ -136,14 +136,16 @@ def _supervise(spec: str, *, host: str, port: int, workers: int, auth_token: str
         )
         process.start()
         processes.append(process)
-        message = ours.recv() if ours.poll(300) else ("error", f"volga serve: worker {index} did not start within 300s")
+        message: tuple[Any, ...] = (
+            ours.recv() if ours.poll(300) else ("error", f"volga serve: worker {index} did not start within 300s")
+        )
         if message[0] != "ready":
             print(message[1], file=sys.stderr, flush=True)
             stop()
             return 2
-        url = message[1]
+        url, served = message[1], message[2]
         port = int(url.rsplit(":", 1)[1])  # port 0: the first worker picked one; the others join it
-    print(f"volga: serving {len(message[2])} definitions on {url} ({workers} workers, pids "
+    print(f"volga: serving {len(served)} definitions on {url} ({workers} workers, pids "
           f"{', '.join(str(p.pid) for p in processes)})", flush=True)
     while not stopping and all(p.is_alive() for p in processes):
         multiprocessing.connection.wait([p.sentinel for p in processes], timeout=1.0)
