@@ -9,6 +9,8 @@ from the key (``user_offer``), and an Optional dependency (``spend_level``).
 from __future__ import annotations
 
 import datetime
+import threading
+import time
 from typing import Any, Optional
 
 import polars as pl
@@ -16,6 +18,7 @@ import polars as pl
 import volga
 from volga import Avg, Count, Entity, Max, entity, field, on_demand, pipeline, source
 from volga.sources import MemorySource
+from volga.storage import MemoryOnlineStore, OnlineStore
 from volga.testing.data import make_orders, make_users
 
 START = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
@@ -163,3 +166,44 @@ def make_client(data_dir: Any, orders: Any = None) -> volga.Client:
     client.register(*ON_DEMAND)
     client.materialize([user_spent], mode="offline", write_online=True, params={"orders": orders})
     return client
+
+
+class CountingStore(OnlineStore):
+    """Delegates to a memory store, recording each read (and optionally slowing it)."""
+
+    def __init__(self, inner: MemoryOnlineStore, delay_s: float = 0.0) -> None:
+        self.inner, self.delay_s = inner, delay_s
+        self.calls: list[tuple[str, str, int]] = []
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def _track(self, kind, name, keys, fn):
+        with self._lock:
+            self.calls.append((kind, name, keys.height))
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(self.delay_s)
+            return fn()
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def write(self, name, schema, batch):
+        self.inner.write(name, schema, batch)
+
+    def get_latest(self, name, keys):
+        return self._track("latest", name, keys, lambda: self.inner.get_latest(name, keys))
+
+    def get_last_n(self, name, keys, n):
+        return self._track("last_n", name, keys, lambda: self.inner.get_last_n(name, keys, n))
+
+    def get_range(self, name, keys, start_us, end_us):
+        return self._track("range", name, keys, lambda: self.inner.get_range(name, keys, start_us, end_us))
+
+    def schema(self, name):
+        return self.inner.schema(name)
+
+    def clear(self, name):
+        self.inner.clear(name)

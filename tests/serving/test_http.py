@@ -10,11 +10,18 @@ import threading
 import time
 
 import pytest
-from serving_defs import UserSpentInfo, UserStats, user_spent
+from serving_defs import ON_DEMAND, CountingStore, UserSpentInfo, UserStats, user_spent
 
 import volga
 from volga import on_demand
-from volga.serving import BadRequest, FeatureFunctionError, FeatureNotFound, InvalidKeys, PayloadTooLarge, Unauthorized
+from volga.serving import (
+    BadRequest,
+    FeatureFunctionError,
+    FeatureNotFound,
+    InvalidKeys,
+    PayloadTooLarge,
+    Unauthorized,
+)
 
 
 def raw(server, data: bytes, *, read_until_close: bool = False, timeout: float = 5.0) -> bytes:
@@ -280,3 +287,24 @@ def test_concurrent_threads_share_one_client(http, served, known_users):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_stores_that_do_io_are_read_off_the_event_loop(tmp_path, served, known_users):
+    store = CountingStore(served.online_store, delay_s=0.05)
+    client = volga.Client(online_store=store, data_dir=tmp_path)
+    client.register(*ON_DEMAND)
+    with client.serve(port=0) as server:
+        http = volga.OnDemandClient(server.url)
+        assert http.health()["inline"] is False
+        started = time.perf_counter()
+        threads = [threading.Thread(target=http.request, args=(["user_stats"],), kwargs={"keys": [key(known_users[0])]}) for _ in range(4)]
+        for t in threads:
+            t.start()
+        assert http.health()["status"] == "ok"  # the loop stays responsive while reads block
+        for t in threads:
+            t.join()
+        assert time.perf_counter() - started < 0.19  # four 50 ms reads overlapped
+        one = json.dumps({"target_features": ["user_stats"], "keys": [key(known_users[0])]}).encode()
+        request = b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(one), one)
+        response = raw(server, request * 2 + b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n", read_until_close=True)
+        assert response.count(b"200 OK") == 3

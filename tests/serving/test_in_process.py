@@ -4,18 +4,16 @@ batched store reads, and errors (the same exception classes the HTTP client rais
 from __future__ import annotations
 
 import datetime
-import threading
 import time
 from typing import Optional
 
 import pytest
 import serving_defs as defs
-from serving_defs import UserSpentInfo, UserStats, user_spent
+from serving_defs import CountingStore, UserSpentInfo, UserStats, user_spent
 
 import volga
 from volga import on_demand
 from volga.serving import BadRequest, FeatureFunctionError, FeatureNotFound, InvalidKeys
-from volga.storage import MemoryOnlineStore, OnlineStore
 
 MISSING = {"user_id": "999"}
 
@@ -96,47 +94,6 @@ def test_nothing_materialized_yet_is_none(tmp_path):
     client = volga.Client(data_dir=tmp_path)
     client.register(defs.spend_trend)
     assert client.get_on_demand("spend_trend", [key("1")], {"n": 2}) == [None]
-
-
-class CountingStore(OnlineStore):
-    """Delegates to a memory store, recording each read (and optionally slowing it)."""
-
-    def __init__(self, inner: MemoryOnlineStore, delay_s: float = 0.0) -> None:
-        self.inner, self.delay_s = inner, delay_s
-        self.calls: list[tuple[str, str, int]] = []
-        self.active = 0
-        self.max_active = 0
-        self._lock = threading.Lock()
-
-    def _track(self, kind, name, keys, fn):
-        with self._lock:
-            self.calls.append((kind, name, keys.height))
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-        try:
-            time.sleep(self.delay_s)
-            return fn()
-        finally:
-            with self._lock:
-                self.active -= 1
-
-    def write(self, name, schema, batch):
-        self.inner.write(name, schema, batch)
-
-    def get_latest(self, name, keys):
-        return self._track("latest", name, keys, lambda: self.inner.get_latest(name, keys))
-
-    def get_last_n(self, name, keys, n):
-        return self._track("last_n", name, keys, lambda: self.inner.get_last_n(name, keys, n))
-
-    def get_range(self, name, keys, start_us, end_us):
-        return self._track("range", name, keys, lambda: self.inner.get_range(name, keys, start_us, end_us))
-
-    def schema(self, name):
-        return self.inner.schema(name)
-
-    def clear(self, name):
-        self.inner.clear(name)
 
 
 def test_each_read_happens_once_per_request_for_all_keys(tmp_path, served, known_users):

@@ -8,9 +8,9 @@ import threading
 
 import serving_defs as defs
 from serving_defs import N_USERS, START
-from volga.testing.data import make_orders
 
 import volga
+from volga.testing.data import make_orders
 
 USERS = [{"user_id": str(i)} for i in range(N_USERS)] + [{"user_id": "999"}]
 
