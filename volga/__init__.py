@@ -22,6 +22,15 @@ __all__ = [
     "Last", "LastN", "Max", "MemoryOnlineStore", "Min", "OfflineStore", "OnlineStore",
     "ParquetOfflineStore", "PipelineDef", "PipelineDefinitionError", "Rejected", "Source", "SourceDef",
     "Stddev", "Sum", "UnknownFeature", "col", "entity", "field", "pipeline", "source",
-    "OnDemandClient", "OnDemandDef", "OnDemandDefinitionError", "on_demand",
+    "OnDemandClient", "OnDemandDef", "OnDemandDefinitionError", "on_demand", "RayRuntime",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # RayRuntime is exported lazily: importing volga never imports ray.
+    if name == "RayRuntime":
+        from volga.runtime.ray.runtime import RayRuntime
+
+        return RayRuntime
+    raise AttributeError(f"module 'volga' has no attribute {name!r}")

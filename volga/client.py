@@ -35,7 +35,8 @@ class Client:
     """Materialize pipelines and read features.
 
     Embedded defaults: an in-memory online store and a Parquet offline store under
-    ``data_dir`` (default ``$VOLGA_DATA_DIR`` or ``./volga_data``).
+    ``data_dir`` (default ``$VOLGA_DATA_DIR`` or ``./volga_data``). ``runtime=``
+    ``volga.RayRuntime(...)`` runs ``materialize`` on Ray actors (same output rows).
     """
 
     def __init__(
@@ -44,12 +45,14 @@ class Client:
         offline_store: OfflineStore | None = None,
         *,
         data_dir: str | Path | None = None,
+        runtime: Any = None,
     ) -> None:
         root = Path(data_dir or os.environ.get("VOLGA_DATA_DIR", "volga_data"))
         self.online_store = online_store if online_store is not None else MemoryOnlineStore()
         self.offline_store = offline_store if offline_store is not None else ParquetOfflineStore(root / "offline")
         self.definitions: dict[str, Definition] = {}
         self.jobs: list[Job] = []
+        self.runtime = runtime  # None: embedded; volga.RayRuntime(...): materialize runs on Ray
         self._on_demand = OnDemandExecutor(self.definitions, lambda: self.online_store)
 
     # -- definitions -------------------------------------------------------------------
@@ -128,7 +131,8 @@ class Client:
 
         delay_s = parse_duration_us(max_batch_delay, what="max_batch_delay") / 1e6
         options = StreamOptions(batch_size=batch_size, max_batch_delay_s=delay_s)
-        job = LocalRuntime().start(plan, mode, params, sink, block=block, options=options)
+        runtime = self.runtime if self.runtime is not None else LocalRuntime()
+        job = runtime.start(plan, mode, params, sink, block=block, options=options)
         self.jobs.append(job)
         return job
 
