@@ -1,0 +1,174 @@
+"""``client.get_historical_features``: a training set, point-in-time correct.
+
+One row per spine row, in spine order, spine columns first and untouched, then one column
+per requested feature field. Each value is what the online path would have answered at
+the spine row's time t: a pipeline feature's latest row for the keys with ts <= t (null
+before any, or when older than its ttl), an on-demand feature's function applied to its
+dependencies as of t (see :mod:`volga.training.on_demand`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+import polars as pl
+
+from volga.api.decorators import PipelineDef
+from volga.api.types import Duration
+from volga.serving.executor import OnDemandExecutor
+from volga.training.lookup import PipelineRows
+from volga.training.on_demand import OnDemandEvaluator
+from volga.training.request import FeatureRequest, apply_key_map, apply_ttl, check_columns, parse_features
+from volga.training.spine import Spine
+
+
+def get_historical_features(
+    client: Any,
+    spine: Any,
+    features: Sequence[str],
+    *,
+    timestamp_column: str = "timestamp",
+    key_map: Mapping[str, Any] | None = None,
+    ttl: Duration | Mapping[str, Duration] | None = None,
+    args: Mapping[str, Any] | None = None,
+    full_names: bool = False,
+    compute: bool = False,
+    progress: TextIO | None = sys.stderr,
+) -> Any:
+    """The training set for ``spine`` and ``features`` from ``client``'s offline store.
+
+    See :meth:`volga.Client.get_historical_features` for the options. ``progress`` is
+    where ``compute=True`` reports on a backfill that takes more than a few seconds
+    (None: silent).
+    """
+    checked = Spine.of(spine, timestamp_column)
+    requests = parse_features(features, client.definitions)
+    apply_key_map(requests, key_map)
+    apply_ttl(requests, ttl)
+    out_names = check_columns(requests, checked.frame.columns, full_names)
+    keys = _KeyColumns(checked)
+    for request in requests:  # every key column checked before any work is done
+        for key, column in request.key_columns.items():
+            keys(column, request.schema.field(key).dtype, _what(request))
+
+    on_demand = [r for r in requests if not r.is_pipeline]
+    executor = OnDemandExecutor(client.definitions, lambda: client.online_store)
+    plan = executor.plan([r.name for r in on_demand], field="features") if on_demand else None
+    if plan is not None:
+        node_kwargs, read_args = executor._args(plan, args, args, "args", "args")
+    elif args:
+        raise ValueError(f"args={dict(args)!r}: only on-demand features take arguments, and none is requested")
+
+    needed = _pipelines_needed(requests, plan)
+    if compute:
+        backfill(client, [pipe for pipe, _, _ in needed.values()], progress)
+    rows = {
+        name: PipelineRows.load(client.offline_store, pipe, sorted(columns), " and ".join(dict.fromkeys(users)))
+        for name, (pipe, columns, users) in needed.items()
+    }
+
+    evaluator = None
+    if plan is not None:
+        history = getattr(client.online_store, "history", None)
+        evaluator = OnDemandEvaluator(plan, node_kwargs, read_args, rows, checked.times, keys, history if isinstance(history, int) else None)
+    produced: list[pl.Series] = []
+    for request in requests:
+        produced.extend(_values(request, rows, evaluator, plan, keys, checked))
+    return _attach(checked, pl.DataFrame([s.alias(name) for s, name in zip(produced, out_names)]))
+
+
+def _what(request: FeatureRequest) -> str:
+    return f"{'pipeline' if request.is_pipeline else 'on-demand feature'} '{request.name}'"
+
+
+class _KeyColumns:
+    """Spine key columns, checked and converted once per (column, dtype)."""
+
+    def __init__(self, spine: Spine) -> None:
+        self.spine = spine
+        self._cache: dict[tuple[str, str], pl.Series] = {}
+
+    def __call__(self, column: str, dtype: pl.DataType, wanted_by: str) -> pl.Series:
+        memo = (column, str(dtype))
+        found = self._cache.get(memo)
+        if found is None:
+            found = self._cache[memo] = self.spine.key_column(column, dtype, wanted_by)
+        return found
+
+
+def _pipelines_needed(requests: Sequence[FeatureRequest], plan: Any) -> dict[str, tuple[PipelineDef, set[str], list[str]]]:
+    """Pipeline name -> (definition, columns to load, what needs it)."""
+    needed: dict[str, tuple[PipelineDef, set[str], list[str]]] = {}
+    for request in requests:
+        if isinstance(request.definition, PipelineDef):
+            entry = needed.setdefault(request.name, (request.definition, set(), []))
+            entry[1].update(request.fields)
+            entry[2].append(f"features entry '{request.name}'")
+    for read in plan.reads if plan is not None else ():
+        entry = needed.setdefault(read.name, (read.pipeline, set(), []))
+        entry[1].update(read.pipeline.schema.names)
+        entry[2].extend(f"on-demand feature '{user}'" for user in read.users)
+    return needed
+
+
+def _values(
+    request: FeatureRequest, rows: Mapping[str, PipelineRows], evaluator: OnDemandEvaluator | None, plan: Any,
+    keys: _KeyColumns, spine: Spine,
+) -> list[pl.Series]:
+    schema = request.schema
+    columns = tuple(request.key_columns[k] for k in schema.keys)
+    if request.is_pipeline:
+        table = rows[request.name]
+        key_values = [keys(c, schema.field(k).dtype, _what(request)) for k, c in zip(schema.keys, columns)]
+        positions = table.asof(key_values, spine.times)
+        frame = table.values(request.fields, positions, spine.times, request.ttl_us)
+        return list(frame.iter_columns())
+    assert evaluator is not None
+    node = plan.target_nodes[plan.targets.index(request.name)]
+    result = evaluator.evaluate(node, columns)
+    return [result.column(f, schema.field(f).dtype, request.name) for f in request.fields]
+
+
+def _attach(spine: Spine, features: pl.DataFrame) -> Any:
+    """Spine columns (as given) followed by the feature columns, polars or pandas like the spine."""
+    if not spine.is_pandas:
+        return spine.frame.hstack(features) if features.width else spine.frame.clone()
+    return _to_pandas(spine.original, features)
+
+
+def _to_pandas(original: Any, features: pl.DataFrame) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+
+    nullable = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+    frame = features.to_arrow().to_pandas(types_mapper=nullable.get)
+    frame.index = original.index
+    return pd.concat([original, frame], axis=1)
+
+
+def backfill(client: Any, pipelines: Sequence[PipelineDef], progress: TextIO | None) -> None:
+    """``client.materialize(pipelines, mode="offline")``, reporting on it when it takes long."""
+    names = ", ".join(p.name for p in pipelines)
+    job = client.materialize(list(pipelines), mode="offline", block=False)
+    started = time.perf_counter()
+    shown = False
+    while True:
+        try:
+            job.wait(timeout=1.0)
+            break
+        except TimeoutError:
+            elapsed = time.perf_counter() - started
+            if progress is not None and elapsed >= 3.0:
+                rows_in = sum(job.metrics.rows_in.values())
+                line = f"volga: computing {names} from their sources (compute=True): {elapsed:.0f}s, {rows_in:,} rows read"
+                tty = getattr(progress, "isatty", lambda: False)()
+                if tty or not shown or int(elapsed) % 10 == 0:
+                    print(("\r" if tty else "") + line, end="" if tty else "\n", file=progress, flush=True)
+                shown = True
+    if shown and progress is not None:
+        elapsed = time.perf_counter() - started
+        print(f"\nvolga: computed {names} in {elapsed:.1f}s" if getattr(progress, "isatty", lambda: False)() else
+              f"volga: computed {names} in {elapsed:.1f}s", file=progress, flush=True)

@@ -1,0 +1,254 @@
+"""On-demand features as of each spine row: what ``get_on_demand`` would have returned at t.
+
+The serving layer compiles the requested features into a plan (its store reads and the
+functions, dependencies first) and validates the arguments; this module reuses both
+(:meth:`OnDemandExecutor.plan`, the executor's argument checks) and only replaces the
+online store by the offline rows as of each spine time t:
+
+- ``latest`` -> the as-of row (the last row of the key with ts <= t), or None;
+- ``last_n`` -> the last n rows of the key with ts <= t, oldest first;
+- ``range(start, end)`` -> the rows of the key with start <= ts <= end and ts <= t;
+
+each capped, like the online store, to the last ``history`` rows the store keeps per key,
+so that the answer is exactly the one served at t. A function's result depends only on its
+key and on those inputs, so the function runs once per distinct (key, inputs) among the
+spine rows, not once per row: a spine with many rows per key and few events costs few
+calls. Functions whose every input is a plain ``latest`` row may run vectorised (see
+:mod:`volga.training.vectorise`); the others run row-wise, exactly as the server calls them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from volga.serving.errors import FeatureFunctionError
+from volga.serving.executor import Input, Node, Plan, _RowBuilder
+from volga.training.lookup import PipelineRows
+from volga.training.vectorise import PRESENT, try_vectorised
+
+log = logging.getLogger("volga.training")
+
+
+@dataclasses.dataclass
+class NodeResult:
+    """An on-demand function evaluated for every spine row."""
+
+    node: Node
+    ids: pl.Series  # per spine row: an index into the per-signature results (UInt32, no nulls)
+    built: list[Any] | None = None  # per distinct (key, inputs): the function's result, or None
+    table: pl.DataFrame | None = None  # vectorised: the output fields and "__present", per signature
+
+    @property
+    def objects(self) -> list[Any]:
+        """Per signature: the output instance or None (built from ``table`` when vectorised)."""
+        if self.built is None:
+            assert self.table is not None
+            fields = [f.name for f in self.node.schema.fields]
+            build = _RowBuilder(self.node.definition.output, fields)  # type: ignore[union-attr]
+            present = self.table.get_column(PRESENT).to_list()
+            self.built = [build(r) if ok else None for r, ok in zip(self.table.select(fields).rows(), present)]
+        return self.built
+
+    def column(self, field: str, dtype: pl.DataType, feature: str) -> pl.Series:
+        """``field`` of each spine row's result (null where the result is None)."""
+        if self.table is not None:
+            values = self.table.select(pl.when(pl.col(PRESENT)).then(pl.col(field))).to_series()
+        else:
+            raw = [None if o is None else getattr(o, field) for o in self.objects]
+            try:
+                values = pl.Series(field, raw, dtype=dtype, strict=False)
+            except Exception as e:
+                raise FeatureFunctionError.wrap(feature, TypeError(f"field '{field}': {e}")) from e
+            bad = [v for v, got in zip(raw, values) if v is not None and got is None]
+            if bad:
+                raise FeatureFunctionError.wrap(
+                    feature, TypeError(f"field '{field}' must hold {dtype}, but the function returned {bad[0]!r}")
+                )
+        return values.gather(self.ids)
+
+
+class OnDemandEvaluator:
+    """Evaluates the nodes of one compiled plan over the spine, each once per key source."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        node_kwargs: Sequence[dict[str, Any]],
+        read_args: Sequence[tuple[Any, ...]],
+        rows: Mapping[str, PipelineRows],
+        times: pl.Series,
+        key_series: Callable[[str, pl.DataType, str], pl.Series],
+        history_rows: int | None,
+        vectorise: bool = True,
+    ) -> None:
+        self.plan = plan
+        self.node_kwargs = node_kwargs
+        self.read_args = read_args
+        self.rows = rows
+        self.times = times
+        self.key_series = key_series  # (spine column, dtype, wanted_by) -> checked key values
+        self.history_rows = history_rows
+        self.vectorise = vectorise
+        self._results: dict[tuple[int, tuple[str, ...]], NodeResult] = {}
+        self._positions: dict[tuple[str, bool, tuple[str, ...]], pl.Series] = {}
+        self._instances: dict[tuple[str, bool], dict[int, Any]] = {}
+        self.paths: dict[str, str] = {}  # node name -> "vectorised" or "row-wise" (for tests and logs)
+
+    def evaluate(self, node_index: int, columns: tuple[str, ...]) -> NodeResult:
+        """Node ``node_index`` with its key fields read from spine ``columns`` (in key order)."""
+        memo = (node_index, columns)
+        result = self._results.get(memo)
+        if result is None:
+            result = self._results[memo] = self._evaluate(self.plan.nodes[node_index], columns)
+        return result
+
+    # -- one node -----------------------------------------------------------------------
+    def _evaluate(self, node: Node, columns: tuple[str, ...]) -> NodeResult:
+        schema = node.schema
+        keys = [self.key_series(c, schema.field(k).dtype, f"on-demand feature '{node.name}'") for k, c in zip(schema.keys, columns)]
+        inputs: list[pl.Series] = []
+        dependencies: list[NodeResult | None] = []
+        for inp in node.inputs:
+            cols = columns if inp.projection is None else tuple(columns[i] for i in inp.projection)
+            if inp.read:
+                inputs.append(self._read_positions(inp, cols))
+                dependencies.append(None)
+            else:
+                dependency = self.evaluate(inp.index, cols)
+                inputs.append(dependency.ids)
+                dependencies.append(dependency)
+        frame = pl.DataFrame(
+            [*(s.alias(f"k{i}") for i, s in enumerate(keys)), *(s.alias(f"i{i}") for i, s in enumerate(inputs))]
+        )
+        distinct = frame.unique(maintain_order=True)
+        ids = frame.join(distinct.with_row_index("__sig"), on=frame.columns, how="left", nulls_equal=True, maintain_order="left")
+        signatures = distinct.rows()
+        n_keys = len(keys)
+        kwargs = self.node_kwargs[node.index] if self.node_kwargs else {}
+        sig_ids = ids.get_column("__sig")
+        if self.vectorise:
+            table, why = try_vectorised(node, kwargs, distinct, dependencies, self)
+            if table is not None:
+                self.paths[node.name] = "vectorised"
+                log.debug("on-demand feature %s: vectorised over %d distinct inputs", node.name, distinct.height)
+                return NodeResult(node, sig_ids, table=table)
+        else:
+            why = "vectorise=False"
+        self.paths[node.name] = f"row-wise ({why})"
+        log.debug("on-demand feature %s: row-wise over %d distinct inputs (%s)", node.name, distinct.height, why)
+        values = [
+            self._input_values(inp, [sig[n_keys + j] for sig in signatures], dep)
+            for j, (inp, dep) in enumerate(zip(node.inputs, dependencies))
+        ]
+        objects = [_call(node, sig[:n_keys], [v[i] for v in values], kwargs) for i, sig in enumerate(signatures)]
+        return NodeResult(node, sig_ids, built=objects)
+
+    def _read_positions(self, inp: Input, columns: tuple[str, ...]) -> pl.Series:
+        read = self.plan.reads[inp.index]
+        grouped = read.query != "latest"
+        memo = (read.name, grouped, columns)
+        found = self._positions.get(memo)
+        if found is None:
+            table = self.rows[read.name]
+            schema = read.pipeline.schema
+            keys = [self.key_series(c, schema.field(k).dtype, f"pipeline '{read.name}'") for k, c in zip(schema.keys, columns)]
+            found = self._positions[memo] = table.asof(keys, self.times, grouped=grouped)
+        return found
+
+    # -- inputs for the distinct signatures -----------------------------------------------
+    def _input_values(self, inp: Input, refs: list[Any], dependency: NodeResult | None) -> list[Any]:
+        """The value each signature passes for one input: a row, a list of rows, or a result."""
+        if dependency is not None:
+            objects = dependency.objects
+            return [objects[i] for i in refs]
+        read = self.plan.reads[inp.index]
+        table = self.rows[read.name]
+        if read.query == "latest":
+            instances = self._instances_at(read.name, False, np.array([p for p in refs if p is not None], dtype=np.int64))
+            return [None if p is None else instances[p] for p in refs]
+        grouped = table.group()
+        pos = np.array([-1 if p is None else p for p in refs], dtype=np.int64)
+        present = pos >= 0
+        safe = np.where(present, pos, 0)
+        history = self.history_rows or (1 << 62)
+        if grouped.frame.height == 0:
+            return [[] for _ in refs]
+        if read.query == "last_n":
+            (n,) = self.read_args[read.index]
+            lo = np.maximum(grouped.starts[safe], safe - min(n, history) + 1)
+            hi = safe.copy()
+        else:
+            start_us, end_us = self.read_args[read.index]
+            lo_row, hi_row = _range_bounds(grouped.times_us, grouped.starts, grouped.ends, start_us, end_us)
+            lo = np.maximum(lo_row[safe], safe - history + 1)
+            hi = np.minimum(safe, hi_row[safe])
+        hi = np.where(present, hi, lo - 1)  # no as-of row: no rows at all
+        instances = self._instances_at(read.name, True, _covered(lo, hi, grouped.frame.height))
+        return [[instances[p] for p in range(a, b + 1)] for a, b in zip(lo.tolist(), hi.tolist())]
+
+    def _instances_at(self, name: str, grouped: bool, positions: np.ndarray) -> dict[int, Any]:
+        cache = self._instances.setdefault((name, grouped), {})
+        todo = np.unique(positions)
+        if cache:
+            todo = np.array([p for p in todo.tolist() if p not in cache], dtype=np.int64)
+        if len(todo):
+            table = self.rows[name]
+            frame = table.group().frame if grouped else table.frame
+            build = _RowBuilder(table.pipeline.output, frame.columns)
+            cache.update(zip(todo.tolist(), map(build, frame[todo].rows())))
+        return cache
+
+
+def _call(node: Node, key: tuple[Any, ...], values: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call the node's function as the server does: skip it (None) when a required input is
+    missing, wrap its exceptions, check its result type."""
+    defn = node.definition
+    assert defn is not None
+    for inp, value in zip(node.inputs, values):
+        if value is None and not (inp.many or inp.optional):
+            return None
+    try:
+        if node.key_params:
+            result = defn.fn(*values, **kwargs, **{param: key[pos] for param, pos in node.key_params})
+        else:
+            result = defn.fn(*values, **kwargs)
+    except Exception as e:
+        raise FeatureFunctionError.wrap(defn.name, e) from e
+    if result is not None and not isinstance(result, defn.output):
+        raise FeatureFunctionError.wrap(defn.name, TypeError(f"returned {type(result).__name__}, expected {defn.output.__name__} or None"))
+    return result
+
+
+def _range_bounds(
+    times_us: np.ndarray, starts: np.ndarray, ends: np.ndarray, start_us: int | None, end_us: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the first and last position of its key group inside ``[start, end]``."""
+    first = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1]]) if len(starts) else np.zeros(0, dtype=np.int64)
+    if start_us is None:
+        lo = starts
+    else:
+        below = np.add.reduceat((times_us < start_us).astype(np.int64), first)
+        lo = starts + np.repeat(below, np.diff(np.append(first, len(starts))))
+    if end_us is None:
+        hi = ends - 1
+    else:
+        upto = np.add.reduceat((times_us <= end_us).astype(np.int64), first)
+        hi = starts + np.repeat(upto, np.diff(np.append(first, len(starts)))) - 1
+    return lo, hi
+
+
+def _covered(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
+    """Every position inside some non-empty ``[lo, hi]`` interval, sorted."""
+    keep = lo <= hi
+    if not keep.any():
+        return np.zeros(0, dtype=np.int64)
+    marks = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(marks, lo[keep], 1)
+    np.add.at(marks, hi[keep] + 1, -1)
+    return np.flatnonzero(np.cumsum(marks[:-1]) > 0)
