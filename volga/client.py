@@ -149,14 +149,23 @@ class Client:
             )
         return rows
 
-    def get_latest(self, name: str, keys: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """The latest row per key (an instance of the output entity) or None, in key order."""
+    def get_latest(self, name: str, keys: Sequence[Mapping[str, Any]], *, ttl: Duration | None = None) -> list[Any]:
+        """The latest row per key (an instance of the output entity) or None, in key order.
+
+        ``ttl`` (e.g. ``"1h"``): None also where the latest row is older than that now, as
+        ``get_historical_features(..., ttl=...)`` nulls it at the spine time.
+        """
         entity_cls, schema = self._feature(name)
+        oldest_us = None if ttl is None else _now_us() - parse_duration_us(ttl, what=f"get_latest('{name}'): ttl")
         frame = self._keys_frame(name, schema, keys)
         if self.online_store.schema(name) is None:  # defined, but nothing materialized online yet
             return [None] * frame.height
         rows = self.online_store.get_latest(name, frame)
-        return [None if row[schema.timestamp] is None else _instance(entity_cls, row) for row in rows.iter_rows(named=True)]
+        ts = schema.timestamp
+        return [
+            None if row[ts] is None or (oldest_us is not None and datetime_to_us(row[ts]) < oldest_us) else _instance(entity_cls, row)
+            for row in rows.iter_rows(named=True)
+        ]
 
     def get_last_n(self, name: str, keys: Sequence[Mapping[str, Any]], n: int) -> list[list[Any]]:
         """Up to ``n`` latest rows per key, oldest first."""
@@ -184,6 +193,41 @@ class Client:
             None if end is None else datetime_to_us(end),
         )
         return _group_rows(entity_cls, frame, len(keys))
+
+    # -- training data -----------------------------------------------------------------
+    def get_historical_features(
+        self,
+        spine: Any,
+        features: Sequence[str],
+        *,
+        timestamp_column: str = "timestamp",
+        key_map: Mapping[str, Any] | None = None,
+        ttl: Duration | Mapping[str, Duration] | None = None,
+        args: Mapping[str, Any] | None = None,
+        full_names: bool = False,
+        compute: bool = False,
+    ) -> Any:
+        """A point-in-time correct training set: one row per ``spine`` row, in order.
+
+        ``spine`` (polars or pandas; the result is the same kind) holds the features' key
+        columns and ``timestamp_column`` (naive datetimes are read as UTC). ``features``
+        names pipelines and on-demand features (``"user_spent"``: its value fields) or
+        fields (``"user_spent.avg_spent_7d"``); columns are named by field, or
+        ``"<feature>.<field>"`` with ``full_names=True``. Each value is what the online path
+        served at the row's time: a pipeline's latest row with ts <= t from the offline
+        store (null before any, or older than ``ttl``: ``"1h"`` or ``{"user_spent": "1h"}``),
+        an on-demand function over its dependencies as of t (``args`` as in
+        :meth:`get_on_demand`). ``key_map={"user_id": "spine_column"}`` (or per feature:
+        ``{"user_spent": {...}}``) reads keys from differently named spine columns.
+        ``compute=True`` first backfills the pipelines involved from their sources.
+        See :mod:`volga.training`.
+        """
+        from volga.training import get_historical_features
+
+        return get_historical_features(
+            self, spine, features, timestamp_column=timestamp_column, key_map=key_map, ttl=ttl, args=args,
+            full_names=full_names, compute=compute,
+        )
 
     # -- on-demand features and serving ------------------------------------------------
     def get_on_demand(self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None) -> list[Any]:
@@ -251,6 +295,11 @@ def _matches(value: Any, dtype: pl.DataType) -> bool:
     if allowed is None:
         return isinstance(value, datetime.datetime) if dtype.is_temporal() else True
     return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+
+
+def _now_us() -> int:
+    """Wall-clock now in microseconds since the epoch (the reference time of ``ttl``)."""
+    return time.time_ns() // 1000
 
 
 def _instance(entity_cls: Any, row: dict[str, Any]) -> Any:
