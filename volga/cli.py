@@ -1,6 +1,7 @@
 """The ``volga`` command line.
 
     volga serve app.py [--host 127.0.0.1] [--port 8000] [--workers 1] [--auth-token TOKEN]
+    volga historical app.py --spine spine.parquet --features f1 f2.field --out train.parquet   (see volga.training.cli)
 
 ``app.py`` (or ``app.py:client``, or ``package.module:client``) defines the features and a
 ``volga.Client``; see :mod:`volga.serving.run`. The auth token may also come from the
@@ -25,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (needs a shared online store)")
     serve.add_argument("--auth-token", default=None, help="require 'Authorization: Bearer TOKEN' (default: $VOLGA_AUTH_TOKEN)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted (default 1 MiB)")
+    from volga.training.cli import add_parser as add_historical
+
+    add_historical(commands)
     return parser
 
 
@@ -42,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         except AppError as e:
             print(e, file=sys.stderr)
             return 2
+    if args.command == "historical":
+        from volga.training.cli import main as historical
+
+        return historical(args)
     return 2
 
 
