@@ -1,0 +1,451 @@
+"""``RayRuntime``: run a materialization as Ray actors, with the embedded runtime's results.
+
+>>> import volga                                                  # doctest: +SKIP
+>>> client = volga.Client(runtime=volga.RayRuntime(parallelism=2)) # doctest: +SKIP
+>>> client.materialize([user_spent], mode="offline")              # doctest: +SKIP
+
+How a job runs: the plan is split into stages (:mod:`.topology`); each source stage is
+one actor, each keyed stage ``parallelism`` actors, all taken from a pool kept by the
+runtime (an actor costs about a second to start; jobs reuse them). The driver (the job's
+thread in the calling process) asks each source actor for one micro-batch at a time
+(online) or the whole bounded history (offline); the actor pushes rows downstream over
+bounded edges (:mod:`.actor`). Rows leave the last stage through one bounded Ray queue
+to the driver.
+
+**Sinks: the driver writes the stores.** Output batches return to the driver, which
+merges the partitions by watermark into the embedded runtime's exact row order and
+writes them with the client's own stores. Chosen over actors writing shared stores
+because (1) results are then identical to the embedded runtime row for row, including
+the offline store's row order and the order of writes per key in the online store;
+(2) every store works, the in-memory online store included, so nothing has to be
+refused; (3) a re-run's ``replace`` of the offline rows stays one atomic call. The cost
+is that one process writes every output row: the benchmark (``benchmarks/ray_scaling.py``)
+measures it; pipelines whose outputs are far fewer than their inputs (filters, joins
+feeding windows are 1:1, but sources usually dwarf the online writes of a cluster) are
+limited by their keyed stages first.
+
+**Output row order**: each pipeline's rows are written in processing order, i.e. by
+output timestamp, ties in arrival order at the source the row descends from (the left
+input of a join): the order the embedded runtime writes them in, for every parallelism.
+
+**Failures**: any actor dying or raising ends the job with :class:`volga.JobFailed`
+naming the stage; nothing is retried, so nothing is silently lost (recovery comes with
+checkpointing). Reader commits (Kafka offsets) are not made on Ray yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any, Literal
+
+import polars as pl
+
+from volga._optional import optional_import
+from volga.api.decorators import Params
+from volga.errors import JobFailed, Rejected
+from volga.plan.compile import PhysicalPlan
+from volga.runtime.local.executors import Metrics, Sink, StreamOptions
+from volga.runtime.local.job import Job
+from volga.runtime.local.stage import FINISHED_WM, NO_WM
+from volga.runtime.ray.actor import remote_worker_class
+from volga.runtime.ray.exchange import SEQ, InputMerger
+from volga.runtime.ray.task import TaskMetrics
+from volga.runtime.ray.topology import Topology, portable, split_plan
+from volga.sources.base import Source
+
+Mode = Literal["offline", "online"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageStats:
+    """What one stage did, summed over its actors. ``lag_s``: how far the stage's output
+    watermark trails the newest event read by any source (0 when caught up or finished)."""
+
+    stage: str
+    actors: int
+    rows_in: int
+    rows_out: int
+    batches: int
+    busy_s: float
+    rows_per_s: float
+    lag_s: float
+
+
+class RayRuntime:
+    """Run materializations on Ray (``address=None``: start or join a local Ray).
+
+    ``parallelism``: actors per keyed stage. ``max_in_flight``: unfinished batches allowed
+    per edge (sender, receiver) before the sender waits. ``ray_init``: extra
+    ``ray.init`` arguments, used only if Ray is not initialised yet.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        parallelism: int = 2,
+        *,
+        max_in_flight: int = 4,
+        ray_init: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(parallelism, int) or parallelism < 1:
+            raise ValueError(f"RayRuntime: parallelism must be a positive int, got {parallelism!r}")
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"RayRuntime: max_in_flight must be a positive int, got {max_in_flight!r}")
+        self.ray = optional_import("ray", extra="ray", what="RayRuntime")
+        self.address = address
+        self.parallelism = parallelism
+        self.max_in_flight = max_in_flight
+        self.ray_init = dict(ray_init or {})
+
+    def __repr__(self) -> str:
+        return f"RayRuntime(address={self.address!r}, parallelism={self.parallelism})"
+
+    # -- actors ------------------------------------------------------------------------
+    def _connect(self) -> None:
+        if not self.ray.is_initialized():
+            options = {"include_dashboard": False, "log_to_driver": True, **self.ray_init}
+            self.ray.init(address=self.address, **options)
+
+    def _acquire(self, n: int) -> tuple[list[Any], Any]:
+        self._connect()
+        actors, outbox = _POOL.take(self.ray, n)
+        worker = remote_worker_class()
+        actors += [worker.remote() for _ in range(n - len(actors))]
+        if outbox is None:
+            from ray.util.queue import Queue
+
+            outbox = Queue(maxsize=_OUTBOX_ITEMS, actor_options={"num_cpus": 0})
+        return actors, outbox
+
+    def _release(self, actors: list[Any], outbox: Any, healthy: bool) -> None:
+        if healthy:
+            try:
+                self.ray.get([a.reset.remote() for a in actors], timeout=30)
+            except Exception:  # a worker that cannot reset is not reused
+                healthy = False
+        if not healthy:
+            for actor in [*actors, outbox.actor]:
+                self.ray.kill(actor)
+            return
+        _POOL.give(self.ray, actors, outbox)
+
+    @staticmethod
+    def shutdown() -> None:
+        """Kill the pooled idle actors (Ray itself keeps running)."""
+        _POOL.clear()
+
+    # -- jobs --------------------------------------------------------------------------
+    def start(self, plan: PhysicalPlan, mode: Mode, params: Params | None, sink: Sink, *, block: bool,
+              options: StreamOptions) -> RayJob:
+        """Run ``plan`` on Ray; ``sink(pipeline, rows)`` writes the stores (in this process).
+
+        The same entry point as the embedded ``LocalRuntime.start``: the client calls it."""
+        sources: dict[int, Source] = {}
+        for step in plan.source_steps():
+            assert step.source is not None
+            source = step.source.call(params)
+            if not isinstance(source, Source):
+                raise TypeError(f"@source {step.source.name} must return a volga.Source, got {type(source).__name__}")
+            if mode == "offline" and not source.bounded:
+                raise ValueError(
+                    f"offline mode reads bounded history, but @source {step.source.name} returned an "
+                    f"unbounded {source.describe()}; use mode='online' or pass params that select a bounded source"
+                )
+            sources[step.id] = source
+        driver = _Driver(self, split_plan(plan, self.parallelism), sources, mode, sink, options)
+        job = RayJob(mode, list(plan.outputs), driver)
+        return job.start(block)  # type: ignore[return-value]
+
+
+_OUTBOX_ITEMS = 16  # output batches waiting for the driver, over all of a job's last-stage actors
+
+
+class _Pool:
+    """Idle worker actors and output queues, shared by every RayRuntime of this process
+    (an actor takes about a second to start; a job reuses them). Tied to one Ray session."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.session: Any = None
+        self.actors: list[Any] = []
+        self.outboxes: list[Any] = []
+
+    def _check(self, ray: Any) -> None:
+        context = ray.get_runtime_context()
+        session = (context.get_node_id(), context.get_job_id())
+        if session != self.session:
+            self.session, self.actors, self.outboxes = session, [], []
+
+    def take(self, ray: Any, n: int) -> tuple[list[Any], Any]:
+        with self.lock:
+            self._check(ray)
+            actors, self.actors = self.actors[:n], self.actors[n:]
+            outbox = self.outboxes.pop() if self.outboxes else None
+        return actors, outbox
+
+    def give(self, ray: Any, actors: list[Any], outbox: Any) -> None:
+        with self.lock:
+            self._check(ray)
+            self.actors.extend(actors)
+            self.outboxes.append(outbox)
+
+    def clear(self) -> None:
+        import ray
+
+        with self.lock:
+            actors, outboxes, self.actors, self.outboxes = self.actors, self.outboxes, [], []
+        if ray.is_initialized():
+            for actor in [*actors, *(q.actor for q in outboxes)]:
+                ray.kill(actor)
+
+
+_POOL = _Pool()
+
+
+class _Late:
+    def __init__(self, driver: _Driver, name: str) -> None:
+        self.driver, self.name = driver, name
+
+    def late_events(self) -> pl.DataFrame:
+        if self.name in self.driver.late:
+            return self.driver.late[self.name]
+        for stage in self.driver.topology.stages:  # still running: ask the source's actor
+            source = self.driver.source_defs[stage.steps[0]] if stage.kind == "source" else None
+            if source is not None and source.name == self.name and stage.id in self.driver.actors:
+                late = self.driver.ray.get(self.driver.actors[stage.id][0].late_events.remote(), timeout=30)
+                if late is not None and late.width:
+                    return late
+                return pl.DataFrame(schema=source.schema.polars_schema())
+        raise KeyError(f"job has no source '{self.name}' yet")
+
+
+class RayJob(Job):
+    """A job on Ray: :class:`volga.Job` plus per-stage figures and the actors."""
+
+    def __init__(self, mode: Mode, pipelines: list[str], driver: _Driver) -> None:
+        self.driver = driver
+        names = [s.name for s in driver.source_defs.values()] if mode == "online" else []
+        super().__init__(mode, pipelines, driver.run, {n: _Late(driver, n) for n in names},  # type: ignore[misc]
+                         driver.collect_rejected, driver.cleanup)
+
+    def explain(self) -> str:
+        """The stages, their actors and the edges between them."""
+        return self.driver.topology.explain()
+
+    def stage_stats(self) -> list[StageStats]:
+        """Per-stage throughput and lag (live while running, final afterwards)."""
+        return self.driver.stage_stats()
+
+    def actors(self) -> dict[int, list[Any]]:
+        """Stage id -> the Ray actor handles running it (for inspection and tests)."""
+        return dict(self.driver.actors)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None and not isinstance(self._error, JobFailed):
+            super()._raise_if_failed()
+        elif self._error is not None:
+            raise self._error
+
+
+class _Driver:
+    """The job's loop in the calling process: step sources, drain outputs, write stores."""
+
+    health_every_s = 0.5
+
+    def __init__(
+        self, runtime: RayRuntime, topology: Topology, sources: dict[int, Source], mode: Mode,
+        write: Sink, options: StreamOptions,
+    ) -> None:
+        self.runtime, self.ray = runtime, runtime.ray
+        self.topology, self.plan = topology, topology.plan
+        self.sources, self.mode, self.write = sources, mode, write
+        self.batch_size, self.max_batch_delay_s = options.batch_size, options.max_batch_delay_s
+        self.source_defs = {s.id: s.source for s in self.plan.source_steps()}
+        self.actors: dict[int, list[Any]] = {}
+        self.outbox: Any = None
+        self.final_metrics: dict[tuple[int, int], TaskMetrics] = {}
+        self.late: dict[str, pl.DataFrame] = {}
+        self.rejected: list[Rejected] = []
+        self.metrics: Metrics | None = None
+        self.healthy = True
+
+    # -- setup and teardown ------------------------------------------------------------
+    def _start(self) -> None:
+        stages = self.topology.stages
+        actors, self.outbox = self.runtime._acquire(sum(s.parallelism for s in stages))
+        for stage in stages:
+            self.actors[stage.id], actors = actors[: stage.parallelism], actors[stage.parallelism :]
+        topology_ref = self.ray.put(portable(self.topology))
+        calls = []
+        for stage in stages:
+            source = self.sources[stage.steps[0]] if stage.kind == "source" else None
+            for partition, actor in enumerate(self.actors[stage.id]):
+                calls.append(actor.configure.remote(
+                    topology_ref, stage.id, partition, self.mode, self.actors, self.outbox,
+                    self.runtime.max_in_flight, source,
+                ))
+        self._get(calls, "configuring the job's actors")
+
+    def cleanup(self) -> None:
+        if self.actors:
+            every = [a for group in self.actors.values() for a in group]
+            self.runtime._release(every, self.outbox, self.healthy)
+
+    def collect_rejected(self) -> list[Rejected]:
+        out, self.rejected = self.rejected, []
+        return out
+
+    def _stage_of(self, actor: Any) -> str:
+        for stage_id, group in self.actors.items():
+            if actor in group:
+                return self.topology.stages[stage_id].label(self.plan) + f", actor {group.index(actor)}"
+        return "the output queue"
+
+    def _get(self, refs: Any, what: str, timeout: float | None = None) -> Any:
+        try:
+            return self.ray.get(refs, timeout=timeout)
+        except Exception as e:
+            self.healthy = False
+            raise JobFailed(f"Ray job failed while {what}: {type(e).__name__}: {e}") from e
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self, stop: threading.Event, metrics: Metrics) -> None:
+        self.metrics = metrics
+        try:
+            self._start()
+            self._loop(stop, metrics)
+            self._finish(metrics)
+        except BaseException:
+            self.healthy = False
+            raise
+
+    def _loop(self, stop: threading.Event, metrics: Metrics) -> None:
+        outputs = {
+            name: InputMerger(self.topology.stages[self.topology.stage_of[step]].parallelism,
+                              self.plan.steps[step].schema.timestamp)
+            for name, step in self.plan.outputs.items()
+        }
+        collected: dict[str, list[pl.DataFrame]] = {name: [] for name in outputs}
+        source_actors = {self.actors[s.id][0]: s for s in self.topology.stages if s.kind == "source"}
+        pending: dict[Any, Any] = {}  # call ref -> source actor
+        done: set[Any] = set()
+        health: dict[Any, Any] = {}
+        stopping = False
+        next_health = time.perf_counter() + self.health_every_s
+        while True:
+            self._drain(outputs, collected, metrics)
+            if all(m.finished for m in outputs.values()):
+                break
+            if stop.is_set() and not stopping:
+                stopping = True
+                for actor in source_actors:
+                    if actor not in done:
+                        pending[actor.finish_source.remote()] = actor
+                        done.add(actor)
+            if not stopping:
+                for actor in source_actors:
+                    if actor not in done and actor not in pending.values():
+                        call = (actor.read_all.remote(self.batch_size) if self.mode == "offline"
+                                else actor.poll_source.remote(self.batch_size, self.max_batch_delay_s))
+                        pending[call] = actor
+            if pending:
+                ready, _ = self.ray.wait(list(pending), num_returns=len(pending), timeout=0.002)
+                for ref in ready:
+                    actor = pending.pop(ref)
+                    if self._get_from(ref, actor, "reading its source"):
+                        done.add(actor)
+                metrics.batches += 1
+            if time.perf_counter() >= next_health:
+                self._check_health(health)
+                next_health = time.perf_counter() + self.health_every_s
+        for name, parts in collected.items():
+            if self.mode == "offline":
+                rows = pl.concat(parts) if parts else pl.DataFrame(schema=self.plan.pipelines[name].schema.polars_schema())
+                self.write(name, rows)
+                metrics.rows_out[name] = rows.height
+
+    def _get_from(self, ref: Any, actor: Any, what: str) -> Any:
+        try:
+            return self.ray.get(ref)
+        except Exception as e:
+            self.healthy = False
+            raise JobFailed(f"Ray job failed: {self._stage_of(actor)} failed {what}: {type(e).__name__}: {e}") from e
+
+    def _check_health(self, health: dict[Any, Any]) -> None:
+        """Surface a dead actor or an error in any edge, even while no rows flow."""
+        for group in self.actors.values():
+            for actor in group:
+                if actor not in health.values():
+                    health[actor.health.remote()] = actor
+        ready, _ = self.ray.wait(list(health), num_returns=len(health), timeout=0)
+        for ref in ready:
+            self._get_from(ref, health.pop(ref), "passing rows on")
+
+    def _drain(self, outputs: dict[str, InputMerger], collected: dict[str, list[pl.DataFrame]], metrics: Metrics) -> None:
+        from ray.util.queue import Empty
+
+        try:
+            items = [self.outbox.get(block=True, timeout=0.001)]
+        except Empty:
+            return
+        except Exception as e:
+            self.healthy = False
+            raise JobFailed(f"Ray job failed reading outputs: {type(e).__name__}: {e}") from e
+        size = self.outbox.qsize()
+        if size:
+            items += self.outbox.get_nowait_batch(size)
+        touched = set()
+        for name, partition, table, watermark, idle in items:
+            outputs[name].push(partition, None if table is None else pl.from_arrow(table), watermark, idle)  # type: ignore[arg-type]
+            touched.add(name)
+        for name in touched:
+            rows = outputs[name].release()
+            if rows is None or not rows.height:
+                continue
+            rows = rows.drop(SEQ)
+            if self.mode == "offline":
+                collected[name].append(rows)
+            else:
+                self.write(name, rows)
+                metrics.rows_out[name] = metrics.rows_out.get(name, 0) + rows.height
+
+    def _finish(self, metrics: Metrics) -> None:
+        every = [(s, p, a) for s, group in self.actors.items() for p, a in enumerate(group)]
+        results = self._get([a.results.remote() for _, _, a in every], "collecting results")
+        for (stage_id, partition, _), (task_metrics, late, rejected) in zip(every, results):
+            self.final_metrics[(stage_id, partition)] = task_metrics
+            self.rejected.extend(rejected)
+            stage = self.topology.stages[stage_id]
+            if stage.kind == "source":
+                source = self.source_defs[stage.steps[0]]
+                assert source is not None
+                metrics.rows_in[source.name] = task_metrics.rows_in
+                if self.mode == "online":
+                    metrics.late[source.name] = task_metrics.late
+                    self.late[source.name] = late if late is not None and late.width else pl.DataFrame(
+                        schema=source.schema.polars_schema())
+
+    # -- figures -----------------------------------------------------------------------
+    def stage_stats(self) -> list[StageStats]:
+        if self.final_metrics:
+            per_actor = self.final_metrics
+        else:
+            every = [(s, p, a) for s, group in self.actors.items() for p, a in enumerate(group)]
+            values = self.ray.get([a.metrics.remote() for _, _, a in every], timeout=10)
+            per_actor = {(s, p): m for (s, p, _), m in zip(every, values)}
+        seconds = self.metrics.seconds if self.metrics is not None else 0.0
+        newest = max((m.max_event_us for m in per_actor.values()), default=NO_WM)
+        out = []
+        for stage in self.topology.stages:
+            group = [m for (s, _), m in per_actor.items() if s == stage.id]
+            watermark = min((m.watermark for m in group), default=NO_WM)
+            lag = 0.0 if watermark >= FINISHED_WM or newest == NO_WM or watermark == NO_WM else max(0, newest - watermark) / 1e6
+            rows_in = sum(m.rows_in for m in group)
+            out.append(StageStats(
+                stage.label(self.plan), len(group), rows_in, sum(m.rows_out for m in group),
+                sum(m.batches for m in group), sum(m.busy_s for m in group),
+                rows_in / seconds if seconds else 0.0, lag,
+            ))
+        return out
