@@ -377,13 +377,29 @@ class KafkaReader(SourceReader):
                 log.warning("%s: offset commit failed, will retry: %s", self._where(), e)
 
     def close(self) -> None:
-        consumer, self._consumer = self._consumer, None
+        """Commit what is still uncommitted (waiting at most ``connect_timeout``), then disconnect."""
         try:
             if hasattr(self, "_dead"):
+                self._final_commit()
                 self._dead.close()
         finally:
+            consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 consumer.close()
+
+    def _final_commit(self) -> None:
+        if self._consumer is None or not self._commits:
+            return
+        self.commit()
+        deadline = time.monotonic() + self._timeout_s
+        assignment = self._consumer.assignment()
+        if assignment:
+            self._consumer.pause(assignment)  # poll() below only serves the commit callbacks
+        while time.monotonic() < deadline and any(self._committed.get(p) != o for p, o in self._next.items()):
+            self._consumer.poll(0.05)
+            self.commit()  # a failed commit is sent again
+        if any(self._committed.get(p) != o for p, o in self._next.items()):
+            log.warning("%s: offsets not committed before close; the next job re-reads from the last commit", self._where())
 
 
 class _DeadLetterTopic:

