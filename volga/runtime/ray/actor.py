@@ -102,9 +102,8 @@ class StageWorker:
             while queue:
                 self.ray.get(queue.popleft())
 
-    def metrics(self) -> TaskMetrics:
-        assert self.task is not None
-        return self.task.metrics
+    def metrics(self) -> TaskMetrics | None:
+        return None if self.task is None else self.task.metrics
 
     def results(self) -> tuple[TaskMetrics, pl.DataFrame | None, list[Any]]:
         """Metrics, late events (sources) and rejected records, read once at the end."""

@@ -434,7 +434,9 @@ class _Driver:
         else:
             every = [(s, p, a) for s, group in self.actors.items() for p, a in enumerate(group)]
             values = self.ray.get([a.metrics.remote() for _, _, a in every], timeout=10)
-            per_actor = {(s, p): m for (s, p, _), m in zip(every, values)}
+            if self.final_metrics:  # the job ended meanwhile (its actors were reset)
+                return self.stage_stats()
+            per_actor = {(s, p): m or TaskMetrics() for (s, p, _), m in zip(every, values)}
         seconds = self.metrics.seconds if self.metrics is not None else 0.0
         newest = max((m.max_event_us for m in per_actor.values()), default=NO_WM)
         out = []
