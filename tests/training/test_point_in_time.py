@@ -18,13 +18,13 @@ from typing import Any
 
 import polars as pl
 import pytest
+import training_defs as defs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import training_defs as defs
 import volga.client
-from volga.training import vectorise
 from volga.api.types import datetime_to_us
+from volga.training import vectorise
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 USERS = ("a", "b", "c")

@@ -19,7 +19,18 @@ import datetime
 from typing import Any, Optional
 
 import volga
-from volga import Count, Entity, Last, Max, Sum, entity, field, on_demand, pipeline, source
+from volga import (
+    Count,
+    Entity,
+    Last,
+    Max,
+    Sum,
+    entity,
+    field,
+    on_demand,
+    pipeline,
+    source,
+)
 from volga.sources import MemorySource
 
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)

@@ -21,7 +21,13 @@ from volga.api.types import Duration
 from volga.serving.executor import OnDemandExecutor
 from volga.training.lookup import PipelineRows
 from volga.training.on_demand import OnDemandEvaluator
-from volga.training.request import FeatureRequest, apply_key_map, apply_ttl, check_columns, parse_features
+from volga.training.request import (
+    FeatureRequest,
+    apply_key_map,
+    apply_ttl,
+    check_columns,
+    parse_features,
+)
 from volga.training.spine import Spine
 
 
@@ -140,8 +146,8 @@ def _attach(spine: Spine, features: pl.DataFrame) -> Any:
 
 
 def _to_pandas(original: Any, features: pl.DataFrame) -> Any:
-    import pandas as pd
-    import pyarrow as pa
+    import pandas as pd  # type: ignore[import-untyped]
+    import pyarrow as pa  # type: ignore[import-untyped]
 
     nullable = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
     frame = features.to_arrow().to_pandas(types_mapper=nullable.get)
@@ -149,8 +155,9 @@ def _to_pandas(original: Any, features: pl.DataFrame) -> Any:
     return pd.concat([original, frame], axis=1)
 
 
-def backfill(client: Any, pipelines: Sequence[PipelineDef], progress: TextIO | None) -> None:
-    """``client.materialize(pipelines, mode="offline")``, reporting on it when it takes long."""
+def backfill(client: Any, pipelines: Sequence[PipelineDef], progress: TextIO | None, *, quiet_s: float = 3.0) -> None:
+    """``client.materialize(pipelines, mode="offline")``, reporting on ``progress`` (elapsed
+    time and rows read, about every 10 s; in place on a terminal) once it has taken ``quiet_s``."""
     names = ", ".join(p.name for p in pipelines)
     job = client.materialize(list(pipelines), mode="offline", block=False)
     started = time.perf_counter()
@@ -161,7 +168,7 @@ def backfill(client: Any, pipelines: Sequence[PipelineDef], progress: TextIO | N
             break
         except TimeoutError:
             elapsed = time.perf_counter() - started
-            if progress is not None and elapsed >= 3.0:
+            if progress is not None and elapsed >= quiet_s:
                 rows_in = sum(job.metrics.rows_in.values())
                 line = f"volga: computing {names} from their sources (compute=True): {elapsed:.0f}s, {rows_in:,} rows read"
                 tty = getattr(progress, "isatty", lambda: False)()

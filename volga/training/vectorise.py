@@ -106,8 +106,8 @@ class _Col:
     def __le__(self, o: Any) -> _Col: return self._op("__le__", o)
     def __gt__(self, o: Any) -> _Col: return self._op("__gt__", o)
     def __ge__(self, o: Any) -> _Col: return self._op("__ge__", o)
-    def __eq__(self, o: Any) -> _Col: return self._op("__eq__", o)  # type: ignore[override]
-    def __ne__(self, o: Any) -> _Col: return self._op("__ne__", o)  # type: ignore[override]
+    def __eq__(self, o: object) -> _Col: return self._op("__eq__", o)  # type: ignore[override]
+    def __ne__(self, o: object) -> _Col: return self._op("__ne__", o)  # type: ignore[override]
     def __neg__(self) -> _Col: return _Col(-self.expr, self.trace)
     def __pos__(self) -> _Col: return self
     def __abs__(self) -> _Col: return _Col(self.expr.abs(), self.trace)
@@ -165,7 +165,7 @@ def try_vectorised(
     key_kwargs = {param: _Col(pl.col(f"k{pos}"), trace) for param, pos in node.key_params}
     try:
         result = defn.fn(*proxies, **kwargs, **key_kwargs)
-    except Exception as e:  # NotVectorisable, or anything else a stand-in provoked: row-wise decides
+    except Exception as e:  # noqa: BLE001 - NotVectorisable, or anything a stand-in provoked: row-wise decides
         return None, f"the trace raised {type(e).__name__}: {e}"
     if not isinstance(result, defn.output):
         return None, f"the trace returned {type(result).__name__}"
@@ -177,7 +177,7 @@ def try_vectorised(
         if _python_differs(rows, trace):
             return None, "inputs with nulls, NaN or zero divisors"
         table = frame.select(*exprs, present.alias(PRESENT))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - e.g. an operation polars has no kernel for: row-wise decides
         return None, f"evaluating raised {type(e).__name__}: {e}"
     wrong = [f.name for f in node.schema.fields if table.schema[f.name] != f.dtype]
     if wrong:
