@@ -128,10 +128,13 @@ def order_records(n: int, *, seed: int = 1, first: int = 0) -> list[dict[str, An
     ]
 
 
-def batch_result(orders: list[dict[str, Any]], tmp_path: Path) -> pl.DataFrame:
-    """What offline mode computes from the same orders read from a Parquet file."""
+def batch_result(orders: "list[dict[str, Any]] | pl.DataFrame", tmp_path: Path) -> pl.DataFrame:
+    """What offline mode computes from the same orders (records or a frame) read from a Parquet file."""
     path = tmp_path / f"orders-{uuid.uuid4().hex[:6]}.parquet"
-    frame = pl.DataFrame(orders).with_columns(pl.col("purchased_at").str.to_datetime(time_zone="UTC"))
+    if isinstance(orders, pl.DataFrame):
+        frame = orders
+    else:
+        frame = pl.DataFrame(orders).with_columns(pl.col("purchased_at").str.to_datetime(time_zone="UTC"))
     frame.write_parquet(path)
     client = volga.Client(MemoryOnlineStore(), ParquetOfflineStore(tmp_path / f"batch-{uuid.uuid4().hex[:6]}"))
     client.materialize([quickstart(lambda online: ParquetSource(path))], mode="offline")
