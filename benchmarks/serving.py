@@ -369,11 +369,11 @@ def ensure_feast_venv(venv: Path) -> Path:
         return python
     print(f"  creating {venv} and installing feast (a few minutes, once)...", flush=True)
     base = shutil.which("python3") or sys.executable
-    subprocess.run([base, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "feast"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"pip install feast failed:\n{done.stderr[-3000:]}")
+    for step in ([base, "-m", "venv", str(venv)], [str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"],
+                 [str(python), "-m", "pip", "install", "-q", "feast"]):
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(step[-3:])} failed:\n{done.stderr[-3000:]}")
     return python
 
 

@@ -33,7 +33,7 @@ from volga.api.decorators import PipelineDef
 from volga.api.entity import Schema, entity_schema
 from volga.api.on_demand import QUERY_ARGS, OnDemandDef, OnDemandDefinitionError, dependency_order
 from volga.api.types import datetime_to_us, dtype_name, to_utc, unwrap_optional
-from volga.serving.errors import BadRequest, FeatureFunctionError, FeatureNotFound, InvalidKeys
+from volga.serving.errors import BadRequest, FeatureFunctionError, FeatureNotFound, InternalError, InvalidKeys
 from volga.storage import KEY_INDEX, MemoryOnlineStore, OnlineStore
 
 Key = tuple[Any, ...]
@@ -290,8 +290,8 @@ class OnDemandExecutor:
                 roots.append(defn)
         try:
             order = dependency_order(roots, self.definitions)
-        except OnDemandDefinitionError as e:
-            raise BadRequest(str(e), field=field) from e
+        except OnDemandDefinitionError as e:  # the definitions are broken, not the request
+            raise InternalError(f"cannot serve {list(targets)}: {e}") from e
         reads: dict[tuple[str, str], Read] = {}
         nodes: list[Node] = []
         node_of: dict[str, int] = {}
