@@ -191,3 +191,20 @@ def test_replaced_definition_is_picked_up(tmp_path, served, known_users):
     assert client.get_on_demand("scaled", [key(known_users[0])])[0].total_spent == 1.0
     client.definitions["scaled"] = make(2.0)  # as re-registering in a notebook does
     assert client.get_on_demand("scaled", [key(known_users[0])])[0].total_spent == 2.0
+
+
+def test_broken_definitions_are_the_servers_fault(tmp_path):
+    from volga.serving import InternalError
+
+    @on_demand(dependencies=["loop_b"])
+    def loop_a(b: UserStats) -> UserStats: ...
+
+    @on_demand(dependencies=["loop_a"])
+    def loop_b(a: UserStats) -> UserStats: ...
+
+    client = volga.Client(data_dir=tmp_path)
+    with pytest.raises(volga.OnDemandDefinitionError, match="dependency cycle"):
+        client.register(loop_a, loop_b)
+    with pytest.raises(InternalError, match="dependency cycle loop_a -> loop_b -> loop_a") as caught:
+        client.get_on_demand("loop_a", [key("1")])
+    assert caught.value.status == 500
