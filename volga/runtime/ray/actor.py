@@ -15,7 +15,7 @@ import collections
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 
 from volga._optional import optional_import
 from volga.runtime.ray.task import StageTask, TaskMetrics

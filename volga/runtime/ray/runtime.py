@@ -226,7 +226,7 @@ class RayJob(Job):
 
     def __init__(self, mode: Mode, pipelines: list[str], driver: _Driver) -> None:
         self.driver = driver
-        names = [s.name for s in driver.source_defs.values()] if mode == "online" else []
+        names = [s.name for s in driver.source_defs.values() if s is not None] if mode == "online" else []
         super().__init__(mode, pipelines, driver.run, {n: _Late(driver, n) for n in names},  # type: ignore[misc]
                          driver.collect_rejected, driver.cleanup)
 

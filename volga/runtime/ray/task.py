@@ -216,7 +216,7 @@ class StageTask:
         return self.source.late_events().drop(SEQ, strict=False)
 
     def drain_rejected(self) -> list[Any]:
-        out = []
+        out: list[Any] = []
         if self.source is not None:
             out.extend(getattr(self.source.reader, "drain_rejected", lambda: [])())
         for op in self.ops.values():

@@ -106,7 +106,7 @@ class OpRecipe:
 
 def portable(topology: Topology) -> Topology:
     """A copy of ``topology`` that pickles: operators replaced by their recipes."""
-    steps = [dataclasses.replace(step, op=OpRecipe.of(step.op)) for step in topology.plan.steps]
+    steps = [dataclasses.replace(step, op=OpRecipe.of(step.op)) for step in topology.plan.steps]  # type: ignore[arg-type]
     plan = PhysicalPlan(steps, dict(topology.plan.outputs), dict(topology.plan.pipelines))
     return dataclasses.replace(topology, plan=plan)
 
