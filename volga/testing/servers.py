@@ -57,6 +57,14 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S:g}s:\n{_tail(log)}")
 
 
+def _die_with_parent() -> None:
+    """Run in the child before exec: end the server if the process that started it dies."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _tail(log: Path, lines: int = 20) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
@@ -118,7 +126,8 @@ class _Server:
     def start(self: S) -> S:
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
-                self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir
+                self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir,
+                preexec_fn=_die_with_parent,
             )
         _wait_for_port(self.port, self._proc, self.what, self.log)
         self._ready()
@@ -282,7 +291,10 @@ class KafkaBroker(_Server):
     def start(self: S) -> S:
         assert isinstance(self, KafkaBroker)
         with self.log.open("ab") as log:
-            self._proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir)
+            self._proc = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir,
+                preexec_fn=_die_with_parent,
+            )
         _wait_for_port(self.broker_port, self._proc, self.what, self.log)
         if self._proxy is not None:
             self._proxy.start()
