@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-import pytest
 
+import pytest
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ import volga
 from volga.sources import KafkaSource
 from volga.storage import MemoryOnlineStore, ParquetOfflineStore
 from volga.storage.online.redis import RedisOnlineStore
-from volga.testing.servers import KafkaBroker, free_port
-
 from volga.testing.quickstart import (
     N_USERS,
     Order,
@@ -27,6 +25,7 @@ from volga.testing.quickstart import (
     wait_until,
 )
 from volga.testing.quickstart import order_records as make_orders
+from volga.testing.servers import KafkaBroker, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -190,7 +190,8 @@ class DatagenReader(SourceReader):
             return pl.Series(f.name, us).cast(TIMESTAMP_DTYPE)
         if isinstance(dtype, pl.List):
             lengths = rng.integers(0, 4, n)
-            flat = self._random(dataclasses.replace(f, dtype=dtype.inner), int(lengths.sum()))
+            inner = dataclasses.replace(f, dtype=dtype.inner)  # type: ignore[arg-type]
+            flat = self._random(inner, int(lengths.sum()))
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             items = flat.to_list()
             return pl.Series(f.name, [items[offsets[i] : offsets[i + 1]] for i in range(n)], dtype=dtype)

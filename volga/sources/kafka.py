@@ -43,7 +43,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -409,7 +409,7 @@ class _DeadLetterTopic:
         self._producer, self._topic = producer, topic
         self._failed: str | None = None
 
-    def write(self, records: list[DeadLetterRecord]) -> None:
+    def write(self, records: Sequence[DeadLetterRecord]) -> None:
         for r in records:
             headers = [("volga.reason", r.reason.encode()), ("volga.source", r.source.encode())]
             headers += [(f"volga.{k}", str(v).encode()) for k, v in r.origin.items()]

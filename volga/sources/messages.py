@@ -167,7 +167,7 @@ class JsonDecoder:
                 bad.append((i, "empty message (no value)"))
                 continue
             try:
-                record = custom(value) if custom is not None else decode(value)
+                record = custom(value) if custom is not None else decode(value)  # type: ignore[arg-type]
             except error as e:
                 bad.append((i, f"invalid JSON: {e}"[:200]))
                 continue
@@ -188,7 +188,7 @@ class JsonDecoder:
 def _python_type(dtype: pl.DataType) -> Any:
     """The strict msgspec type for a field's dtype (timestamps as text, parsed later)."""
     if isinstance(dtype, pl.List):
-        return list[_python_type(dtype.inner)]  # type: ignore[misc]
+        return list[_python_type(dtype.inner)]  # type: ignore[misc, arg-type]
     if isinstance(dtype, pl.Datetime):
         return str
     return {pl.String(): str, pl.Int64(): int, pl.Float64(): float, pl.Boolean(): bool}[dtype]
@@ -211,7 +211,7 @@ def _typed_decoders(msgspec: Any, schema: Schema) -> tuple[Any, Any, list[Any]] 
         row = msgspec.defstruct("Row", fields, kw_only=True, rename=renames)
     except (KeyError, TypeError):
         return None  # a dtype with no strict JSON type: the general path handles it
-    return msgspec.json.Decoder(row).decode, msgspec.json.Decoder(list[row]).decode, getters
+    return msgspec.json.Decoder(row).decode, msgspec.json.Decoder(list[row]).decode, getters  # type: ignore[valid-type]
 
 
 # --------------------------------------------------------------------------- dead letters

@@ -229,6 +229,7 @@ class PostgresReader(SourceReader):
             cur.execute(query, [*params, max_rows])
             rows = cur.fetchall()
             self._columns = [c.name for c in cur.description]
+            assert self._source.cursor_column is not None
             pos = self._columns.index(self._source.cursor_column)
             if len(rows) == max_rows and rows:
                 last = rows[-1][pos]

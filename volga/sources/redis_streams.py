@@ -31,7 +31,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -275,7 +275,7 @@ class _DeadLetterStream:
         self._client, self._stream = client, stream
         self._failed: list[DeadLetterRecord] = []
 
-    def write(self, records: list[DeadLetterRecord]) -> None:
+    def write(self, records: Sequence[DeadLetterRecord]) -> None:
         self._failed += records
         self.flush()
 

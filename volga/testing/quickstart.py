@@ -73,7 +73,7 @@ class UserSpentInfo:
     max_price_1d: float
 
 
-USERS = [User(user_id=str(i), registered_at=T0, name=f"u{i}") for i in range(N_USERS)]
+USERS = [{"user_id": str(i), "registered_at": T0, "name": f"u{i}"} for i in range(N_USERS)]
 
 OrderSourceFactory = Callable[[bool], volga.Source]
 

@@ -233,6 +233,7 @@ class PostgresServer(_Server):
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/postgres"
 
     def start(self: S) -> S:
+        assert isinstance(self, PostgresServer)
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off -c max_connections=50"
         subprocess.run(
             [*self._as, str(self._bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
