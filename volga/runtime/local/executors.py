@@ -58,8 +58,10 @@ class Metrics:
 
 
 def _apply_unary(step: Step, batch: pl.DataFrame) -> pl.DataFrame:
-    assert isinstance(step.op, (StatelessChain, WindowAggregateOp))
-    return step.op.apply(batch)
+    # StatelessChain, WindowAggregateOp, or any one-input operator with apply(batch)
+    # (the DataStream layer's row chains and keyed reduce)
+    assert isinstance(step.op, (StatelessChain, WindowAggregateOp)) or hasattr(step.op, "apply")
+    return step.op.apply(batch)  # type: ignore[union-attr]
 
 
 def collect_rejected(plan: PhysicalPlan, readers: dict[int, object]) -> list[Rejected]:
@@ -68,9 +70,9 @@ def collect_rejected(plan: PhysicalPlan, readers: dict[int, object]) -> list[Rej
     for reader in readers.values():
         out.extend(getattr(reader, "drain_rejected", lambda: [])())
     for step in plan.steps:
-        if isinstance(step.op, StatelessChain):
-            out.extend(step.op.rejected)
-            step.op.rejected = []
+        if isinstance(getattr(step.op, "rejected", None), list):
+            out.extend(step.op.rejected)  # type: ignore[union-attr]
+            step.op.rejected = []  # type: ignore[union-attr]
     return out
 
 
@@ -101,10 +103,12 @@ def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metric
             metrics.rows_in[step.source.name] = rows.height
             out = sort_by_time(rows, step.schema.timestamp)
         elif step.kind == "join":
-            assert isinstance(step.op, AsOfJoinOp)
-            step.op.push(0, results[step.inputs[0]])
-            step.op.push(1, results[step.inputs[1]])
-            out = step.op.release(None)
+            # AsOfJoinOp, or any operator with push(input, rows)/release(bound)/buffered_rows
+            # (the DataStream layer's union, interval join, tumbling/hopping windows)
+            assert isinstance(step.op, AsOfJoinOp) or hasattr(step.op, "release")
+            for side, src in enumerate(step.inputs):
+                step.op.push(side, results[src])  # type: ignore[union-attr]
+            out = step.op.release(None)  # type: ignore[union-attr]
         else:
             out = _apply_unary(step, results[step.inputs[0]])
         results[step.id] = out
@@ -148,15 +152,18 @@ def run_streaming(
                     entered.append(stage.entered_at)
                 watermarks[step.id] = (stage.watermark, stage.idle)
             elif step.kind == "join":
-                assert isinstance(step.op, AsOfJoinOp)
+                op = step.op
+                assert isinstance(op, AsOfJoinOp) or hasattr(op, "release")
                 for side, src in enumerate(step.inputs):
                     batch = outputs[src]
                     if batch is not None:
-                        step.op.push(side, batch)
+                        op.push(side, batch)  # type: ignore[union-attr]
                 active = [watermarks[src][0] for src in step.inputs if not watermarks[src][1]]
                 bound = min(active) if active else FINISHED_WM
-                out = step.op.release(None if bound >= FINISHED_WM else bound) if step.op.buffered_rows else None
-                watermarks[step.id] = (bound, not active)
+                out = op.release(None if bound >= FINISHED_WM else bound) if op.buffered_rows else None  # type: ignore[union-attr]
+                # An operator whose output runs behind its inputs (an interval join) says how far.
+                output_wm = getattr(op, "output_watermark", None)
+                watermarks[step.id] = (output_wm(bound) if output_wm is not None else bound, not active)
             else:
                 batch = outputs[step.inputs[0]]
                 out = _apply_unary(step, batch) if batch is not None and batch.height else None
@@ -194,7 +201,7 @@ def _commit_sources(plan: PhysicalPlan, stages: dict[int, SourceStage]) -> None:
     """
     if any(stage.pending or (stage.buffer is not None and stage.buffer.height) for stage in stages.values()):
         return
-    if any(isinstance(step.op, AsOfJoinOp) and step.op.buffered_rows for step in plan.steps):
+    if any(step.kind == "join" and getattr(step.op, "buffered_rows", 0) for step in plan.steps):
         return
     for stage in stages.values():
         commit = getattr(stage.reader, "commit", None)

@@ -99,6 +99,9 @@ class SourceStage:
             return batch
         mask = pl.Series(late)
         self.late.append(batch.filter(mask))
+        on_late = getattr(self.source, "on_late", None)  # a DataStream source's late sink
+        if on_late is not None:
+            on_late(self.late[-1])
         self.late_count += int(late.sum())
         log.warning(
             "source %s: %d late row(s) set aside (older than watermark, lateness %d us); read them with job.late_events(%r)",
