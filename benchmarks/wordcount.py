@@ -1,0 +1,205 @@
+"""Word count on the DataStream API vs Bytewax, in one run (issue 7).
+
+Input: N words of 32 bytes drawn from 1000 distinct ones; a "message" is one word.
+Every configuration computes the rolling count per word (one output per input word):
+
+* volga rows      map(w -> (w, 1)) -> key_by(fn) -> reduce(fn)   (Python callables)
+* volga columnar  key_by("value") -> aggregate([Count()])         (polars + numba)
+* bytewax         map -> key_on -> stateful_map                   (its own virtualenv)
+
+Throughput is messages/s over the whole job (bounded source read as a stream, default
+micro-batches of 10k). Latency is measured separately at a fixed offered rate (paced
+source): per micro-batch, from the moment its oldest word was due to the moment its
+output was in the sink; p50/p99 are row-weighted.
+
+    .venv/bin/python benchmarks/wordcount.py [--n 1000000] [--rate 100000] [--no-bytewax]
+
+Bytewax is installed with pip into ``$TMPDIR/volga-bench-bytewax-venv`` on first use; if
+that fails, the reason is printed and the Volga figures still are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import string
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from volga import Count
+from volga.stream import StreamingContext
+
+BYTEWAX_VENV = Path(tempfile.gettempdir()) / "volga-bench-bytewax-venv"
+
+
+def make_words(n: int, distinct: int = 1000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    vocab = ["".join(rng.choices(string.ascii_lowercase, k=32)) for _ in range(distinct)]
+    return [vocab[rng.randrange(distinct)] for _ in range(n)]
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def __call__(self, frame) -> None:  # sink_batches: one call per micro-batch
+        self.rows += frame.height
+
+
+def volga_rows(ctx: StreamingContext, source):
+    return (source.map(lambda w: (w, 1))
+                  .key_by(lambda kv: kv[0])
+                  .reduce(lambda a, b: (a[0], a[1] + b[1])))
+
+
+def volga_columnar(ctx: StreamingContext, source):
+    return source.key_by("value").aggregate([Count(into="count")])
+
+
+def run_volga(words: list[str], build, batch_size: int) -> dict:
+    ctx = StreamingContext(batch_size=batch_size)
+    sink = Counter()
+    build(ctx, ctx.from_collection(words)).sink_batches(sink)
+    t0 = time.perf_counter()
+    job = ctx.execute()
+    seconds = time.perf_counter() - t0
+    assert sink.rows == len(words), (sink.rows, len(words))
+    return {"msg_per_s": len(words) / seconds, "seconds": seconds, "p99_batch_ms": 1e3 * (job.metrics.latency_percentile(99) or 0)}
+
+
+def run_volga_paced(words: list[str], build, rate: int, seconds: float) -> dict:
+    n = int(rate * seconds)
+    ctx = StreamingContext(batch_size=10_000)
+    sink = Counter()
+    build(ctx, ctx.from_periodic_collection(words[:n], period=f"{max(1, round(1e6 / rate))}us")).sink_batches(sink)
+    job = ctx.execute()
+    m = job.metrics
+    return {"offered": rate, "p50_ms": 1e3 * (m.latency_percentile(50) or 0), "p99_ms": 1e3 * (m.latency_percentile(99) or 0), "rows": sink.rows}
+
+
+BYTEWAX_FLOW = textwrap.dedent(
+    """
+    import json, sys, time
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import TestingSource, run_main
+
+    words = open(sys.argv[1]).read().split()
+    batch = int(sys.argv[2])
+    out = {"rows": 0}
+
+    class Part(StatelessSinkPartition):
+        def write_batch(self, items):
+            out["rows"] += len(items)
+
+    class Sink(DynamicSink):
+        def build(self, step_id, worker_index, worker_count):
+            return Part()
+
+    def count(state, kv):
+        n = (state or 0) + kv[1]
+        return n, (kv[0], n)
+
+    flow = Dataflow("wordcount")
+    s = op.input("in", flow, TestingSource(words, batch_size=batch))
+    pairs = op.map("pair", s, lambda w: (w, 1))
+    keyed = op.key_on("key", pairs, lambda kv: kv[0])
+    counts = op.stateful_map("count", keyed, count)
+    op.output("out", counts, Sink())
+    t0 = time.perf_counter()
+    run_main(flow)
+    seconds = time.perf_counter() - t0
+    assert out["rows"] == len(words), out
+    print(json.dumps({"msg_per_s": len(words) / seconds, "seconds": seconds}))
+    """
+)
+
+
+def ensure_bytewax() -> tuple[Path | None, str]:
+    python = BYTEWAX_VENV / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import bytewax"], capture_output=True).returncode == 0:
+        return python, ""
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(BYTEWAX_VENV)], check=True, capture_output=True, text=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "bytewax"], check=True, capture_output=True, text=True, timeout=600)
+    except subprocess.CalledProcessError as e:
+        return None, f"could not install bytewax into {BYTEWAX_VENV}: {(e.stderr or e.stdout or str(e)).strip()[-800:]}"
+    except subprocess.TimeoutExpired:
+        return None, "pip install bytewax took over 10 minutes"
+    return python, ""
+
+
+def run_bytewax(python: Path, words: list[str], batch: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        data, script = Path(tmp) / "words.txt", Path(tmp) / "flow.py"
+        data.write_text("\n".join(words))
+        script.write_text(BYTEWAX_FLOW)
+        proc = subprocess.run([str(python), str(script), str(data), str(batch)], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip()[-800:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000, help="words (messages) per run")
+    parser.add_argument("--rate", type=int, default=100_000, help="offered msg/s for the latency runs")
+    parser.add_argument("--paced-seconds", type=float, default=3.0)
+    parser.add_argument("--no-bytewax", action="store_true")
+    args = parser.parse_args()
+
+    words = make_words(args.n)
+    print(f"word count: {args.n:,} words of 32 bytes, 1000 distinct; cores: {os.cpu_count()}")
+    run_volga(words[:50_000], volga_rows, 10_000)  # warm up (numba kernels compile on first use)
+    run_volga(words[:50_000], volga_columnar, 10_000)
+
+    results = {}
+    for label, build, batch in (
+        ("volga rows (b=10k)", volga_rows, 10_000),
+        ("volga rows (b=100)", volga_rows, 100),
+        ("volga columnar (b=10k)", volga_columnar, 10_000),
+        ("volga columnar (b=100k)", volga_columnar, 100_000),
+    ):
+        r = results[label] = run_volga(words, build, batch)
+        print(f"  {label:<26} {r['msg_per_s']:>12,.0f} msg/s   ({r['seconds']:.2f} s; p99 micro-batch {r['p99_batch_ms']:.1f} ms)")
+    for label, build in (("volga rows", volga_rows), ("volga columnar", volga_columnar)):
+        r = run_volga_paced(words, build, args.rate, args.paced_seconds)
+        print(f"  {label + ' paced':<26} offered {r['offered']:,} msg/s: p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms (source due -> sink)")
+
+    if args.no_bytewax:
+        print("bytewax: skipped (--no-bytewax)")
+    else:
+        python, why = ensure_bytewax()
+        if python is None:
+            print(f"bytewax: not measured: {why}")
+        else:
+            version = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('bytewax'))"], capture_output=True, text=True).stdout.strip()
+            for batch in (1, 1000):
+                try:
+                    r = run_bytewax(python, words, batch)
+                except Exception as e:  # print exactly why, keep the Volga figures
+                    print(f"bytewax {version} (batch {batch}): failed: {e}")
+                    continue
+                results[f"bytewax b={batch}"] = r
+                print(f"  {'bytewax ' + version + f' (b={batch})':<26} {r['msg_per_s']:>12,.0f} msg/s   ({r['seconds']:.2f} s)")
+            best = max((v["msg_per_s"] for k, v in results.items() if k.startswith("bytewax")), default=None)
+            if best:
+                rows = results["volga rows (b=10k)"]["msg_per_s"]
+                col = results["volga columnar (b=100k)"]["msg_per_s"]
+                print(f"ratio vs best bytewax: volga rows {rows / best:.2f}x (target >= 5x), volga columnar {col / best:.2f}x")
+    col = max(results["volga columnar (b=10k)"]["msg_per_s"], results["volga columnar (b=100k)"]["msg_per_s"])
+    print(f"columnar target >= 1M msg/s on one core: {'met' if col >= 1e6 else 'NOT met'} ({col:,.0f})")
+    print("ray: not measured (no RayRuntime in this tree)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Compile a DataStream graph into the engine's ``PhysicalPlan`` (the same ``Step`` kinds
+the Entity API compiles to), so the embedded executors run both.
+
+- ``source``: a ``SourceSpec`` (watermarks, lateness and late rows by ``SourceStage``);
+- ``chain``: consecutive stateless steps fused into one ``RowChain``;
+- ``window``: keyed per-event state (``KeyedReduceOp``, ``AggregateOp`` = ``WindowAggregateOp``);
+- ``join``: operators driven by watermarks (as-of and interval joins, union,
+  tumbling/hopping windows).
+
+Each sink is a plan output named ``sink<i>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from volga.plan.compile import PhysicalPlan, Step
+from volga.stream import nodes as sn
+from volga.stream import ops
+from volga.stream.sinks import Sink
+from volga.stream.sources import SourceSpec
+
+
+@dataclasses.dataclass
+class StreamPlan:
+    plan: PhysicalPlan
+    sinks: dict[str, Sink]
+    labels: dict[int, str]  # step id -> DataStream operator names
+    parallelism: dict[int, int]
+
+    def explain(self) -> str:
+        lines = []
+        outputs: dict[int, list[str]] = {}
+        for name, step_id in self.plan.outputs.items():
+            outputs.setdefault(step_id, []).append(f"sink({self.sinks[name]!r})")
+        for step in self.plan.steps:
+            inputs = f" <- {step.inputs}" if step.inputs else ""
+            par = f" [x{self.parallelism[step.id]}]" if self.parallelism.get(step.id, 1) > 1 else ""
+            sinks = f" => {', '.join(outputs[step.id])}" if step.id in outputs else ""
+            lines.append(f"[{step.id}] {self.labels[step.id]}{par}{inputs}{sinks}")
+        return "\n".join(lines)
+
+
+def compile_stream(sinks: list[sn.SinkNode]) -> StreamPlan:
+    """Fresh operators (empty state) for everything the sinks read."""
+    if not sinks:
+        raise ValueError("nothing to run: add a sink to a stream first (stream.sink(print), stream.sink(ListSink()), ...)")
+    steps: list[Step] = []
+    labels: dict[int, str] = {}
+    parallelism: dict[int, int] = {}
+    by_node: dict[int, int] = {}
+    consumers: dict[int, int] = {}
+    for node in sn.walk(list(sinks)):
+        for child in node.inputs:
+            consumers[id(child)] = consumers.get(id(child), 0) + 1
+
+    def add(kind: Any, inputs: list[int], node: sn.StreamNode, op: Any = None, source: Any = None) -> int:
+        steps.append(Step(len(steps), kind, inputs, node.schema, op, source))
+        labels[len(steps) - 1] = node.label()
+        parallelism[len(steps) - 1] = node.parallelism
+        return len(steps) - 1
+
+    def visit(node: sn.StreamNode) -> int:
+        if id(node) in by_node:
+            return by_node[id(node)]
+        where = f"stream step {node.label()}"
+        if isinstance(node, sn.SourceNode):
+            result = add("source", [], node, source=SourceSpec(node))
+        elif isinstance(node, sn.STATELESS):
+            assert isinstance(node, sn.Unary)
+            upstream = visit(node.input)
+            prev = steps[upstream]
+            if prev.kind == "chain" and consumers.get(id(node.input), 0) <= 1:
+                assert isinstance(prev.op, ops.RowChain)
+                prev.op.steps.append(node)
+                if isinstance(node, sn.BatchNode) and node.op == "entity":
+                    prev.op.entity_ops[id(node)] = ops.StatelessChain([node.payload], prev.op.where)
+                prev.schema = node.schema
+                labels[upstream] += " -> " + node.label()
+                result = upstream
+            else:
+                result = add("chain", [upstream], node, ops.RowChain([node], "stream"))
+        elif isinstance(node, sn.ReduceNode):
+            result = add("window", [visit(node.input)], node, ops.KeyedReduceOp(node, where))
+        elif isinstance(node, sn.AggregateNode):
+            result = add("window", [visit(node.input)], node, ops.AggregateOp(node, where))
+        elif isinstance(node, sn.WindowNode):
+            result = add("join", [visit(node.input)], node, ops.EventWindowOp(node, where))
+        elif isinstance(node, sn.UnionNode):
+            result = add("join", [visit(m) for m in node.members], node, ops.UnionOp(node))
+        elif isinstance(node, sn.JoinNode):
+            left, right = visit(node.left), visit(node.right)
+            op = ops.AsOfJoin(node) if node.kind == "asof" else ops.IntervalJoinOp(node)
+            result = add("join", [left, right], node, op)
+        else:
+            raise TypeError(f"cannot compile stream node {node!r}")
+        by_node[id(node)] = result
+        return result
+
+    outputs: dict[str, int] = {}
+    sink_objects: dict[str, Sink] = {}
+    for i, sink in enumerate(sinks):
+        outputs[f"sink{i}"] = visit(sink.input)
+        sink_objects[f"sink{i}"] = sink.sink
+    return StreamPlan(PhysicalPlan(steps, outputs, {}), sink_objects, labels, parallelism)

@@ -1,0 +1,677 @@
+"""Physical operators of the DataStream layer, on polars micro-batches.
+
+They plug into the embedded executors beside the Entity API's operators: one-input
+operators offer ``apply(batch)`` (``RowChain``, ``KeyedReduceOp``, ``AggregateOp`` which
+wraps the engine's ``WindowAggregateOp``); operators driven by watermarks offer
+``push(input, rows)`` / ``release(bound)`` / ``buffered_rows`` like the engine's
+``AsOfJoinOp`` (``UnionOp``, ``EventWindowOp``, ``IntervalJoinOp``, ``AsOfJoin`` which
+wraps ``AsOfJoinOp``). ``release(bound)`` hands out what is final for every event time
+< bound (``None``: everything, the inputs are finished).
+
+Python callables are the slow path: one call per element in a tight loop. A callable
+that raises does not kill the job: its element is set aside (``job.rejected``) with the
+error as the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from volga.api import nodes as api
+from volga.api.aggregates import Aggregate
+from volga.api.entity import Schema
+from volga.errors import Rejected
+from volga.ops.join import AsOfJoinOp
+from volga.ops.stateless import StatelessChain
+from volga.ops.window import WindowAggregateOp
+from volga.runtime.local.stage import FINISHED_WM, NO_WM
+from volga.stream import nodes as sn
+
+log = logging.getLogger("volga.stream")
+_MISSING: Any = object()
+_NUMERIC_KINDS = ("sum", "avg", "stddev", "min", "max")
+
+
+def empty(schema: Schema) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema.polars_schema())
+
+
+def items_of(batch: pl.DataFrame, schema: Schema) -> list[Any]:
+    """What user callables see: bare values of a value stream, dicts of a record stream."""
+    if sn.is_value_stream(schema):
+        return batch[sn.VALUE].to_list()
+    return batch.select(sn.data_columns(schema)).to_dicts()
+
+
+def key_values(batch: pl.DataFrame, keys: tuple[str, ...]) -> list[Any]:
+    if len(keys) == 1:
+        return batch[keys[0]].to_list()
+    return list(zip(*(batch[k].to_list() for k in keys)))
+
+
+def frame_of(items: list[Any], schema: Schema, output: str) -> pl.DataFrame:
+    """Data columns of ``schema`` built from callable results (values, dicts or tuples)."""
+    if output == "value":
+        return pl.DataFrame([pl.Series(sn.VALUE, items, dtype=sn.OBJECT)])
+    cols = {n: schema.field(n).dtype for n in sn.data_columns(schema)}
+    if not items:
+        return pl.DataFrame(schema=cols)
+    if isinstance(items[0], dict):
+        return pl.from_dicts(items, schema=cols, strict=False)
+    return pl.DataFrame(items, schema=cols, orient="row", strict=False)
+
+
+class _Calls:
+    """Runs a callable over elements; an element whose call raises is set aside."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.rejected: list[Rejected] = []
+
+    def _reject(self, what: str, e: Exception, item: Any) -> None:
+        row = item if isinstance(item, dict) else {"value": item}
+        self.rejected.append(Rejected(f"{self.where} {what}", f"{type(e).__name__}: {e}", row))
+
+    def call(self, what: str, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], list[int]]:
+        """``[fn(x) for x in items]`` minus failures, and the failed positions."""
+        out: list[Any] = []
+        failed: list[int] = []
+        start = 0
+        while True:
+            append, before = out.append, len(out)
+            try:
+                for x in items if start == 0 else itertools.islice(items, start, None):
+                    append(fn(x))
+                return out, failed
+            except Exception as e:  # a user function's bug must not kill the stream
+                pos = start + len(out) - before
+                failed.append(pos)
+                self._reject(what, e, items[pos])
+                start = pos + 1
+
+    def flat(self, what: str, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], list[int]]:
+        """Flattened ``fn(x)`` results and how many each element produced (0 if it failed)."""
+        out: list[Any] = []
+        counts: list[int] = []
+        start = 0
+        while True:
+            extend, count = out.extend, counts.append
+            try:
+                for x in items if start == 0 else itertools.islice(items, start, None):
+                    n = len(out)
+                    extend(fn(x))
+                    count(len(out) - n)
+                return out, counts
+            except Exception as e:
+                pos = len(counts)
+                del out[sum(counts):]
+                counts.append(0)
+                self._reject(what, e, items[pos])
+                start = pos + 1
+
+
+def _keep(n: int, failed: list[int]) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    mask[failed] = False
+    return mask
+
+
+class RowChain(_Calls):
+    """Consecutive stateless steps fused into one operator. Runs of Python callables stay
+    Python lists between steps (no frame is built until the run ends)."""
+
+    def __init__(self, steps: list[sn.StreamNode], where: str) -> None:
+        super().__init__(where)
+        self.steps = steps
+        self.entity_ops = {id(s): StatelessChain([s.payload], where) for s in steps if isinstance(s, sn.BatchNode) and s.op == "entity"}
+
+    @property
+    def schema(self) -> Schema:
+        return self.steps[-1].schema
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        i, steps = 0, self.steps
+        while i < len(steps):
+            if batch.height == 0:
+                return empty(self.schema)
+            if isinstance(steps[i], sn.RowNode):
+                j = i
+                while j < len(steps) and isinstance(steps[j], sn.RowNode):
+                    j += 1
+                batch = self._rows(steps[i:j], batch)  # type: ignore[arg-type]
+                i = j
+            else:
+                batch = self._columnar(steps[i], batch)  # type: ignore[arg-type]
+                i += 1
+        return batch
+
+    def _rows(self, run: list[sn.RowNode], batch: pl.DataFrame) -> pl.DataFrame:
+        source_schema = run[0].input.schema
+        items = items_of(batch, source_schema)
+        idx = np.arange(batch.height)
+        keys: list[Any] | None = None
+        changed = False
+        for step in run:
+            if step.op == "flat_map":
+                items, counts = self.flat(step.label(), step.fn, items)
+                idx = np.repeat(idx, counts)
+                changed, keys = True, None
+                continue
+            results, failed = self.call(step.label(), step.fn, items)
+            if failed:
+                mask = _keep(len(items), failed)
+                idx = idx[mask]
+                items = list(itertools.compress(items, mask))
+                if keys is not None:
+                    keys = list(itertools.compress(keys, mask))
+            if step.op == "map":
+                items, changed, keys = results, True, None
+            elif step.op == "key_by":
+                keys = results
+            else:  # filter
+                mask = np.fromiter((bool(r) for r in results), dtype=bool, count=len(results))
+                idx = idx[mask]
+                items = list(itertools.compress(items, mask))
+                if keys is not None:
+                    keys = list(itertools.compress(keys, mask))
+        last = run[-1]
+        whole = idx.shape[0] == batch.height  # nothing dropped or repeated
+        if not changed:
+            out = batch if whole else batch[idx]
+        else:
+            ts = batch[source_schema.timestamp]
+            ts = (ts if whole else ts.gather(idx)).alias(sn.TS)
+            output = next(s.output for s in reversed(run) if s.op in ("map", "flat_map"))
+            out = frame_of(items, last.schema, output).with_columns(ts)
+        if keys is not None:
+            out = out.with_columns(pl.Series(sn.KEY, keys, dtype=sn.OBJECT))
+        return out.select(last.schema.names)
+
+    def _columnar(self, step: sn.BatchNode, batch: pl.DataFrame) -> pl.DataFrame:
+        if step.op == "key_by":
+            return batch
+        if step.op == "filter":
+            return batch.filter(step.payload)
+        if step.op == "with_columns":
+            return batch.with_columns(*step.payload)
+        if step.op == "select":
+            return batch.select(*step.payload, *[c for c in step.schema.names if c.startswith("__")])
+        if step.op == "entity":
+            chain = self.entity_ops[id(step)]
+            out = chain.apply(batch)
+            self.rejected.extend(chain.rejected)
+            chain.rejected = []
+            return out
+        out = step.payload(batch)  # map_batches
+        if not isinstance(out, pl.DataFrame):
+            raise TypeError(f"{self.where} {step.label()}: the function must return a polars DataFrame, got {type(out).__name__}")
+        ts = step.schema.timestamp
+        if ts not in out.columns and ts in batch.columns and out.height == batch.height:
+            out = out.with_columns(batch[ts])  # a row-wise function may leave the event time out
+        missing = [c for c in step.schema.names if c not in out.columns]
+        if missing:
+            raise ValueError(
+                f"{self.where} {step.label()}: the result lacks column(s) {missing}; declare the output "
+                "with map_batches(fn, schema={...}) and keep the timestamp column"
+            )
+        return out.select(step.schema.names)
+
+
+class KeyedReduceOp(_Calls):
+    """Rolling reduce per key: every element emits the key's reduced value so far."""
+
+    def __init__(self, node: sn.ReduceNode, where: str) -> None:
+        super().__init__(where)
+        self.node = node
+        self.keys = node.input.schema.keys
+        self.fn = node.fn
+        self.state: dict[Any, Any] = {}
+        self.value = sn.is_value_stream(node.input.schema)
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        keys = key_values(batch, self.keys)
+        items = items_of(batch, self.node.input.schema)
+        state, fn, get = self.state, self.fn, self.state.get
+        out: list[Any] = []
+        failed: list[int] = []
+        start = 0
+        while True:
+            append = out.append
+            try:
+                for k, v in zip(keys, items) if start == 0 else itertools.islice(zip(keys, items), start, None):
+                    acc = get(k, _MISSING)
+                    acc = v if acc is _MISSING else fn(acc, v)
+                    state[k] = acc
+                    append(acc)
+                break
+            except Exception as e:
+                pos = len(out) + len(failed)
+                failed.append(pos)
+                self._reject(self.node.label(), e, items[pos])
+                start = pos + 1
+        if failed:
+            batch = batch.filter(pl.Series(_keep(batch.height, failed)))
+        if self.value:
+            return batch.with_columns(pl.Series(sn.VALUE, out, dtype=sn.OBJECT))
+        data = frame_of(out, self.node.schema, "records")
+        return batch.with_columns(data).select(self.node.schema.names)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": dict(self.state)}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.state = dict(snap["state"])
+
+
+def _prepare_values(schema: Schema, aggregates: tuple[Aggregate, ...], where: str) -> tuple[Schema, list[pl.Expr]]:
+    """Object columns that numeric aggregates read are cast to Float64."""
+    casts = []
+    fields = list(schema.fields)
+    for agg in aggregates:
+        if agg.on is None:
+            continue
+        if not schema.has(agg.on):
+            raise ValueError(f"{where}: {type(agg).__name__}(into={agg.into!r}) reads column {agg.on!r}, which the stream lacks (columns: {sn.data_columns(schema)})")
+        dtype = schema.field(agg.on).dtype
+        if dtype == sn.OBJECT:
+            if agg.kind not in _NUMERIC_KINDS and agg.kind != "count":
+                raise TypeError(
+                    f"{where}: {type(agg).__name__}(on={agg.on!r}) needs a typed column, but {agg.on!r} holds Python "
+                    "objects; build a record stream first, e.g. map(fn, schema={...})"
+                )
+            fields = [f if f.name != agg.on else type(f)(f.name, pl.Float64(), True, f.key, f.timestamp) for f in fields]
+            casts.append(pl.col(agg.on).map_elements(float, return_dtype=pl.Float64, skip_nulls=True))
+        elif agg.kind != "count":
+            agg.check_input(dtype, where)
+    return Schema(schema.name, tuple(fields), schema.keys, schema.timestamp), casts
+
+
+def aggregate_output(input_schema: Schema, aggregates: tuple[Aggregate, ...], keys: tuple[str, ...], name: str) -> dict[str, pl.DataType]:
+    return {
+        a.into: a.output_dtype(input_schema.field(a.on).dtype if a.on else None)
+        for a in aggregates
+    }
+
+
+class AggregateOp:
+    """``aggregate([...])`` on a keyed stream: the engine's per-event sliding
+    ``WindowAggregateOp``, with ``key_by(fn)`` keys and Object values adapted to it."""
+
+    def __init__(self, node: sn.AggregateNode, where: str) -> None:
+        in_schema = node.input.schema
+        prepared, self.casts = _prepare_values(in_schema, node.aggregates, where)
+        keys = in_schema.keys
+        out_cols = {k: prepared.field(k).dtype for k in keys}
+        out_cols.update(aggregate_output(prepared, node.aggregates, keys, where))
+        op_out = sn.make_schema(node.schema.name, out_cols, keys, in_schema.timestamp)
+        self.op = WindowAggregateOp(prepared, op_out, keys, node.aggregates)
+        if any(prepared.field(k).dtype == sn.OBJECT for k in keys):
+            self.op.key_index.DICT_BELOW_ROWS = 1 << 62  # Python-object keys: always the dict path
+        self.rename = {sn.KEY: node.key_alias} if node.key_alias else {}
+        self.schema = node.schema
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        if self.casts:
+            batch = batch.with_columns(self.casts)
+        return self.op.apply(batch).rename(self.rename).select(self.schema.names)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.op.snapshot()
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.op.restore(snap)
+
+
+def _take_before(buffer: list[pl.DataFrame], ts_col: str, bound_us: int | None) -> pl.DataFrame | None:
+    """Remove and return the buffered rows with ts < bound (each buffer is in ts order)."""
+    if not buffer:
+        return None
+    rows = pl.concat(buffer) if len(buffer) > 1 else buffer[0]
+    buffer.clear()
+    if bound_us is None:
+        return rows
+    cut = int(rows[ts_col].dt.epoch("us").search_sorted(bound_us, side="left"))
+    if cut < rows.height:
+        buffer.append(rows.slice(cut))
+    return rows.slice(0, cut)
+
+
+def _sort_by_time(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
+    ts = rows[ts_col]
+    if ts.is_sorted():
+        return rows
+    return rows[np.argsort(ts.dt.epoch("us").to_numpy(), kind="stable")]
+
+
+class UnionOp:
+    """Merge inputs in event-time order; equal times keep input order (the order of the
+    ``union`` arguments), then arrival order. Released only up to the slowest watermark,
+    so the order does not depend on micro-batch sizes."""
+
+    def __init__(self, node: sn.UnionNode) -> None:
+        self.schema = node.schema
+        self.ts = node.schema.timestamp
+        self.buffers: list[list[pl.DataFrame]] = [[] for _ in node.members]
+        self.adapt = [self._adapter(m.schema) for m in node.members]
+
+    def _adapter(self, schema: Schema) -> list[pl.Expr]:
+        out = []
+        for name in self.schema.names:
+            src = name if schema.has(name) else (schema.timestamp if name == self.ts else name)
+            out.append(pl.col(src).cast(self.schema.field(name).dtype).alias(name) if schema.field(src).dtype != sn.OBJECT or self.schema.field(name).dtype == sn.OBJECT else pl.col(src))
+        return out
+
+    def push(self, side: int, batch: pl.DataFrame) -> None:
+        if batch.height:
+            self.buffers[side].append(self._conform(side, batch))
+
+    def _conform(self, side: int, batch: pl.DataFrame) -> pl.DataFrame:
+        out = batch.select(self.adapt[side])
+        for name, dtype in self.schema.polars_schema().items():
+            if dtype == sn.OBJECT and out[name].dtype != sn.OBJECT:
+                out = out.with_columns(pl.Series(name, out[name].to_list(), dtype=sn.OBJECT))
+        return out
+
+    @property
+    def buffered_rows(self) -> int:
+        return sum(b.height for buffer in self.buffers for b in buffer)
+
+    def release(self, bound_us: int | None) -> pl.DataFrame:
+        parts = [p for buffer in self.buffers if (p := _take_before(buffer, self.ts, bound_us)) is not None and p.height]
+        if not parts:
+            return empty(self.schema)
+        return _sort_by_time(pl.concat(parts), self.ts)
+
+
+def window_expr(agg: Aggregate, dtype: pl.DataType | None) -> pl.Expr:
+    """One aggregate over a closed window's rows (null rules as in ``volga.api.aggregates``)."""
+    c = pl.col(agg.on) if agg.on else None
+    kind = agg.kind
+    if kind == "count":
+        expr = pl.len() if c is None else c.count()
+    elif kind == "sum":
+        expr = pl.when(c.count() > 0).then(c.sum())  # type: ignore[union-attr]
+    elif kind == "avg":
+        expr = c.mean()  # type: ignore[union-attr]
+    elif kind == "stddev":
+        expr = pl.when(c.count() >= 2).then(c.std(ddof=1))  # type: ignore[union-attr]
+    elif kind == "min":
+        expr = c.min()  # type: ignore[union-attr]
+    elif kind == "max":
+        expr = c.max()  # type: ignore[union-attr]
+    elif kind == "first":
+        expr = c.drop_nulls().first()  # type: ignore[union-attr]
+    elif kind == "last":
+        expr = c.drop_nulls().last()  # type: ignore[union-attr]
+    elif kind == "count_distinct":
+        expr = c.drop_nulls().n_unique()  # type: ignore[union-attr]
+    elif kind == "last_n":
+        expr = c.drop_nulls().tail(agg.n).reverse().implode()  # type: ignore[union-attr,attr-defined]
+    else:
+        raise AssertionError(f"unknown aggregate kind {kind}")
+    return expr.cast(agg.output_dtype(dtype)).alias(agg.into)
+
+
+_WIN = "__win_start"
+_SEQ = "__seq"
+
+
+class EventWindowOp(_Calls):
+    """Keyed tumbling/hopping event-time windows ``[start, start + size)`` (starts are
+    multiples of ``slide`` since the epoch). A window is emitted once the watermark reaches
+    its end, with event time ``end - 1us``; windows that end together come out in the
+    order their keys first arrived. Rows of open windows are kept as they are and
+    aggregated with polars when the window closes. A row that arrives after its window was
+    emitted (possible only after an idle input held nothing back) goes to the late sink."""
+
+    def __init__(self, node: sn.WindowNode, where: str) -> None:
+        super().__init__(where)
+        self.node = node
+        self.size, self.slide = node.size_us, node.slide_us
+        in_schema = node.input.schema
+        self.in_schema = in_schema
+        self.keys = list(in_schema.keys)
+        self.ts = in_schema.timestamp
+        self.buffer: list[pl.DataFrame] = []
+        self.emitted_until = NO_WM
+        self.seq = 0
+        self.late: list[pl.DataFrame] = []
+        self.late_count = 0
+        if node.aggregates is not None:
+            prepared, self.casts = _prepare_values(in_schema, node.aggregates, where)
+            self.exprs = [window_expr(a, prepared.field(a.on).dtype if a.on else None) for a in node.aggregates]
+        else:
+            self.casts, self.exprs = [], []
+
+    @property
+    def buffered_rows(self) -> int:
+        return sum(b.height for b in self.buffer)
+
+    def push(self, side: int, batch: pl.DataFrame) -> None:
+        if not batch.height:
+            return
+        ts = batch[self.ts].dt.epoch("us").to_numpy()
+        last = (ts // self.slide) * self.slide
+        n_windows = -((ts - last - self.size) // self.slide)  # windows holding ts: ceil((size - (ts - last)) / slide)
+        row = np.repeat(np.arange(ts.shape[0]), n_windows)
+        k = np.arange(row.shape[0]) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+        starts = last[row] - k * self.slide
+        late = starts + self.size <= self.emitted_until
+        if late.any():
+            late_rows = np.unique(row[late])
+            self._late(batch[late_rows])
+            row, starts = row[~late], starts[~late]
+        exploded = batch[row].with_columns(pl.Series(_WIN, starts, dtype=pl.Int64), pl.Series(_SEQ, self.seq + row, dtype=pl.Int64))
+        self.seq += ts.shape[0]
+        if self.casts:
+            exploded = exploded.with_columns(self.casts)
+        self.buffer.append(exploded)
+
+    def _late(self, rows: pl.DataFrame) -> None:
+        self.late.append(rows)
+        self.late_count += rows.height
+        log.warning("%s %s: %d row(s) arrived after their window was emitted; set aside as late", self.where, self.node.label(), rows.height)
+        if self.node.late_sink is not None:
+            self.node.late_sink.write(rows, self.in_schema)
+
+    def output_watermark(self, bound: int) -> int:
+        self.emitted_until = max(self.emitted_until, bound)
+        return bound
+
+    def release(self, bound_us: int | None) -> pl.DataFrame:
+        if not self.buffer:
+            return empty(self.node.schema)
+        rows = pl.concat(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
+        self.buffer = []
+        if bound_us is not None:
+            self.emitted_until = max(self.emitted_until, bound_us)
+            closed_mask = (rows[_WIN] + self.size) <= bound_us
+            open_rows = rows.filter(~closed_mask)
+            if open_rows.height:
+                self.buffer.append(open_rows)
+            rows = rows.filter(closed_mask)
+        else:
+            self.emitted_until = FINISHED_WM
+        if rows.height == 0:
+            return empty(self.node.schema)
+        return self._emit(rows)
+
+    def _emit(self, rows: pl.DataFrame) -> pl.DataFrame:
+        group = [*self.keys, _WIN]
+        schema = self.node.schema
+        if self.node.reduce_fn is None:
+            out = rows.group_by(group, maintain_order=True).agg(*self.exprs, pl.col(_SEQ).min().alias("__first"))
+        else:
+            out = self._reduce(rows, group)
+        out = out.sort([_WIN, "__first"])
+        start = pl.col(_WIN)
+        out = out.with_columns(
+            pl.from_epoch(start, "us").dt.replace_time_zone("UTC").alias("window_start"),
+            pl.from_epoch(start + self.size, "us").dt.replace_time_zone("UTC").alias("window_end"),
+            pl.from_epoch(start + self.size - 1, "us").dt.replace_time_zone("UTC").alias(sn.TS),
+        )
+        if self.node.key_alias:
+            out = out.rename({sn.KEY: self.node.key_alias})
+        return out.select(schema.names)
+
+    def _reduce(self, rows: pl.DataFrame, group: list[str]) -> pl.DataFrame:
+        fn = self.node.reduce_fn
+        assert fn is not None
+        items = items_of(rows, self.in_schema)
+        groups = rows.with_row_index("__row").group_by(group, maintain_order=True).agg(pl.col("__row"), pl.col(_SEQ).min().alias("__first"))
+        values = []
+        keep = []
+        for g, members in enumerate(groups["__row"].to_list()):
+            try:
+                values.append(functools.reduce(fn, (items[i] for i in members)))
+                keep.append(g)
+            except Exception as e:
+                self._reject(self.node.label(), e, items[members[0]])
+        groups = groups[keep].drop("__row")
+        data = frame_of(values, self.node.schema, "value" if sn.is_value_stream(self.in_schema) else "records")
+        return pl.concat([groups, data.drop([c for c in data.columns if c in groups.columns])], how="horizontal")
+
+
+class _KeyIds:
+    """Python-object keys (``key_by(fn)``) as dense int ids shared by both join inputs."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Any, int] = {}
+
+    def column(self, batch: pl.DataFrame) -> pl.Series:
+        ids, out = self.ids, []
+        for k in batch[sn.KEY].to_list():
+            found = ids.get(k)
+            if found is None:
+                found = ids[k] = len(ids)
+            out.append(found)
+        return pl.Series("__kid", out, dtype=pl.Int64)
+
+
+def join_keys(schema: Schema) -> list[str]:
+    return ["__kid" if k == sn.KEY else k for k in schema.keys]
+
+
+class _JoinInputs:
+    """Shared by both joins: object keys become int ids; value streams become (left, right) pairs."""
+
+    def __init__(self, node: sn.JoinNode) -> None:
+        self.node = node
+        self.ids = _KeyIds() if sn.KEY in node.left.schema.keys else None
+        self.pairs = sn.is_value_stream(node.left.schema) and sn.is_value_stream(node.right.schema)
+
+    def prepare(self, side: int, batch: pl.DataFrame) -> pl.DataFrame:
+        if self.ids is not None:
+            batch = batch.with_columns(self.ids.column(batch))
+            if side == 1:
+                batch = batch.drop(sn.KEY)
+        return batch
+
+    def finish(self, joined: pl.DataFrame) -> pl.DataFrame:
+        if self.pairs:
+            pairs = list(zip(joined[sn.VALUE].to_list(), joined["__right_value"].to_list()))
+            joined = joined.with_columns(pl.Series(sn.VALUE, pairs, dtype=sn.OBJECT))
+        return joined.select(self.node.schema.names)
+
+
+def _prepared_schema(schema: Schema, side: int) -> Schema:
+    if sn.KEY not in schema.keys:
+        return schema
+    cols = {**schema.polars_schema(), "__kid": pl.Int64()}
+    if side == 1:
+        del cols[sn.KEY]
+    keys = tuple(join_keys(schema))
+    return sn.make_schema(schema.name, cols, keys, schema.timestamp)
+
+
+class AsOfJoin:
+    """Keyed as-of join: the engine's ``AsOfJoinOp`` (DESIGN.md "Join")."""
+
+    def __init__(self, node: sn.JoinNode) -> None:
+        self.inputs = _JoinInputs(node)
+        if node.api_node is not None:  # an Entity API join: exactly the engine's operator
+            self.op = AsOfJoinOp(node.api_node)
+            self.inputs.pairs = False
+            return
+        left, right = _prepared_schema(node.left.schema, 0), _prepared_schema(node.right.schema, 1)
+        out_cols = {**left.polars_schema()}
+        for src, dst in node.right_columns:
+            out_cols[dst] = right.field(src).dtype
+        out = sn.make_schema("join", out_cols, left.keys, left.timestamp)
+        api_join = api.JoinNode(
+            out, api.Node(left), api.Node(right), tuple(join_keys(node.left.schema)), tuple(join_keys(node.right.schema)),
+            node.how, node.right_columns,
+        )
+        self.op = AsOfJoinOp(api_join)
+
+    @property
+    def buffered_rows(self) -> int:
+        return self.op.buffered_rows
+
+    def push(self, side: int, batch: pl.DataFrame) -> None:
+        self.op.push(side, self.inputs.prepare(side, batch))
+
+    def release(self, bound_us: int | None) -> pl.DataFrame:
+        out = self.op.release(bound_us)
+        return self.inputs.finish(out)
+
+
+class IntervalJoinOp:
+    """Keyed interval join (inner): each left row at t with every right row of its key
+    at ``t + lower <= ts <= t + upper``, in left order then right arrival order. Output
+    event time is the left row's; a left row is emitted once every input's watermark has
+    passed ``t + max(upper, 0)``, so the output watermark trails the inputs by that much."""
+
+    def __init__(self, node: sn.JoinNode) -> None:
+        self.node = node
+        self.inputs = _JoinInputs(node)
+        self.lower, self.upper = node.lower_us, node.upper_us
+        self.left_ts, self.right_ts = node.left.schema.timestamp, node.right.schema.timestamp
+        self.left_keys, self.right_keys = join_keys(node.left.schema), join_keys(node.right.schema)
+        self.left: list[pl.DataFrame] = []
+        self.right_new: list[pl.DataFrame] = []
+        self.right: pl.DataFrame | None = None
+
+    @property
+    def buffered_rows(self) -> int:
+        return sum(b.height for b in self.left) + sum(b.height for b in self.right_new) + (0 if self.right is None else self.right.height)
+
+    def push(self, side: int, batch: pl.DataFrame) -> None:
+        if batch.height:
+            (self.left if side == 0 else self.right_new).append(self.inputs.prepare(side, batch))
+
+    def output_watermark(self, bound: int) -> int:
+        return bound if bound >= FINISHED_WM else bound - max(self.upper, 0)
+
+    def release(self, bound_us: int | None) -> pl.DataFrame:
+        if self.right_new:
+            renamed = [b.rename({src: dst for src, dst in self.node.right_columns if src != dst}) for b in self.right_new]
+            self.right = pl.concat(([self.right] if self.right is not None else []) + renamed, how="vertical_relaxed")
+            self.right_new = []
+        ready_bound = None if bound_us is None else bound_us - max(self.upper, 0)
+        left = _take_before(self.left, self.left_ts, ready_bound)
+        out = self._join(left) if left is not None and left.height and self.right is not None else None
+        if self.right is not None and ready_bound is not None:  # right rows no future left row can reach
+            rts = dict(self.node.right_columns).get(self.right_ts, self.right_ts)
+            self.right = self.right.filter(pl.col(rts).dt.epoch("us") >= ready_bound + self.lower)
+        if out is None:
+            return pl.DataFrame(schema=self.node.schema.polars_schema())
+        return out
+
+    def _join(self, left: pl.DataFrame) -> pl.DataFrame:
+        assert self.right is not None
+        rts = dict(self.node.right_columns).get(self.right_ts, self.right_ts)
+        right_keys = [dict(self.node.right_columns).get(k, k) for k in self.right_keys]
+        right = self.right.rename({rk: lk for lk, rk in zip(self.left_keys, right_keys) if lk != rk})
+        joined = left.join(right, on=self.left_keys, how="inner", maintain_order="left_right", suffix="__dup")
+        t = pl.col(self.left_ts).dt.epoch("us")
+        r = pl.col(rts).dt.epoch("us")
+        joined = joined.filter((r >= t + self.lower) & (r <= t + self.upper))
+        return self.inputs.finish(joined)
