@@ -10,9 +10,10 @@ up front); the Kafka-protocol broker is Tansu, shipped in the PyPI package
 ``restart()`` stops a server and starts it again on the same port with the same data, to
 test that clients reconnect.
 
->>> with RedisServer() as redis:  # doctest: +SKIP
-...     redis.url
-'redis://127.0.0.1:40123/0'
+Usage (starts a real server; used by the integration fixtures)::
+
+    with RedisServer() as redis:
+        redis.url   # 'redis://127.0.0.1:40123/0'
 """
 
 from __future__ import annotations

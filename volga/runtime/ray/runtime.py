@@ -1,8 +1,9 @@
 """``RayRuntime``: run a materialization as Ray actors, with the embedded runtime's results.
 
->>> import volga                                                  # doctest: +SKIP
->>> client = volga.Client(runtime=volga.RayRuntime(parallelism=2)) # doctest: +SKIP
->>> client.materialize([user_spent], mode="offline")              # doctest: +SKIP
+Usage (needs a Ray session; tested in ``tests/ray``)::
+
+    client = volga.Client(runtime=volga.RayRuntime(parallelism=2))
+    client.materialize([user_spent], mode="offline")
 
 How a job runs: the plan is split into stages (:mod:`.topology`); each source stage is
 one actor, each keyed stage ``parallelism`` actors, all taken from a pool kept by the

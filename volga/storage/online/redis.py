@@ -22,7 +22,9 @@ keys); ``get_last_n``/``get_range`` one pipelined ``LRANGE`` per key, also one r
 
 ``ttl`` (a duration) expires a key's rows that long after its last write; None keeps them.
 
->>> store = RedisOnlineStore("redis://127.0.0.1:6379/0", ttl="7d")  # doctest: +SKIP
+Usage (needs a Redis server; tested in ``tests/storage`` against a real one)::
+
+    store = RedisOnlineStore("redis://127.0.0.1:6379/0", ttl="7d")
 """
 
 from __future__ import annotations
