@@ -314,3 +314,32 @@ def test_join_state_snapshot_restore():
     b.restore(a.snapshot())
     b.push(0, buys)
     assert b.release(None)["tier"].to_list() == [1]
+
+
+def test_newest_event_of_a_live_source_is_served_without_waiting_for_the_next(client, tmp_path):
+    """A join needs the right input's watermark past a left row, not the left input's own:
+    the latest order is in the store at once, not when some later order arrives."""
+    live = tmp_path / "purchases.jsonl"
+    live.write_text("")
+
+    @source(Tier)
+    def known_tiers() -> volga.Source:
+        return MemorySource([{"user": "u", "at": at(0), "tier": 3}])
+
+    @source(Purchase)
+    def live_buys() -> volga.Source:
+        return JsonLinesSource(live, follow=True, poll_interval="10ms")
+
+    @pipeline(dependencies=[live_buys, known_tiers], output=Enriched)
+    def live_tiered(p: Entity, t: Entity) -> Entity:
+        return p.join(t, on=["user"], how="left")
+
+    job = client.materialize([live_tiered], mode="online", block=False)
+    with live.open("a") as f:
+        f.write('{"user": "u", "at": "2024-01-01T00:05:00Z", "amount": 9.5}\n')
+    deadline = time.time() + 10
+    while client.get_latest("live_tiered", keys=[{"user": "u"}]) == [None] and time.time() < deadline:
+        time.sleep(0.02)
+    job.stop()
+    (row,) = client.get_latest("live_tiered", keys=[{"user": "u"}])
+    assert row is not None and row.amount == 9.5 and row.tier == 3

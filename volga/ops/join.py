@@ -26,7 +26,9 @@ class AsOfJoinOp:
         self.left_keys = list(node.left_on)
         self.left_buffer: list[pl.DataFrame] = []
         self.right_buffer: list[pl.DataFrame] = []
+        # right rows sorted by time: the latest per key up to the watermark, then every row
         self.latest = self._prepare_right(pl.DataFrame(schema=node.right.schema.polars_schema()))
+        self.uncollapsed = False
 
     def push(self, side: int, batch: pl.DataFrame) -> None:
         if batch.height:
@@ -35,12 +37,14 @@ class AsOfJoinOp:
     def snapshot(self) -> dict[str, object]:
         return {
             "latest": self.latest.clone(),
+            "uncollapsed": self.uncollapsed,
             "left": [b.clone() for b in self.left_buffer],
             "right": [b.clone() for b in self.right_buffer],
         }
 
     def restore(self, snap: dict[str, object]) -> None:
         self.latest = snap["latest"].clone()  # type: ignore[attr-defined]
+        self.uncollapsed = bool(snap["uncollapsed"])
         self.left_buffer = [b.clone() for b in snap["left"]]  # type: ignore[attr-defined]
         self.right_buffer = [b.clone() for b in snap["right"]]  # type: ignore[attr-defined]
 
@@ -48,21 +52,40 @@ class AsOfJoinOp:
     def buffered_rows(self) -> int:
         return sum(b.height for b in self.left_buffer) + sum(b.height for b in self.right_buffer)
 
-    def release(self, bound_us: int | None) -> pl.DataFrame:
-        left = _take_before(self.left_buffer, self.left_ts, bound_us)
-        right = _take_before(self.right_buffer, self.right_ts, bound_us)
+    def release(self, bound_us: int | None, *, left_bound_us: int | None | object = ...) -> pl.DataFrame:
+        """Join and return the buffered left rows with ts < ``left_bound_us``.
+
+        ``bound_us`` is the operator's watermark (every future row on either input has
+        ts >= it; None = the inputs are done). Left rows only need every right row at or
+        before their time, so the runtime may pass the right input's watermark as
+        ``left_bound_us`` (default: ``bound_us``), which releases the newest left row at
+        once instead of after the next one arrives. Right rows are kept in full until
+        ``bound_us`` passes them, then only the latest per key.
+        """
+        left = _take_before(self.left_buffer, self.left_ts, bound_us if left_bound_us is ... else left_bound_us)  # type: ignore[arg-type]
+        right = _take_before(self.right_buffer, self.right_ts, None)
         if right is not None and right.height:
             # sorted again: after an idle period a right row may arrive older than the state
             both = pl.concat([self.latest, self._prepare_right(right)]).sort(_RTS, maintain_order=True)
-            # equal (key, ts): the last arrival wins; state keeps the latest row per key
-            both = both.unique(subset=[*self.right_keys, _RTS], keep="last", maintain_order=True)
-            out = self._join(left, both) if left is not None and left.height else None
-            self.latest = both.unique(subset=self.right_keys, keep="last", maintain_order=True).sort(_RTS, maintain_order=True)
-        else:
-            out = self._join(left, self.latest) if left is not None and left.height else None
+            # equal (key, ts): the last arrival wins
+            self.latest = both.unique(subset=[*self.right_keys, _RTS], keep="last", maintain_order=True)
+            self.uncollapsed = True
+        out = self._join(left, self.latest) if left is not None and left.height else None
+        if self.uncollapsed:
+            self._collapse(bound_us)
         if out is None:
             return pl.DataFrame(schema=self.node.schema.polars_schema())
         return out
+
+    def _collapse(self, bound_us: int | None) -> None:
+        """Keep only the latest right row per key among rows no future left row can miss."""
+        cut = self.latest.height
+        if bound_us is not None:
+            cut = int(self.latest[_RTS].dt.epoch("us").search_sorted(bound_us, side="left"))
+        old = self.latest.slice(0, cut).unique(subset=self.right_keys, keep="last", maintain_order=True)
+        recent = self.latest.slice(cut)
+        self.latest = pl.concat([old.sort(_RTS, maintain_order=True), recent])
+        self.uncollapsed = recent.height > 0
 
     def _prepare_right(self, right: pl.DataFrame) -> pl.DataFrame:
         renamed = right.rename({src: dst for src, dst in self.node.right_columns if src != dst})

@@ -160,7 +160,12 @@ def run_streaming(
                         op.push(side, batch)  # type: ignore[union-attr]
                 active = [watermarks[src][0] for src in step.inputs if not watermarks[src][1]]
                 bound = min(active) if active else FINISHED_WM
-                out = op.release(None if bound >= FINISHED_WM else bound) if op.buffered_rows else None  # type: ignore[union-attr]
+                if isinstance(op, AsOfJoinOp):  # left rows wait only for the right input
+                    right_wm, right_idle = watermarks[step.inputs[1]]
+                    left_bound = None if right_idle or right_wm >= FINISHED_WM else right_wm
+                    out = op.release(None if bound >= FINISHED_WM else bound, left_bound_us=left_bound) if op.buffered_rows else None
+                else:
+                    out = op.release(None if bound >= FINISHED_WM else bound) if op.buffered_rows else None  # type: ignore[union-attr]
                 # An operator whose output runs behind its inputs (an interval join) says how far.
                 output_wm = getattr(op, "output_watermark", None)
                 watermarks[step.id] = (output_wm(bound) if output_wm is not None else bound, not active)

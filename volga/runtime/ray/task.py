@@ -166,7 +166,9 @@ class StageTask:
                         op.push(side, batch)
                 active = [wm for _, (wm, idle) in inputs if not idle]
                 bound = min(active) if active else FINISHED_WM
-                out = op.release(None if bound >= FINISHED_WM else bound) if op.buffered_rows else None
+                right_wm, right_idle = inputs[1][1]  # left rows wait only for the right input
+                left_bound = None if right_idle or right_wm >= FINISHED_WM else right_wm
+                out = op.release(None if bound >= FINISHED_WM else bound, left_bound_us=left_bound) if op.buffered_rows else None
                 watermarks[step_id] = (bound, not active)
             else:
                 batch, watermarks[step_id] = inputs[0]
