@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TextIO
 
 import polars as pl
@@ -71,18 +72,32 @@ def get_historical_features(
     needed = _pipelines_needed(requests, plan)
     if compute:
         backfill(client, [pipe for pipe, _, _ in needed.values()], progress)
-    rows = {
-        name: PipelineRows.load(client.offline_store, pipe, sorted(columns), " and ".join(dict.fromkeys(users)))
-        for name, (pipe, columns, users) in needed.items()
-    }
-
-    evaluator = None
-    if plan is not None:
-        history = getattr(client.online_store, "history", None)
-        evaluator = OnDemandEvaluator(plan, node_kwargs, read_args, rows, checked.times, keys, history if isinstance(history, int) else None)
-    produced: list[pl.Series] = []
-    for request in requests:
-        produced.extend(_values(request, rows, evaluator, plan, keys, checked))
+    # Pipelines load and look up concurrently: polars releases the GIL, and one as-of join
+    # by key does not keep every core busy on its own.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(needed), 4)), thread_name_prefix="volga-training") as pool:
+        until = checked.times.max() if checked.height else None
+        loading = {
+            name: pool.submit(
+                PipelineRows.load, client.offline_store, pipe, sorted(columns), " and ".join(dict.fromkeys(users)),
+                until=until, keys=_keys_asked(name, requests, plan, keys),
+            )
+            for name, (pipe, columns, users) in needed.items()
+        }
+        looked_up = {
+            r.name: pool.submit(_pipeline_values, r, loading[r.name], keys, checked)
+            for r in requests if r.is_pipeline
+        }
+        rows = {name: future.result() for name, future in loading.items()}
+        evaluator = None
+        if plan is not None:
+            history = getattr(client.online_store, "history", None)
+            evaluator = OnDemandEvaluator(plan, node_kwargs, read_args, rows, checked.times, keys, history if isinstance(history, int) else None)
+        produced: list[pl.Series] = []
+        for request in requests:
+            if request.is_pipeline:
+                produced.extend(looked_up[request.name].result())
+            else:
+                produced.extend(_on_demand_values(request, evaluator, plan))
     return _attach(checked, pl.DataFrame([s.alias(name) for s, name in zip(produced, out_names)]))
 
 
@@ -120,21 +135,29 @@ def _pipelines_needed(requests: Sequence[FeatureRequest], plan: Any) -> dict[str
     return needed
 
 
-def _values(
-    request: FeatureRequest, rows: Mapping[str, PipelineRows], evaluator: OnDemandEvaluator | None, plan: Any,
-    keys: _KeyColumns, spine: Spine,
-) -> list[pl.Series]:
+def _keys_asked(name: str, requests: Sequence[FeatureRequest], plan: Any, keys: _KeyColumns) -> pl.DataFrame | None:
+    """The key values a pipeline is looked up with, when only its own request reads it
+    (on-demand reads derive their keys through the DAG: they read every key)."""
+    if plan is not None and any(read.name == name for read in plan.reads):
+        return None
+    request = next(r for r in requests if r.name == name)
     schema = request.schema
-    columns = tuple(request.key_columns[k] for k in schema.keys)
-    if request.is_pipeline:
-        table = rows[request.name]
-        key_values = [keys(c, schema.field(k).dtype, _what(request)) for k, c in zip(schema.keys, columns)]
-        positions = table.asof(key_values, spine.times)
-        frame = table.values(request.fields, positions, spine.times, request.ttl_us)
-        return list(frame.iter_columns())
+    return pl.DataFrame([keys(request.key_columns[k], schema.field(k).dtype, _what(request)).alias(k) for k in schema.keys])
+
+
+def _pipeline_values(request: FeatureRequest, loading: Future[PipelineRows], keys: _KeyColumns, spine: Spine) -> list[pl.Series]:
+    table = loading.result()
+    schema = request.schema
+    key_values = [keys(request.key_columns[k], schema.field(k).dtype, _what(request)) for k in schema.keys]
+    positions = table.asof(key_values, spine.times)
+    return list(table.values(request.fields, positions, spine.times, request.ttl_us).iter_columns())
+
+
+def _on_demand_values(request: FeatureRequest, evaluator: OnDemandEvaluator | None, plan: Any) -> list[pl.Series]:
     assert evaluator is not None
+    schema = request.schema
     node = plan.target_nodes[plan.targets.index(request.name)]
-    result = evaluator.evaluate(node, columns)
+    result = evaluator.evaluate(node, tuple(request.key_columns[k] for k in schema.keys))
     return [result.column(f, schema.field(f).dtype, request.name) for f in request.fields]
 
 

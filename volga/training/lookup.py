@@ -16,6 +16,7 @@ slice of its key's group ending at its as-of row.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,8 +61,16 @@ class PipelineRows:
         self._grouped: Grouped | None = None
 
     @classmethod
-    def load(cls, store: OfflineStore, pipeline: PipelineDef, columns: Sequence[str], needed_by: str) -> PipelineRows:
-        """Read ``columns`` (plus keys and timestamp) of ``pipeline``'s offline rows."""
+    def load(
+        cls, store: OfflineStore, pipeline: PipelineDef, columns: Sequence[str], needed_by: str, *,
+        until: datetime.datetime | None = None, keys: pl.DataFrame | None = None,
+    ) -> PipelineRows:
+        """Read ``columns`` (plus keys and timestamp) of ``pipeline``'s offline rows.
+
+        Only rows a lookup can see are read: none after ``until`` (the latest spine time)
+        and, given ``keys`` (the key values asked for, named like the key fields), none of
+        other keys. Both filters keep the rows' order.
+        """
         name = pipeline.name
         lazy = store.scan(name)
         stored = store.schema(name)
@@ -82,7 +91,16 @@ class PipelineRows:
                 f"{stored.describe()['fields']}; now: {schema.describe()['fields']}): re-run "
                 f"client.materialize([{name}], mode='offline'), or pass compute=True"
             )
-        return cls(pipeline, lazy.select(wanted).collect())
+        lazy = lazy.select(wanted)
+        if until is not None:
+            lazy = lazy.filter(pl.col(schema.timestamp) <= until)
+        if keys is not None:
+            if keys.width == 1:
+                (key,) = keys.columns
+                lazy = lazy.filter(pl.col(key).is_in(keys.get_column(key).unique().implode()))
+            else:
+                lazy = lazy.join(keys.unique().lazy(), on=keys.columns, how="semi", maintain_order="left")
+        return cls(pipeline, lazy.collect())
 
     # -- as-of ------------------------------------------------------------------------------
     def asof(self, keys: Sequence[pl.Series], times: pl.Series, *, grouped: bool = False) -> pl.Series:
