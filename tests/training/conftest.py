@@ -8,4 +8,4 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Helper modules, not tests (the doctest collector would import them).
-collect_ignore = ["training_defs.py", "cli_app.py"]
+collect_ignore = ["training_defs.py", "training_cli_app.py"]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import polars as pl
 import training_defs as defs
-from test_historical import EVENTS, spine
+from training_defs import EVENTS, spine
 
 import volga.cli
 
-APP = Path(__file__).parent / "cli_app.py"
+APP = Path(__file__).parent / "training_cli_app.py"
 
 
 def test_cli_writes_what_the_api_returns(tmp_path, monkeypatch, capsys):

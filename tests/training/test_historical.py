@@ -1,6 +1,6 @@
 """``get_historical_features``: shape of the result, ttl, key_map, ties, pandas, errors.
 
-Events (minutes after T0), for users a and b::
+Over ``training_defs.EVENTS`` (minutes after T0), for users a and b::
 
     a:  0 (1.0, x)   0 (2.0, y)   3 (4.0, z)   10 (8.0, x)       two events tie at minute 0
     b:  5 (0.0, y)                                               total stays 0.0
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import datetime
 import io
-from typing import Any
 
 import polars as pl
 import pytest
 import training_defs as defs
-from training_defs import Stats, at, stats
+from training_defs import EVENTS, Stats, at, spine, stats
 
 import volga
 import volga.client
@@ -26,22 +25,10 @@ from volga.sources import MemorySource
 from volga.training import OfflineDataMissing, SpineError, SpineKeyError, backfill
 from volga.training.on_demand import OnDemandEvaluator
 
-EVENTS = [
-    {"user": "a", "at": at(0), "amount": 1.0, "tag": "x"},
-    {"user": "a", "at": at(0), "amount": 2.0, "tag": "y"},
-    {"user": "a", "at": at(3), "amount": 4.0, "tag": "z"},
-    {"user": "b", "at": at(5), "amount": 0.0, "tag": "y"},
-    {"user": "a", "at": at(10), "amount": 8.0, "tag": "x"},
-]
-
 
 @pytest.fixture
 def client(tmp_path):
     return defs.client_with(tmp_path, EVENTS)
-
-
-def spine(users: list[str], minutes: list[float], **extra: Any) -> pl.DataFrame:
-    return pl.DataFrame({"user": users, "timestamp": [at(m) for m in minutes], **extra})
 
 
 # -- result shape ----------------------------------------------------------------------------
@@ -313,3 +300,42 @@ def test_pandas_spine_gives_pandas_with_the_same_values(client):
     assert str(out["n_5m"].dtype) == "Int64" and str(out["big"].dtype) == "boolean"  # nullable: no float ints
     expected = client.get_historical_features(polars_spine, features, args={"n": 3})
     assert pl.from_pandas(out.drop(columns=["user", "timestamp", "label"]).reset_index(drop=True)).equals(expected.drop("user", "timestamp", "label"))
+
+
+# -- composite keys ----------------------------------------------------------------------------
+
+@entity
+class TagCount:
+    user: str = field(key=True)
+    tag: str = field(key=True)
+    at: datetime.datetime = field(timestamp=True)
+    n: int
+
+
+@volga.pipeline(dependencies=[defs.events], output=TagCount)
+def tag_counts(events: volga.Entity) -> volga.Entity:
+    return events.group_by(keys=["user", "tag"]).aggregate([Count(window="forever", into="n")])
+
+
+@entity
+class TagShare:
+    user: str = field(key=True)
+    tag: str = field(key=True)
+    at: datetime.datetime = field(timestamp=True)
+    share: float
+
+
+@on_demand(dependencies=[tag_counts, stats])
+def tag_share(tc: TagCount, s: Stats) -> TagShare:
+    return TagShare(user=tc.user, tag=tc.tag, at=tc.at, share=tc.n / s.n_5m)
+
+
+def test_composite_keys_and_an_on_demand_feature_projecting_them(client):
+    client.register(tag_share)
+    client.materialize([tag_counts], mode="offline", params={"rows": EVENTS})
+    s = spine(["a", "a", "a", "b", "b", "a"], [3, 3, 10, 6, 6, -1], tag=["x", "z", "x", "x", "y", "x"])
+    out = client.get_historical_features(s, ["tag_counts.n", "tag_share.share"])
+    assert out["n"].to_list() == [1, 1, 2, None, 1, None]
+    assert out["share"].to_list() == [1 / 3, 1 / 3, 2.0, None, 1.0, None]  # stats(a) at 3: 3 rows in 5m; at 10: 1
+    mapped = client.get_historical_features(s.rename({"tag": "label"}), ["tag_counts.n"], key_map={"tag": "label"})
+    assert mapped["n"].equals(out["n"])

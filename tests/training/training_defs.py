@@ -18,6 +18,8 @@ from __future__ import annotations
 import datetime
 from typing import Any, Optional
 
+import polars as pl
+
 import volga
 from volga import (
     Count,
@@ -159,6 +161,21 @@ def combo(sc: Scaled, rows: list[Stats], bonus: float = 0.0) -> Combo:
 
 ON_DEMAND = [scaled, level, recent, windowed, boosted, combo]
 FEATURES = ["stats", "scaled", "level", "recent", "windowed", "boosted", "combo"]
+
+
+# The fixed events of the example-based tests (see tests/training/test_historical.py).
+EVENTS = [
+    {"user": "a", "at": at(0), "amount": 1.0, "tag": "x"},
+    {"user": "a", "at": at(0), "amount": 2.0, "tag": "y"},
+    {"user": "a", "at": at(3), "amount": 4.0, "tag": "z"},
+    {"user": "b", "at": at(5), "amount": 0.0, "tag": "y"},
+    {"user": "a", "at": at(10), "amount": 8.0, "tag": "x"},
+]
+
+
+def spine(users: list[str], minutes: list[float], **extra: Any) -> pl.DataFrame:
+    """A polars spine: users at minutes after T0, plus ``extra`` columns."""
+    return pl.DataFrame({"user": users, "timestamp": [at(m) for m in minutes], **extra})
 
 
 def client_with(data_dir: Any, rows: Any, *, mode: str = "offline", history: int = 1000) -> volga.Client:
