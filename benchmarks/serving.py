@@ -22,7 +22,10 @@ What it measures (DESIGN.md "on-demand HTTP serving" and "in-process on-demand l
    driven by the same generator at the same rates; plus Feast's in-process
    ``get_online_features``. Values are cross-checked against Volga's. Ratios printed.
 
-Machines here are shared and noisy: compare figures from the same run.
+Machines here are shared and noisy: compare figures from the same run. Each load test
+prints how many cores other programs used meanwhile (from /proc/stat); on this 2-core
+machine the server and the load generator need one core each, so anything above ~0.2
+there means the server was competing for its core.
 """
 
 from __future__ import annotations
@@ -284,11 +287,40 @@ def stall_probe(seconds: float = 2.0) -> tuple[float, float]:
     return max(gaps, default=0.0) * 1e3, sum(gaps) * 1e3 / seconds
 
 
-def cpu_seconds() -> float:
+def cpu_seconds(who: int | None = None) -> float:
     import resource
 
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    usage = resource.getrusage(resource.RUSAGE_SELF if who is None else who)
     return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on this machine have used (from /proc/stat), or nan."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Contention:
+    """How many cores *other* programs used while a load test ran (ours: server + generator)."""
+
+    def __enter__(self) -> Contention:
+        import resource
+
+        self.wall, self.busy = time.perf_counter(), machine_busy_seconds()
+        self.ours = cpu_seconds() + cpu_seconds(resource.RUSAGE_CHILDREN)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import resource
+
+        wall = time.perf_counter() - self.wall
+        ours = cpu_seconds() + cpu_seconds(resource.RUSAGE_CHILDREN) - self.ours
+        self.other_cores = max(0.0, (machine_busy_seconds() - self.busy - ours) / wall)
 
 
 def timed(fn: Any, calls: int) -> dict[str, float]:
@@ -437,8 +469,10 @@ def run_feast(args: argparse.Namespace, client: Any, ids: list[str], bodies_ids:
             if out["runs"] and out["runs"][-1]["achieved"] < 0.5 * out["runs"][-1]["rate"]:
                 print(f"  feast offered {rate:>7.0f}/s  not run: the previous rate already saturated it", flush=True)
                 continue
-            out["runs"].append(drive("127.0.0.1", port, "/get-online-features", bodies, rate, args.duration, args.connections))
-            print("  feast " + _row(out["runs"][-1]), flush=True)
+            with Contention() as contention:  # counts Feast's server as "other": it is not our child
+                out["runs"].append(drive("127.0.0.1", port, "/get-online-features", bodies, rate, args.duration, args.connections))
+            print("  feast " + _row(out["runs"][-1]) + f"  [other programs incl. Feast: {contention.other_cores:.2f} cores]",
+                  flush=True)
     finally:
         server.terminate()
         try:
@@ -516,9 +550,11 @@ def main() -> None:
     cpu_per_request = []
     for rate in args.rates:
         before = cpu_seconds()
-        runs.append(drive(server.host, server.port, "/features", bodies, rate, args.duration, args.connections))
+        with Contention() as contention:
+            runs.append(drive(server.host, server.port, "/features", bodies, rate, args.duration, args.connections))
         cpu_per_request.append((cpu_seconds() - before) / max(runs[-1]["completed"], 1) * 1e6)
-        print("  volga " + _row(runs[-1]) + f"  server CPU {cpu_per_request[-1]:.0f} us/req", flush=True)
+        print("  volga " + _row(runs[-1]) + f"  server CPU {cpu_per_request[-1]:.0f} us/req"
+              f"  [other programs: {contention.other_cores:.2f} cores]", flush=True)
     floor_before = cpu_seconds()
     floor = drive(server.host, server.port, "/health", ["{}"], 2000, 2.0, args.connections)  # 405 answers: HTTP only
     http_us = (cpu_seconds() - floor_before) / max(floor["completed"], 1) * 1e6
