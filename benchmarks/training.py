@@ -58,7 +58,19 @@ FEATURES = [f"user_features.{f}" for f in USER_FIELDS] + [f"product_features.{f}
 # -- the definitions, as a user writes them --------------------------------------------------
 def build(data: Path):
     import volga
-    from volga import Avg, Count, Entity, Max, Min, Sum, entity, field, pipeline, source
+    from volga import (
+        Avg,
+        Count,
+        Entity,
+        Max,
+        Min,
+        Sum,
+        entity,
+        field,
+        on_demand,
+        pipeline,
+        source,
+    )
     from volga.sources import ParquetSource
 
     @entity
@@ -100,8 +112,21 @@ def build(data: Path):
             Count(window="7d", into="p_orders_7d"),
         ]).rename(columns={"purchased_at": "timestamp"})
 
+    # On-demand features over user_features: plain arithmetic (traced, vectorised) and a branch (row-wise).
+    UserValue = output("UserValue", "user_id", {"value_7d": float, "gold": bool})
+
+    @on_demand(dependencies=[user_features])
+    def user_value(u: UserFeatures) -> UserValue:
+        return UserValue(user_id=u.user_id, timestamp=u.timestamp, value_7d=u.u_avg_price_7d * u.u_orders_7d,
+                         gold=u.u_spent_1d > 100.0)
+
+    @on_demand(dependencies=[user_features])
+    def user_tier(u: UserFeatures) -> UserValue:
+        gold = u.u_spent_1d > 100.0 if u.u_orders_1h else False
+        return UserValue(user_id=u.user_id, timestamp=u.timestamp, value_7d=u.u_avg_price_7d * u.u_orders_7d, gold=gold)
+
     client = volga.Client(data_dir=data / "volga")
-    client.register(user_features, product_features)
+    client.register(user_features, product_features, user_value, user_tier)
     return client, [user_features, product_features]
 
 
@@ -158,6 +183,29 @@ def part_volga(data: Path, n_spine: int, out: Path | None, repeat: int) -> dict:
     if out is not None:
         train.write_parquet(out)
     return {"seconds": sorted(runs)[len(runs) // 2], "runs": runs, "rows": train.height, "peak_rss_mb": _peak_mb()}
+
+
+def part_on_demand(data: Path, n_spine: int) -> dict:
+    """One on-demand feature traced into polars expressions, one that runs row-wise."""
+    from volga.training.on_demand import OnDemandEvaluator
+
+    client, _ = build(data)
+    spine = pl.read_parquet(data / "spine.parquet").head(n_spine)
+    paths: dict[str, str] = {}
+    evaluate = OnDemandEvaluator.evaluate
+
+    def spy(self: OnDemandEvaluator, index: int, columns: tuple[str, ...]) -> object:
+        result = evaluate(self, index, columns)
+        paths.update(self.paths)
+        return result
+
+    OnDemandEvaluator.evaluate = spy  # type: ignore[method-assign]
+    out = {}
+    for name in ("user_value", "user_tier"):
+        started = time.perf_counter()
+        client.get_historical_features(spine, [name], timestamp_column="event_timestamp")
+        out[name] = {"seconds": time.perf_counter() - started, "path": paths.get(name, "?")}
+    return out
 
 
 def _peak_mb() -> float:
@@ -313,6 +361,8 @@ def main() -> None:
         data = Path(args.data)
         if args.part == "backfill":
             result = part_backfill(data)
+        elif args.part == "on_demand":
+            result = part_on_demand(data, args.spine)
         else:
             result = part_volga(data, args.spine, Path(args.out) if args.out else None, args.repeat)
         print(json.dumps(result))
@@ -333,6 +383,11 @@ def main() -> None:
         volga = child("volga", data, args.spine, str(data / "volga_out.parquet"), args.repeat)
         print(f"\nVolga get_historical_features, {args.spine:,} spine rows: {volga['seconds']:.2f}s "
               f"(median of {_runs(volga)}), peak RSS {volga['peak_rss_mb'] / 1024:.2f} GB (target <= 8 GB)", flush=True)
+        od = child("on_demand", data, args.spine)
+        print(f"on-demand features over the same spine (orientation; each function once per distinct input row): "
+              f"arithmetic {od['user_value']['seconds']:.2f}s ({od['user_value']['path']}), "
+              f"with a branch {od['user_tier']['seconds']:.2f}s ({od['user_tier']['path'].split(' (')[0]}): "
+              f"{od['user_tier']['seconds'] / od['user_value']['seconds']:.1f}x", flush=True)
         if args.skip_feast:
             print("\nFeast: skipped (--skip-feast)")
             return
