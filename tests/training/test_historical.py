@@ -284,6 +284,18 @@ def test_a_zero_divisor_runs_row_wise_and_raises_as_serving_does(client, tmp_pat
         online.get_on_demand("ratio", [{"user": "b"}])
 
 
+@on_demand(dependencies=[stats])
+def mistyped(s: Stats) -> Ratio:
+    return Ratio(user=s.user, at=s.at, ratio="high" if s.total > 5 else 0.5, note="n")  # type: ignore[arg-type]
+
+
+def test_a_value_of_the_wrong_type_is_an_error_naming_the_field(client):
+    client.register(mistyped)
+    assert client.get_historical_features(spine(["a"], [0]), ["mistyped.ratio"])["ratio"].to_list() == [0.5]
+    with pytest.raises(FeatureFunctionError, match=r"'mistyped' raised TypeError: field 'ratio' holds float, but the function returned 'high' there"):
+        client.get_historical_features(spine(["a", "a"], [0, 3]), ["mistyped.ratio"])
+
+
 # -- pandas ----------------------------------------------------------------------------------------
 
 def test_pandas_spine_gives_pandas_with_the_same_values(client):

@@ -75,7 +75,7 @@ def get_historical_features(
     # Pipelines load and look up concurrently: polars releases the GIL, and one as-of join
     # by key does not keep every core busy on its own.
     with ThreadPoolExecutor(max_workers=max(1, min(len(needed), 4)), thread_name_prefix="volga-training") as pool:
-        until = checked.times.max() if checked.height else None
+        until: Any = checked.times.max() if checked.height else None  # a datetime
         loading = {
             name: pool.submit(
                 PipelineRows.load, client.offline_store, pipe, sorted(columns), " and ".join(dict.fromkeys(users)),

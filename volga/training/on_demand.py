@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from volga.api.types import dtype_name
 from volga.serving.errors import FeatureFunctionError
 from volga.serving.executor import Input, Node, Plan, _RowBuilder
 from volga.training.lookup import PipelineRows
@@ -62,14 +63,14 @@ class NodeResult:
         else:
             raw = [None if o is None else getattr(o, field) for o in self.objects]
             try:
-                values = pl.Series(field, raw, dtype=dtype, strict=False)
-            except Exception as e:
-                raise FeatureFunctionError.wrap(feature, TypeError(f"field '{field}': {e}")) from e
-            bad = [v for v, got in zip(raw, values) if v is not None and got is None]
-            if bad:
+                values = pl.Series(field, raw, dtype=dtype, strict=True)
+            except Exception as e:  # name the first value that does not fit
+                loose = pl.Series(field, raw, dtype=dtype, strict=False)
+                bad = next((v for v, got in zip(raw, loose) if v is not None and got is None), None)
+                shown = f"returned {bad!r} there" if bad is not None else str(e)
                 raise FeatureFunctionError.wrap(
-                    feature, TypeError(f"field '{field}' must hold {dtype}, but the function returned {bad[0]!r}")
-                )
+                    feature, TypeError(f"field '{field}' holds {dtype_name(dtype)}, but the function {shown}")
+                ) from e
         return values.gather(self.ids)
 
 
@@ -128,7 +129,6 @@ class OnDemandEvaluator:
         )
         distinct = frame.unique(maintain_order=True)
         ids = frame.join(distinct.with_row_index("__sig"), on=frame.columns, how="left", nulls_equal=True, maintain_order="left")
-        signatures = distinct.rows()
         n_keys = len(keys)
         kwargs = self.node_kwargs[node.index] if self.node_kwargs else {}
         sig_ids = ids.get_column("__sig")
@@ -142,6 +142,7 @@ class OnDemandEvaluator:
             why = "vectorise=False"
         self.paths[node.name] = f"row-wise ({why})"
         log.debug("on-demand feature %s: row-wise over %d distinct inputs (%s)", node.name, distinct.height, why)
+        signatures = distinct.rows()
         values = [
             self._input_values(inp, [sig[n_keys + j] for sig in signatures], dep)
             for j, (inp, dep) in enumerate(zip(node.inputs, dependencies))
