@@ -15,7 +15,8 @@ What it measures (DESIGN.md "on-demand HTTP serving" and "in-process on-demand l
    ``t0 + i / rate`` whatever happened before (no coordinated omission); latency is
    measured from that due time (so queueing in the generator counts against the server)
    and, separately, from the moment the request was written. Each request asks for one
-   random existing user. Reported per rate: achieved requests/s, p50/p99/p99.9, errors.
+   random existing user. Reported per rate (run 3 times; summaries use the run with the
+   median p99): achieved requests/s, p50/p99/p99.9, errors, server CPU per request.
 4. Feast (``feast serve``, SQLite online store, Python-mode on-demand feature view with
    the same transform) in its own virtualenv (it pins pandas < 3), created here on first
    use under ``benchmarks/.feast-venv`` (gitignored), loaded with the same latest rows,
@@ -352,31 +353,19 @@ class Contention:
         self.other_cores = max(0.0, (machine_busy_seconds() - self.busy - ours) / wall)
 
 
-def wait_quiet(timeout: float = 90.0) -> None:
-    """Wait (up to ``timeout``) for a second in which other programs use < QUIET_CORES."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with Contention() as c:
-            time.sleep(1.0)
-        if c.other_cores < QUIET_CORES:
-            return
-
-
-def measured(who: str, run: Any, retries: int, server_pid: int | None = None, note: Any = None) -> dict[str, Any]:
-    """Run a load test; if other programs took a core meanwhile, say so and try again."""
-    for attempt in range(retries + 1):
+def measured(who: str, run: Any, repeats: int, server_pid: int | None = None, note: Any = None) -> dict[str, Any]:
+    """Run a load test ``repeats`` times (printing each, with the cores other programs used
+    meanwhile) and return the run with the median p99: one disturbed run moves nothing."""
+    results = []
+    for _ in range(repeats):
         with Contention(server_pid) as contention:
             result = run()
         result["other_cores"] = contention.other_cores
-        contended = contention.other_cores > QUIET_CORES
+        results.append(result)
         extra = f"  {note(result)}" if note else ""
-        retry = contended and attempt < retries
-        print(f"  {who} {_row(result)}{extra}  [other programs: {contention.other_cores:.2f} cores"
-              f"{'; contended, retrying' if retry else ''}]", flush=True)
-        if not retry:
-            return result
-        wait_quiet()
-    raise AssertionError("unreachable")
+        print(f"  {who} {_row(result)}{extra}  [other programs: {contention.other_cores:.2f} cores]", flush=True)
+    ordered = sorted(results, key=lambda r: r["from_due_ms"]["p99"])
+    return ordered[len(ordered) // 2]
 
 
 def timed(fn: Any, calls: int) -> dict[str, float]:
@@ -527,7 +516,7 @@ def run_feast(args: argparse.Namespace, client: Any, ids: list[str], bodies_ids:
                 continue
             out["runs"].append(measured(
                 "feast", lambda r=rate: drive("127.0.0.1", port, "/get-online-features", bodies, r, args.duration, args.connections),
-                args.retries, server_pid=server.pid,
+                args.repeats, server_pid=server.pid,
             ))
     finally:
         server.terminate()
@@ -552,7 +541,7 @@ def _row(run: dict[str, Any]) -> str:
 
 def _contended_note(runs: list[dict[str, Any]]) -> str:
     busy = [f"{r['rate']:.0f}/s" for r in runs if r.get("other_cores", 0.0) > QUIET_CORES]
-    return f"; runs at {', '.join(busy)} shared the machine with other programs" if busy else ""
+    return f"; the median runs at {', '.join(busy)} shared the machine with other programs" if busy else ""
 
 
 def capacity(runs: list[dict[str, Any]]) -> float:
@@ -569,7 +558,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--orders", type=int, default=500_000)
     parser.add_argument("--inproc-calls", type=int, default=50_000)
-    parser.add_argument("--retries", type=int, default=2, help="re-runs of a load test other programs disturbed")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per rate; the summary uses the median p99")
     parser.add_argument("--skip-feast", action="store_true")
     parser.add_argument("--feast-venv", default=str(HERE / ".feast-venv"))
     args = parser.parse_args()
@@ -619,7 +608,7 @@ def main() -> None:
             result["server_cpu_us"] = (cpu_seconds() - marks["cpu"]) / max(result["completed"], 1) * 1e6
             return result
 
-        runs.append(measured("volga", once, args.retries, note=lambda r: f"server CPU {r['server_cpu_us']:.0f} us/req"))
+        runs.append(measured("volga", once, args.repeats, note=lambda r: f"server CPU {r['server_cpu_us']:.0f} us/req"))
         cpu_per_request.append(runs[-1]["server_cpu_us"])
     floor_before = cpu_seconds()
     floor = drive(server.host, server.port, "/health", ["{}"], 2000, 2.0, args.connections)  # 405 answers: HTTP only
