@@ -62,8 +62,8 @@ class AsOfJoinOp:
         once instead of after the next one arrives. Right rows are kept in full until
         ``bound_us`` passes them, then only the latest per key.
         """
-        left = _take_before(self.left_buffer, self.left_ts, bound_us if left_bound_us is ... else left_bound_us)  # type: ignore[arg-type]
-        right = _take_before(self.right_buffer, self.right_ts, None)
+        left = take_before(self.left_buffer, self.left_ts, bound_us if left_bound_us is ... else left_bound_us)  # type: ignore[arg-type]
+        right = take_before(self.right_buffer, self.right_ts, None)
         if right is not None and right.height:
             # sorted again: after an idle period a right row may arrive older than the state
             both = pl.concat([self.latest, self._prepare_right(right)]).sort(_RTS, maintain_order=True)
@@ -102,7 +102,7 @@ class AsOfJoinOp:
         return joined.select(self.node.schema.names)
 
 
-def _take_before(buffer: list[pl.DataFrame], ts_col: str, bound_us: int | None) -> pl.DataFrame | None:
+def take_before(buffer: list[pl.DataFrame], ts_col: str, bound_us: int | None) -> pl.DataFrame | None:
     """Remove and return the buffered rows with ts < bound (rows arrive in ts order)."""
     if not buffer:
         return None

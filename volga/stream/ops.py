@@ -28,7 +28,7 @@ from volga.api import nodes as api
 from volga.api.aggregates import Aggregate
 from volga.api.entity import Schema
 from volga.errors import Rejected
-from volga.ops.join import AsOfJoinOp
+from volga.ops.join import AsOfJoinOp, take_before
 from volga.ops.stateless import StatelessChain
 from volga.ops.window import WindowAggregateOp
 from volga.runtime.local.stage import FINISHED_WM, NO_WM
@@ -329,18 +329,6 @@ class AggregateOp:
         self.op.restore(snap)
 
 
-def _take_before(buffer: list[pl.DataFrame], ts_col: str, bound_us: int | None) -> pl.DataFrame | None:
-    """Remove and return the buffered rows with ts < bound (each buffer is in ts order)."""
-    if not buffer:
-        return None
-    rows = pl.concat(buffer) if len(buffer) > 1 else buffer[0]
-    buffer.clear()
-    if bound_us is None:
-        return rows
-    cut = int(rows[ts_col].dt.epoch("us").search_sorted(bound_us, side="left"))
-    if cut < rows.height:
-        buffer.append(rows.slice(cut))
-    return rows.slice(0, cut)
 
 
 def _sort_by_time(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
@@ -384,7 +372,7 @@ class UnionOp:
         return sum(b.height for buffer in self.buffers for b in buffer)
 
     def release(self, bound_us: int | None) -> pl.DataFrame:
-        parts = [p for buffer in self.buffers if (p := _take_before(buffer, self.ts, bound_us)) is not None and p.height]
+        parts = [p for buffer in self.buffers if (p := take_before(buffer, self.ts, bound_us)) is not None and p.height]
         if not parts:
             return empty(self.schema)
         return _sort_by_time(pl.concat(parts), self.ts)
@@ -656,7 +644,7 @@ class IntervalJoinOp:
             self.right = pl.concat(([self.right] if self.right is not None else []) + renamed, how="vertical_relaxed")
             self.right_new = []
         ready_bound = None if bound_us is None else bound_us - max(self.upper, 0)
-        left = _take_before(self.left, self.left_ts, ready_bound)
+        left = take_before(self.left, self.left_ts, ready_bound)
         out = self._join(left) if left is not None and left.height and self.right is not None else None
         if self.right is not None and ready_bound is not None:  # right rows no future left row can reach
             rts = dict(self.node.right_columns).get(self.right_ts, self.right_ts)

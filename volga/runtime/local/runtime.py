@@ -19,23 +19,33 @@ from volga.runtime.local.stage import SourceStage
 Mode = Literal["offline", "online"]
 
 
-def open_sources(plan: PhysicalPlan, mode: Mode, params: Any) -> dict[int, Any]:
-    """A reader per source step; a definition error closes what was opened and raises."""
+def make_sources(plan: PhysicalPlan, mode: Mode, params: Any) -> dict[int, Any]:
+    """Call each source definition with the job's params; check what it returned."""
     from volga.sources.base import Source  # the runtime drives sources; it does not build them
 
+    sources: dict[int, Any] = {}
+    for step in plan.source_steps():
+        assert step.source is not None
+        source = step.source.call(params)
+        if not isinstance(source, Source):
+            raise TypeError(f"@source {step.source.name} must return a volga.Source, got {type(source).__name__}")
+        if mode == "offline" and not source.bounded:
+            raise ValueError(
+                f"offline mode reads bounded history, but @source {step.source.name} returned an "
+                f"unbounded {source.describe()}; use mode='online' or pass params that select a bounded source"
+            )
+        sources[step.id] = source
+    return sources
+
+
+def open_sources(plan: PhysicalPlan, mode: Mode, params: Any) -> dict[int, Any]:
+    """A reader per source step; a failure closes what was opened and raises."""
     readers: dict[int, Any] = {}
     try:
-        for step in plan.source_steps():
+        for step_id, source in make_sources(plan, mode, params).items():
+            step = plan.steps[step_id]
             assert step.source is not None
-            source = step.source.call(params)
-            if not isinstance(source, Source):
-                raise TypeError(f"@source {step.source.name} must return a volga.Source, got {type(source).__name__}")
-            if mode == "offline" and not source.bounded:
-                raise ValueError(
-                    f"offline mode reads bounded history, but @source {step.source.name} returned an "
-                    f"unbounded {source.describe()}; use mode='online' or pass params that select a bounded source"
-                )
-            readers[step.id] = source.open(step.schema, name=step.source.name, mode=mode)
+            readers[step_id] = source.open(step.schema, name=step.source.name, mode=mode)
     except BaseException:
         for reader in readers.values():
             reader.close()

@@ -49,6 +49,7 @@ from volga.errors import JobFailed, Rejected
 from volga.plan.compile import PhysicalPlan
 from volga.runtime.local.executors import Metrics, Sink, StreamOptions
 from volga.runtime.local.job import Job
+from volga.runtime.local.runtime import make_sources
 from volga.runtime.local.stage import FINISHED_WM, NO_WM
 from volga.runtime.ray.actor import remote_worker_class
 from volga.runtime.ray.exchange import SEQ, InputMerger
@@ -143,18 +144,7 @@ class RayRuntime:
         """Run ``plan`` on Ray; ``sink(pipeline, rows)`` writes the stores (in this process).
 
         The same entry point as the embedded ``LocalRuntime.start``: the client calls it."""
-        sources: dict[int, Source] = {}
-        for step in plan.source_steps():
-            assert step.source is not None
-            source = step.source.call(params)
-            if not isinstance(source, Source):
-                raise TypeError(f"@source {step.source.name} must return a volga.Source, got {type(source).__name__}")
-            if mode == "offline" and not source.bounded:
-                raise ValueError(
-                    f"offline mode reads bounded history, but @source {step.source.name} returned an "
-                    f"unbounded {source.describe()}; use mode='online' or pass params that select a bounded source"
-                )
-            sources[step.id] = source
+        sources: dict[int, Source] = make_sources(plan, mode, params)
         driver = _Driver(self, split_plan(plan, self.parallelism), sources, mode, sink, options)
         job = RayJob(mode, list(plan.outputs), driver)
         return job.start(block)  # type: ignore[return-value]
