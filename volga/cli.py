@@ -1,6 +1,7 @@
 """The ``volga`` command line.
 
     volga serve app.py [--host 127.0.0.1] [--port 8000] [--workers 1] [--auth-token TOKEN]
+    volga serve app.py --ray --replicas N [--ray-address ray://host:10001]
     volga historical app.py --spine spine.parquet --features f1 f2.field --out train.parquet   (see volga.training.cli)
 
 ``app.py`` (or ``app.py:client``, or ``package.module:client``) defines the features and a
@@ -26,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (needs a shared online store)")
     serve.add_argument("--auth-token", default=None, help="require 'Authorization: Bearer TOKEN' (default: $VOLGA_AUTH_TOKEN)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted (default 1 MiB)")
+    serve.add_argument("--ray", action="store_true", help="run the servers as Ray actors (needs volga[ray] and a shared store)")
+    serve.add_argument("--replicas", type=int, default=2, help="with --ray: server replicas behind the port (default 2)")
+    serve.add_argument("--ray-address", default=None, help="with --ray: an existing Ray cluster (default: start one)")
     from volga.training.cli import add_parser as add_historical
 
     add_historical(commands)
@@ -39,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
 
         token = args.auth_token or os.environ.get("VOLGA_AUTH_TOKEN") or None
         try:
+            if args.ray:
+                from volga.runtime.ray.serve import serve_on_ray
+
+                return serve_on_ray(
+                    args.app, host=args.host, port=args.port, replicas=args.replicas, auth_token=token,
+                    max_body_bytes=args.max_body_bytes, address=args.ray_address,
+                )
             return serve_app(
                 args.app, host=args.host, port=args.port, workers=args.workers, auth_token=token,
                 max_body_bytes=args.max_body_bytes,

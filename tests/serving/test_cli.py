@@ -113,3 +113,38 @@ def test_bad_app_spec(spec, message):
     process = start(spec, "--port", "0")
     _, err = process.communicate(timeout=120)
     assert process.returncode == 2 and message in err
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.ray
+def test_ray_replicas_share_one_port_over_redis(redis_server, tmp_path):
+    import serving_defs
+
+    from volga.storage import RedisOnlineStore
+
+    writer = volga.Client(online_store=RedisOnlineStore(redis_server.url, namespace="cli-shared"), data_dir=tmp_path)
+    writer.register(serving_defs.user_spent, serving_defs.user_stats)
+    writer.materialize([serving_defs.user_spent], mode="offline", write_online=True)
+    (expected,) = writer.get_on_demand("user_stats", keys=[{"user_id": "1"}])
+    env = {"VOLGA_TEST_REDIS_URL": redis_server.url, "RAY_AUTH_MODE": "disabled"}
+    process = start("cli_shared_app.py:client", "--port", "0", "--ray", "--replicas", "2", env=env)
+    try:
+        url = wait_url(process, timeout=180)
+        pids = set()
+        deadline = time.time() + 30
+        while len(pids) < 2 and time.time() < deadline:
+            client = volga.OnDemandClient(url)  # a new connection each time: the kernel spreads them
+            pids.add(client.health()["pid"])
+            assert client.request(["user_stats"], keys=[{"user_id": "1"}])["user_stats"][0]["total_spent"] == expected.total_spent
+            client.close()
+        assert len(pids) == 2
+    finally:
+        assert stop(process) == 0
+
+
+def test_ray_serving_refuses_the_in_memory_store():
+    process = start("cli_app.py", "--port", "0", "--ray", "--replicas", "2")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "volga serve --ray: the replicas are separate processes and need an online store they share" in err

@@ -402,10 +402,12 @@ def serve_in_thread(
     port: int = 0,
     auth_token: str | None = None,
     max_body_bytes: int = 1 << 20,
+    reuse_port: bool = False,
 ) -> Server:
-    """Start serving ``executor``'s features from a background thread (port 0 = any free port)."""
+    """Start serving ``executor``'s features from a background thread (port 0 = any free port;
+    ``reuse_port`` lets several processes listen on one port, as ``volga serve --ray`` does)."""
     app = ServingApp(executor, auth_token=auth_token, max_body_bytes=max_body_bytes)
-    return Server(app, _bind(host, port, reuse_port=False)).start()
+    return Server(app, _bind(host, port, reuse_port=reuse_port)).start()
 
 
 def serve_forever(
