@@ -34,6 +34,9 @@ class SourceReader(abc.ABC):
         # source (for paced/external sources: when it was due or arrived). Used for
         # event -> store latency figures; None when unknown.
         self.entered_at: float | None = None
+        # Arrival position of this reader's first row within its whole source (non-zero
+        # only for a reader of one partition, see ``Source.open_partition``).
+        self.first_position = 0
 
     @abc.abstractmethod
     def poll(self, max_rows: int) -> pl.DataFrame | None:
@@ -78,6 +81,29 @@ class Source(abc.ABC):
         in ``"online"`` mode, unless they were built with an explicit ``follow=``. Sources
         with one way of reading ignore it.
         """
+
+    def partitions(self) -> int:
+        """How many disjoint parts a bounded read of this source can be split into (1: none).
+
+        A source that returns more implements :meth:`open_partition`. The parallel runtime
+        (Ray) uses it for offline jobs only; online jobs read through one ``open``.
+        """
+        return 1
+
+    def open_partition(
+        self, schema: Schema, index: int, count: int, *, name: str, mode: SourceMode | None = None
+    ) -> SourceReader:
+        """A reader of part ``index`` of ``count`` (``count <= partitions()``).
+
+        The parts are disjoint, together hold every row ``open`` reads, and are contiguous
+        in the source's arrival order: part ``i`` covers an arrival-position range that
+        starts at the reader's ``first_position`` and ends before part ``i + 1``'s. Within
+        a part, rows come in the source's own order. So numbering each part's rows from its
+        ``first_position`` orders them all exactly as one reader would.
+        """
+        if count == 1:
+            return self.open(schema, name=name, mode=mode)
+        raise NotImplementedError(f"{self.describe()} cannot be read in {count} partitions")
 
     def describe(self) -> str:
         return type(self).__name__

@@ -143,18 +143,59 @@ class ParquetSource(Source):
         file = _existing_file(self.path, source=name, kind="Parquet")
         return ParquetReader(file, schema, name=name, batch_rows=self.batch_rows)
 
+    def partitions(self) -> int:
+        """The file's row groups: a parallel offline read splits them between readers.
+
+        A missing file counts as one part (``open`` then names the problem)."""
+        file = Path(self.path)
+        if not file.is_file():
+            return 1
+        return max(1, pq.ParquetFile(file).metadata.num_row_groups)
+
+    def open_partition(
+        self, schema: Schema, index: int, count: int, *, name: str, mode: SourceMode | None = None
+    ) -> SourceReader:
+        """Part ``index`` of ``count``: a contiguous run of row groups (groups dealt out evenly
+        by number). ``first_position`` is the file row index of the part's first row."""
+        if not (isinstance(count, int) and isinstance(index, int) and 0 <= index < count):
+            raise ValueError(f"{self.describe()}: partition {index!r} of {count!r} does not exist")
+        file = _existing_file(self.path, source=name, kind="Parquet")
+        groups = pq.ParquetFile(file).metadata.num_row_groups
+        if count > max(1, groups):
+            raise ValueError(f"{self.describe()}: {count} partitions asked, the file has {groups} row group(s)")
+        first, last = _contiguous_share(groups, index, count)
+        return ParquetReader(file, schema, name=name, batch_rows=self.batch_rows, row_groups=range(first, last))
+
     def describe(self) -> str:
         return f"ParquetSource({str(self.path)!r})"
 
 
+def _contiguous_share(items: int, index: int, count: int) -> tuple[int, int]:
+    """``[first, last)`` of part ``index`` when ``items`` are dealt into ``count`` runs."""
+    base, extra = divmod(items, count)
+    first = index * base + min(index, extra)
+    return first, first + base + (1 if index < extra else 0)
+
+
 class ParquetReader(ChunkedReader):
-    def __init__(self, file: Path, schema: Schema, *, name: str, batch_rows: int) -> None:
+    """Reads the whole file, or only ``row_groups`` (a contiguous range) of it."""
+
+    def __init__(
+        self, file: Path, schema: Schema, *, name: str, batch_rows: int, row_groups: range | None = None
+    ) -> None:
         super().__init__()
         self._schema, self._name = schema, name
         self._file = pq.ParquetFile(file)
         require_columns(self._file.schema_arrow.names, schema, source=name, where=f"Parquet file {str(file)!r}")
-        self._batches = self._file.iter_batches(batch_size=batch_rows, columns=schema.names)
-        self._rows_seen = 0
+        if row_groups is None:
+            self._batches = self._file.iter_batches(batch_size=batch_rows, columns=schema.names)
+        else:
+            meta = self._file.metadata
+            self.first_position = sum(meta.row_group(g).num_rows for g in range(row_groups.start))
+            self._batches = self._file.iter_batches(
+                batch_size=batch_rows, row_groups=list(row_groups), columns=schema.names
+            ) if len(row_groups) else iter(())
+        self._rows_seen = self.first_position  # rejected rows are numbered within the whole file
 
     def _next_chunk(self) -> pl.DataFrame | None:
         batch = next(self._batches, None)

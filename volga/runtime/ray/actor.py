@@ -49,7 +49,11 @@ class StageWorker:
         if source is not None:
             step = topology.plan.steps[topology.stages[stage_id].steps[0]]
             assert step.source is not None
-            reader = source.open(step.schema, name=step.source.name, mode=mode)
+            parts = topology.stages[stage_id].parallelism
+            if parts > 1:
+                reader = source.open_partition(step.schema, partition, parts, name=step.source.name, mode=mode)
+            else:
+                reader = source.open(step.schema, name=step.source.name, mode=mode)
         self.task = StageTask(topology, stage_id, partition, mode, self._emit, self._output, reader)  # type: ignore[arg-type]
 
     def _emit(self, edge: Edge, dst: int, rows: pl.DataFrame | None, watermark: int, idle: bool) -> None:

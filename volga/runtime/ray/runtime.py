@@ -6,7 +6,8 @@ Usage (needs a Ray session; tested in ``tests/ray``)::
     client.materialize([user_spent], mode="offline")
 
 How a job runs: the plan is split into stages (:mod:`.topology`); each source stage is
-one actor, each keyed stage ``parallelism`` actors, all taken from a pool kept by the
+one actor (offline, a partitioned source such as a multi-row-group Parquet file: up to
+``parallelism`` actors, one per part), each keyed stage ``parallelism`` actors, all taken from a pool kept by the
 runtime (an actor costs about a second to start; jobs reuse them). The driver (the job's
 thread in the calling process) asks each source actor for one micro-batch at a time
 (online) or the whole bounded history (offline); the actor pushes rows downstream over
@@ -133,6 +134,13 @@ class RayRuntime:
             return
         _POOL.give(self.ray, actors, outbox)
 
+    def source_readers(self, source: Source, mode: Mode) -> int:
+        """Actors reading ``source``: up to ``parallelism`` parts of a partitioned source
+        (Parquet row groups) offline; one otherwise (online reads keep one arrival order)."""
+        if mode != "offline" or not source.bounded:
+            return 1
+        return max(1, min(self.parallelism, source.partitions()))
+
     @staticmethod
     def shutdown() -> None:
         """Kill the pooled idle actors (Ray itself keeps running)."""
@@ -145,7 +153,8 @@ class RayRuntime:
 
         The same entry point as the embedded ``LocalRuntime.start``: the client calls it."""
         sources: dict[int, Source] = make_sources(plan, mode, params)
-        driver = _Driver(self, split_plan(plan, self.parallelism), sources, mode, sink, options)
+        readers = {step: self.source_readers(source, mode) for step, source in sources.items()}
+        driver = _Driver(self, split_plan(plan, self.parallelism, readers), sources, mode, sink, options)
         job = RayJob(mode, list(plan.outputs), driver)
         return job.start(block)  # type: ignore[return-value]
 
@@ -319,7 +328,7 @@ class _Driver:
             for name, step in self.plan.outputs.items()
         }
         collected: dict[str, list[pl.DataFrame]] = {name: [] for name in outputs}
-        source_actors = {self.actors[s.id][0]: s for s in self.topology.stages if s.kind == "source"}
+        source_actors = {a: s for s in self.topology.stages if s.kind == "source" for a in self.actors[s.id]}
         pending: dict[Any, Any] = {}  # call ref -> source actor
         done: set[Any] = set()
         health: dict[Any, Any] = {}
@@ -412,7 +421,8 @@ class _Driver:
             if stage.kind == "source":
                 source = self.source_defs[stage.steps[0]]
                 assert source is not None
-                metrics.rows_in[source.name] = task_metrics.rows_in
+                metrics.rows_in[source.name] = metrics.rows_in.get(source.name, 0) if partition else 0
+                metrics.rows_in[source.name] += task_metrics.rows_in
                 if self.mode == "online":
                     metrics.late[source.name] = task_metrics.late
                     self.late[source.name] = late if late is not None and late.width else pl.DataFrame(

@@ -48,11 +48,15 @@ def _fresh(op: Any) -> Any:
 
 
 class SeqReader:
-    """A source reader whose batches carry their arrival position (``SEQ``)."""
+    """A source reader whose batches carry their arrival position (``SEQ``).
+
+    Positions count from the reader's ``first_position``: 0 for a whole source, the
+    part's start for one partition of it, so the parts' rows interleave by (ts, SEQ)
+    exactly as one reader's would."""
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
-        self.next_seq = 0
+        self.next_seq = int(getattr(reader, "first_position", 0))
 
     def poll(self, max_rows: int) -> pl.DataFrame | None:
         batch = self.reader.poll(max_rows)

@@ -1,7 +1,8 @@
 """Split a physical plan into stages at key boundaries (no Ray needed to build or test it).
 
 A **source stage** is one source step and the stateless chains that follow it: one actor
-reads, filters and routes. A **keyed stage** starts at a join (left rows hashed by
+reads, filters and routes (or, for a source read in partitions offline, one actor per
+part; receivers merge the parts back into the source's arrival order). A **keyed stage** starts at a join (left rows hashed by
 ``left_on``, right rows by ``right_on``) or at a window whose input is not already
 partitioned by a subset of its group keys; it runs as ``parallelism`` actors. Later steps
 stay in the stage while the partitioning still holds: stateless chains always (they are
@@ -18,7 +19,7 @@ actors and one keyed stage: one hop per row.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from volga.api import nodes
@@ -57,7 +58,8 @@ class StageSpec:
     def label(self, plan: PhysicalPlan) -> str:
         what = " | ".join(plan.steps[s].describe() for s in self.steps)
         by = f" by {list(self.partition)}" if self.partition else ""
-        return f"stage {self.id} ({self.kind}{by}, x{self.parallelism}): {what}"
+        parts = f" in {self.parallelism} partitions" if self.kind == "source" and self.parallelism > 1 else ""
+        return f"stage {self.id} ({self.kind}{by}{parts}, x{self.parallelism}): {what}"
 
 
 @dataclasses.dataclass
@@ -131,15 +133,19 @@ def track_partition(cols: tuple[str, ...] | None, chain_steps: Sequence[nodes.No
     return tuple(current)
 
 
-def split_plan(plan: PhysicalPlan, parallelism: int) -> Topology:
-    """Assign every step of ``plan`` to a stage and connect the stages with edges."""
+def split_plan(plan: PhysicalPlan, parallelism: int, source_parallelism: Mapping[int, int] | None = None) -> Topology:
+    """Assign every step of ``plan`` to a stage and connect the stages with edges.
+
+    ``source_parallelism``: source step id -> actors reading it (default 1), for sources
+    read in partitions (each actor one part; see ``Source.open_partition``)."""
+    source_parallelism = dict(source_parallelism or {})
     stages: list[StageSpec] = []
     edges: list[Edge] = []
     stage_of: dict[int, int] = {}
     routed_by: dict[int, tuple[str, ...] | None] = {}
 
-    def new_stage(kind: Literal["source", "keyed"], partition: tuple[str, ...] | None) -> StageSpec:
-        stages.append(StageSpec(len(stages), kind, [], 1 if kind == "source" else parallelism, partition))
+    def new_stage(kind: Literal["source", "keyed"], partition: tuple[str, ...] | None, actors: int = parallelism) -> StageSpec:
+        stages.append(StageSpec(len(stages), kind, [], actors, partition))
         return stages[-1]
 
     def connect(src_step: int, stage: StageSpec, dst_step: int, dst_input: int, keys: Sequence[str]) -> None:
@@ -152,7 +158,7 @@ def split_plan(plan: PhysicalPlan, parallelism: int) -> Topology:
     for step in plan.steps:
         OpRecipe.of(step.op)  # an operator the Ray runtime does not know fails here, before any actor starts
         if step.kind == "source":
-            stage = new_stage("source", None)
+            stage = new_stage("source", None, source_parallelism.get(step.id, 1))
             routed_by[step.id] = None
         elif step.kind == "chain":
             assert isinstance(step.op, StatelessChain)
