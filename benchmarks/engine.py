@@ -118,11 +118,11 @@ def handwritten(data: Path, aggregates: str) -> int:
 
 
 # -- one measurement per process ----------------------------------------------------------
-def run_part(part: str, data: Path, aggregates: str, rate: float) -> dict:
+def run_part(part: str, data: Path, aggregates: str, rate: float, batch_size: int) -> dict:
     import volga
 
     n_orders = pl.scan_parquet(data / "orders.parquet").select(pl.len()).collect().item()
-    result: dict = {"part": part, "aggregates": aggregates, "orders": n_orders}
+    result: dict = {"part": part, "aggregates": aggregates, "orders": n_orders, "batch_size": batch_size}
     if part == "polars":
         t0 = time.perf_counter()
         result["rows_out"] = handwritten(data, aggregates)
@@ -136,7 +136,7 @@ def run_part(part: str, data: Path, aggregates: str, rate: float) -> dict:
         if mode == "offline":
             job = client.materialize([pipe], mode="offline")
         else:
-            job = client.materialize([pipe], mode="online", batch_size=10_000 if mode == "online" else 50_000)
+            job = client.materialize([pipe], mode="online", batch_size=batch_size)
         result["seconds"] = time.perf_counter() - t0
         result["rows_out"] = job.metrics.rows_out["user_spent"]
         if mode == "latency":
@@ -185,23 +185,26 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=2_000_000)
     parser.add_argument("--rate", type=float, default=100_000.0, help="offered events/s for the latency run")
     parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument("--online-batch-size", type=int, default=10_000, help="micro-batch size of the online throughput runs")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--aggregates", default="3", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        print(json.dumps(run_part(args.part, Path(args.data), args.aggregates, args.rate)))
+        print(json.dumps(run_part(args.part, Path(args.data), args.aggregates, args.rate, args.online_batch_size)))
         return
 
     root = Path(tempfile.mkdtemp(prefix="volga_engine_bench_"))
     make_data(root / "full", args.orders)
     make_data(root / "paced", int(args.rate * args.latency_seconds))
-    print(f"data: {args.orders:,} orders, {N_USERS:,} users, 30 days; python {sys.version.split()[0]}, polars {pl.__version__}")
+    print(f"data: {args.orders:,} orders, {N_USERS:,} users, 30 days; online micro-batches of {args.online_batch_size:,} rows; "
+          f"python {sys.version.split()[0]}, polars {pl.__version__}")
     results: dict[tuple[str, str], dict] = {}
     plan = [(p, a, "full") for a in ("3", "6") for p in ("polars", "offline-expr", "offline-lambda", "online-expr", "online-lambda")]
     plan.append(("latency-expr", "3", "paced"))
     for part, aggs, data in plan:
-        cmd = [sys.executable, __file__, "--part", part, "--data", str(root / data), "--aggregates", aggs, "--rate", str(args.rate)]
+        cmd = [sys.executable, __file__, "--part", part, "--data", str(root / data), "--aggregates", aggs, "--rate", str(args.rate),
+               "--online-batch-size", str(args.online_batch_size)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(f"{part} ({aggs} aggs) FAILED:\n{out.stderr[-2000:]}")
