@@ -115,3 +115,12 @@ def test_timestamp_must_be_datetime():
         @entity
         class T:
             at: int = field(timestamp=True)
+
+
+def test_field_declared_twice_in_the_class_body():
+    with pytest.raises(ValueError, match=r"entity Twice2: field 'price' is declared twice in the class body"):
+        @entity
+        class Twice2:
+            at: datetime.datetime
+            price: float
+            price: int  # noqa: F811 - the point of the test

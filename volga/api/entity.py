@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime
+import inspect
 import sys
+import textwrap
 import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -111,6 +114,23 @@ def _type_hints(cls: type, depth: int = 2) -> dict[str, Any]:
         return typing.get_type_hints(cls, localns={**frame.f_globals, **frame.f_locals})
 
 
+def _declared_twice(cls: type) -> str | None:
+    """A field annotated twice in the class body (Python keeps only the last annotation,
+    so this is only visible in the source; None when the source is unavailable)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    body = next((node.body for node in ast.walk(tree) if isinstance(node, ast.ClassDef) and node.name == cls.__name__), [])
+    seen: set[str] = set()
+    for statement in body:
+        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+            if statement.target.id in seen:
+                return statement.target.id
+            seen.add(statement.target.id)
+    return None
+
+
 def entity(cls: type[T]) -> type[T]:
     """Turn an annotated class into a typed, keyword-constructed record type.
 
@@ -162,6 +182,9 @@ def entity(cls: type[T]) -> type[T]:
             defaults[name] = None
         specs.append(FieldSpec(name, dtype, optional, key, ts))
 
+    repeated = _declared_twice(cls)
+    if repeated:
+        raise ValueError(f"entity {where}: field '{repeated}' is declared twice in the class body (the later one would silently win)")
     lowered: dict[str, str] = {}
     for f in specs:
         other = lowered.setdefault(f.name.lower(), f.name)
