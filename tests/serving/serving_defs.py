@@ -20,36 +20,12 @@ from volga import Avg, Count, Entity, Max, entity, field, on_demand, pipeline, s
 from volga.sources import MemorySource
 from volga.storage import MemoryOnlineStore, OnlineStore
 from volga.testing.data import make_orders, make_users
+from volga.testing.quickstart import Order, User, UserSpentInfo
 
 START = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
 N_USERS = 12  # users "0".."11"; orders go to a few of them only (zipf), so some have no data
 USERS = make_users(N_USERS, start=START)
 ORDERS = make_orders(400, n_users=N_USERS, start=START, days=1, seed=3)
-
-
-@entity
-class User:
-    user_id: str = field(key=True)
-    registered_at: datetime.datetime = field(timestamp=True)
-    name: str
-
-
-@entity
-class Order:
-    buyer_id: str = field(key=True)
-    product_id: str
-    product_type: str
-    purchased_at: datetime.datetime = field(timestamp=True)
-    product_price: float
-
-
-@entity
-class UserSpentInfo:
-    user_id: str = field(key=True)
-    timestamp: datetime.datetime = field(timestamp=True)
-    avg_spent_7d: float
-    num_purchases_1h: int
-    max_price_1d: float
 
 
 @entity
