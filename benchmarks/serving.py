@@ -206,32 +206,11 @@ def build_volga(n_users: int, n_orders: int, data_dir: str) -> tuple[Any, Any]:
     from volga import Avg, Count, Entity, Max, entity, field, on_demand, pipeline, source
     from volga.sources import MemorySource
     from volga.testing.data import make_orders, make_users
+    from volga.testing.quickstart import Order, User, UserSpentInfo
 
     start = datetime.datetime(2025, 1, 1)
     users = make_users(n_users, start=start)
     orders = make_orders(n_orders, n_users=n_users, start=start, days=30)
-
-    @entity
-    class User:
-        user_id: str = field(key=True)
-        registered_at: datetime.datetime = field(timestamp=True)
-        name: str
-
-    @entity
-    class Order:
-        buyer_id: str = field(key=True)
-        product_id: str
-        product_type: str
-        purchased_at: datetime.datetime = field(timestamp=True)
-        product_price: float
-
-    @entity
-    class UserSpentInfo:
-        user_id: str = field(key=True)
-        timestamp: datetime.datetime = field(timestamp=True)
-        avg_spent_7d: float
-        num_purchases_1h: int
-        max_price_1d: float
 
     @entity
     class UserStats:
