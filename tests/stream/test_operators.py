@@ -10,7 +10,7 @@ import random
 
 import polars as pl
 import pytest
-from stream_runs import RUNS, Run
+from stream_runs import ALL_RUNS, BIG_RUNS, Run
 
 from volga import Avg, Count, First, Last, Max, Min, Sum
 from volga.stream import (
@@ -35,7 +35,7 @@ def events(ctx: StreamingContext, rows: list[dict], **kw) -> object:
 # -- word count ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", BIG_RUNS, ids=str)
 def test_word_count_rows_exact(run: Run) -> None:
     rng = random.Random(7)
     vocab = [f"w{i:04d}" for i in range(200)]
@@ -50,7 +50,7 @@ def test_word_count_rows_exact(run: Run) -> None:
     assert dict(out.items) == dict(expected)  # the last count of each word is exact
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", BIG_RUNS, ids=str)
 def test_word_count_columnar_exact(run: Run) -> None:
     rng = random.Random(8)
     words = [f"w{rng.randrange(300):04d}" for _ in range(5000)]
@@ -67,7 +67,7 @@ def test_word_count_columnar_exact(run: Run) -> None:
 # -- stateless -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_map_flat_map_filter_rows_and_exprs(run: Run) -> None:
     ctx = run.context()
     rows = ListSink()
@@ -80,7 +80,7 @@ def test_map_flat_map_filter_rows_and_exprs(run: Run) -> None:
     assert exprs.items == [0, 20, 40, 60, 80]
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_records_map_with_schema_map_batches_with_columns_select(run: Run) -> None:
     ctx = run.context()
     a, b, c = ListSink(), ListSink(), ListSink()
@@ -107,7 +107,7 @@ def test_row_function_errors_are_set_aside_not_fatal() -> None:
 # -- keyed state -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_reduce_on_records_keyed_by_column(run: Run) -> None:
     ctx = run.context()
     out = ListSink()
@@ -120,7 +120,7 @@ def test_reduce_on_records_keyed_by_column(run: Run) -> None:
 WORKED = [0, 30, 60, 61, 121]  # DESIGN.md, minutes, one key
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_aggregate_per_event_matches_design_example(run: Run) -> None:
     ctx = run.context()
     out, sliding = ListSink(), ListSink()
@@ -135,7 +135,7 @@ def test_aggregate_per_event_matches_design_example(run: Run) -> None:
     assert [r["avg"] for r in sliding.items] == [0.0, 15.0, 30.0, (30 + 60 + 61) / 3, 91.0]
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_aggregate_on_value_stream_keyed_by_function(run: Run) -> None:
     ctx = run.context()
     out = ListSink()
@@ -150,7 +150,7 @@ def test_aggregate_on_value_stream_keyed_by_function(run: Run) -> None:
 TICKS = [("a", 1), ("b", 2), ("a", 4), ("a", 9), ("a", 10), ("b", 11), ("a", 14)]
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_tumbling_window_aggregate(run: Run) -> None:
     ctx = run.context()
     out = ListSink()
@@ -185,8 +185,9 @@ def test_tumbling_window_emits_when_the_watermark_passes_its_end() -> None:
     assert seen == [(4, 3), (6, 2), (6, 1)]
 
 
-def test_late_events_go_to_the_late_sink_and_nowhere_else() -> None:
-    ctx = StreamingContext(batch_size=2)
+@pytest.mark.parametrize("run", [Run("streaming", 2), Run("streaming", 2, ray=2)], ids=str)
+def test_late_events_go_to_the_late_sink_and_nowhere_else(run: Run) -> None:
+    ctx = run.context()
     out, late = ListSink(), ListSink()
     ts = [1, 3, 2, 12, 4, 13, 9, 30]  # lateness 5s: 4 is late after 12 (wm 7); 9 is not late? wm after 13 is 8 -> 9 ok
     rows = [{"k": "a", "t": t} for t in ts]
@@ -198,7 +199,7 @@ def test_late_events_go_to_the_late_sink_and_nowhere_else() -> None:
     assert [(r["window_start"], r["n"], r["lo"]) for r in out.items] == [(at(0), 4, 1), (at(10), 2, 12), (at(30), 1, 30)]
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_hopping_window(run: Run) -> None:
     ctx = run.context()
     out = ListSink()
@@ -209,7 +210,7 @@ def test_hopping_window(run: Run) -> None:
     assert got == [(at(-5), 1), (at(0), 2), (at(5), 2), (at(10), 2), (at(15), 1)]
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_window_reduce(run: Run) -> None:
     ctx = run.context()
     out = ListSink()
@@ -231,7 +232,7 @@ def test_window_specs_validate() -> None:
 # -- union and joins -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_union_orders_by_time_then_argument_order(run: Run) -> None:
     ctx = run.context()
     out = ListSink()
@@ -244,7 +245,7 @@ def test_union_orders_by_time_then_argument_order(run: Run) -> None:
     ]
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_asof_join_matches_design_example(run: Run) -> None:
     ctx = run.context()
     inner, left_out = ListSink(), ListSink()
@@ -257,7 +258,7 @@ def test_asof_join_matches_design_example(run: Run) -> None:
     assert [(r["t"], r["tier"], r["t_right"]) for r in inner.items] == [(10, 1, 10), (15, 1, 10), (20, 2, 20), (25, 2, 20)]
 
 
-@pytest.mark.parametrize("run", RUNS, ids=str)
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
 def test_interval_join_on_value_streams(run: Run) -> None:
     ctx = run.context()
     out = ListSink()
@@ -363,9 +364,28 @@ def test_submit_unbounded_then_stop() -> None:
     assert not job.running and len(out) >= 20 and set(out.items) == {"a", "b"}
 
 
-def test_ray_runtime_is_refused_with_a_reason() -> None:
-    ray_runtime = pytest.importorskip("volga.runtime.ray.runtime")
-    ctx = StreamingContext(runtime=ray_runtime.RayRuntime())
-    ctx.from_collection([1]).sink(ListSink())
-    with pytest.raises(NotImplementedError, match="embedded runtime only"):
-        ctx.execute()
+@pytest.mark.parametrize("run", [Run("streaming", 7, ray=1)], ids=str)
+def test_set_parallelism_sets_the_keyed_stage_actors_on_ray(run: Run) -> None:
+    words = [f"w{i % 5}" for i in range(50)]
+    embedded, out = StreamingContext(batch_size=7), ListSink()
+    embedded.from_collection(words).key_by(lambda w: w).reduce(lambda a, b: a + "!").set_parallelism(2).sink(out)
+    embedded.execute()
+    ctx, ray_out = run.context(), ListSink()  # the runtime's default: 1 actor per keyed stage
+    ctx.from_collection(words).key_by(lambda w: w).reduce(lambda a, b: a + "!").set_parallelism(2).sink(ray_out)
+    job = ctx.execute()
+    assert "(keyed by ['__key'], x2)" in job.job.explain()
+    assert ray_out.items == out.items
+
+
+def test_stream_plans_split_into_ray_stages() -> None:
+    from volga.runtime.ray.topology import split_plan
+
+    ctx = StreamingContext()
+    a = events(ctx, [{"k": "x", "t": 1}]).key_by("k")
+    b = events(ctx, [{"k": "x", "t": 2}]).key_by("k")
+    a.union(b).key_by("k").window(TumblingWindow("10s")).aggregate([Count(into="n")]).sink(ListSink())
+    a.join(b, how="left").sink(ListSink())
+    topology = split_plan(ctx.compile().plan, 2)
+    kinds = [(s.kind, s.parallelism, s.partition) for s in topology.stages]
+    # two sources; the union merges on one actor; the window and the join are keyed by "k"
+    assert kinds == [("source", 1, None), ("source", 1, None), ("keyed", 1, None), ("keyed", 2, ("k",)), ("keyed", 2, ("k",))]

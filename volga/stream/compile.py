@@ -28,6 +28,7 @@ class StreamPlan:
     sinks: dict[str, Sink]
     labels: dict[int, str]  # step id -> DataStream operator names
     parallelism: dict[int, int]
+    explicit_parallelism: dict[int, int] = dataclasses.field(default_factory=dict)  # set_parallelism(n) calls
 
     def explain(self) -> str:
         lines = []
@@ -49,6 +50,7 @@ def compile_stream(sinks: list[sn.SinkNode]) -> StreamPlan:
     steps: list[Step] = []
     labels: dict[int, str] = {}
     parallelism: dict[int, int] = {}
+    explicit: dict[int, int] = {}
     by_node: dict[int, int] = {}
     consumers: dict[int, int] = {}
     for node in sn.walk(list(sinks)):
@@ -58,7 +60,9 @@ def compile_stream(sinks: list[sn.SinkNode]) -> StreamPlan:
     def add(kind: Any, inputs: list[int], node: sn.StreamNode, op: Any = None, source: Any = None) -> int:
         steps.append(Step(len(steps), kind, inputs, node.schema, op, source))
         labels[len(steps) - 1] = node.label()
-        parallelism[len(steps) - 1] = node.parallelism
+        parallelism[len(steps) - 1] = node.parallelism or 1
+        if node.parallelism is not None:
+            explicit[len(steps) - 1] = node.parallelism
         return len(steps) - 1
 
     def visit(node: sn.StreamNode) -> int:
@@ -103,4 +107,4 @@ def compile_stream(sinks: list[sn.SinkNode]) -> StreamPlan:
     for i, sink in enumerate(sinks):
         outputs[f"sink{i}"] = visit(sink.input)
         sink_objects[f"sink{i}"] = sink.sink
-    return StreamPlan(PhysicalPlan(steps, outputs, {}), sink_objects, labels, parallelism)
+    return StreamPlan(PhysicalPlan(steps, outputs, {}), sink_objects, labels, parallelism, explicit)

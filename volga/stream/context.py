@@ -27,15 +27,27 @@ class StreamJob:
 
     Sinks are closed (files flushed) when the job is waited for or stopped."""
 
-    def __init__(self, job: Job, plan: StreamPlan) -> None:
+    def __init__(self, job: Job, plan: StreamPlan, *, late_sinks: bool = False) -> None:
         self.job, self.plan = job, plan
         self._closed = False
+        # On Ray the sources run in actors: their late rows reach the late sinks from here, at the end.
+        self._late_sinks = late_sinks
         if not job.running:
             self._close()
 
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._late_sinks:
+                for step in self.plan.plan.source_steps():
+                    node = getattr(step.source, "node", None)
+                    if node is not None and node.late_sink is not None:
+                        try:
+                            late = self.job.late_events(node.name)
+                        except KeyError:
+                            continue
+                        if late.height:
+                            node.late_sink.write(late, node.schema)
             for sink in self.plan.sinks.values():
                 sink.close()
 
@@ -252,24 +264,22 @@ class StreamingContext:
         for sink in sinks.values():
             sink.open()
         runtime = self.runtime
-        if runtime is not None and type(runtime).__module__.startswith("volga.runtime.ray"):
-            raise NotImplementedError(
-                "DataStream jobs run on the embedded runtime only for now: the Ray runtime's stage split "
-                "routes the Entity API's operators (chains, windows, as-of joins), not DataStream ones "
-                "(row chains, reduce, tumbling/hopping windows, union, interval join). Use StreamingContext()."
-            )
+        extra: dict[str, Any] = {}
+        on_ray = runtime is not None and type(runtime).__module__.startswith("volga.runtime.ray")
+        if on_ray:  # set_parallelism: the actors of the keyed stage a step starts
+            extra["step_parallelism"] = dict(plan.explicit_parallelism)
         if runtime is None:
             from volga.runtime.local.runtime import LocalRuntime
 
             runtime = LocalRuntime()
         job_mode = "offline" if mode == "batch" else "online"
         try:
-            job = runtime.start(plan.plan, job_mode, None, write, block=block, options=self.options)
+            job = runtime.start(plan.plan, job_mode, None, write, block=block, options=self.options, **extra)
         except BaseException:
             for sink in sinks.values():
                 sink.close()
             raise
-        return StreamJob(job, plan)
+        return StreamJob(job, plan, late_sinks=on_ray)
 
     def execute(self, *, mode: Literal["batch", "streaming"] = "streaming") -> StreamJob:
         """Run every stream with a sink until its bounded sources are exhausted; returns

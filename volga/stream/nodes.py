@@ -78,7 +78,7 @@ def fn_name(fn: Any) -> str:
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class StreamNode:
     schema: Schema
-    parallelism: int = 1
+    parallelism: int | None = None  # set_parallelism(n); None: the runtime's default
 
     @property
     def inputs(self) -> tuple[StreamNode, ...]:

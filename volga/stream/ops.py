@@ -36,6 +36,15 @@ from volga.stream import nodes as sn
 
 log = logging.getLogger("volga.stream")
 _MISSING: Any = object()
+# A distributed runtime's hidden per-row sequence number (arrival position; see
+# volga/runtime/ray/exchange.py). Operators carry it through when a batch has it, so a
+# receiver merging several senders can restore the processing order. Never in a schema.
+SEQ = "__volga_seq"
+
+
+def with_seq(names: list[str], batch: pl.DataFrame) -> list[str]:
+    """``names`` plus the sequence column when ``batch`` carries one."""
+    return [*names, SEQ] if SEQ in batch.columns else list(names)
 _NUMERIC_KINDS = ("sum", "avg", "stddev", "min", "max")
 
 
@@ -192,7 +201,10 @@ class RowChain(_Calls):
             out = frame_of(items, last.schema, output).with_columns(ts)
         if keys is not None:
             out = out.with_columns(pl.Series(sn.KEY, keys, dtype=sn.OBJECT))
-        return out.select(last.schema.names)
+        if SEQ in batch.columns and SEQ not in out.columns:
+            seq = batch[SEQ]
+            out = out.with_columns(seq if whole else seq.gather(idx))
+        return out.select(with_seq(last.schema.names, batch))
 
     def _columnar(self, step: sn.BatchNode, batch: pl.DataFrame) -> pl.DataFrame:
         if step.op == "key_by":
@@ -202,13 +214,16 @@ class RowChain(_Calls):
         if step.op == "with_columns":
             return batch.with_columns(*step.payload)
         if step.op == "select":
-            return batch.select(*step.payload, *[c for c in step.schema.names if c.startswith("__")])
+            return batch.select(*step.payload, *[c for c in with_seq(step.schema.names, batch) if c.startswith("__")])
         if step.op == "entity":
             chain = self.entity_ops[id(step)]
             out = chain.apply(batch)
             self.rejected.extend(chain.rejected)
             chain.rejected = []
             return out
+        seq = batch[SEQ] if SEQ in batch.columns else None
+        if seq is not None:
+            batch = batch.drop(SEQ)  # user functions never see it
         out = step.payload(batch)  # map_batches
         if not isinstance(out, pl.DataFrame):
             raise TypeError(f"{self.where} {step.label()}: the function must return a polars DataFrame, got {type(out).__name__}")
@@ -221,7 +236,10 @@ class RowChain(_Calls):
                 f"{self.where} {step.label()}: the result lacks column(s) {missing}; declare the output "
                 "with map_batches(fn, schema={...}) and keep the timestamp column"
             )
-        return out.select(step.schema.names)
+        out = out.select(step.schema.names)
+        if seq is not None:  # row-wise: each row keeps its own; otherwise the batch's first
+            out = out.with_columns(seq if out.height == seq.len() else pl.repeat(seq[0] if seq.len() else 0, out.height, dtype=pl.Int64, eager=True).alias(SEQ))
+        return out
 
 
 class KeyedReduceOp(_Calls):
@@ -261,7 +279,7 @@ class KeyedReduceOp(_Calls):
         if self.value:
             return batch.with_columns(pl.Series(sn.VALUE, out, dtype=sn.OBJECT))
         data = frame_of(out, self.node.schema, "records")
-        return batch.with_columns(data).select(self.node.schema.names)
+        return batch.with_columns(data).select(with_seq(self.node.schema.names, batch))
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": dict(self.state)}
@@ -305,6 +323,7 @@ class AggregateOp:
     ``WindowAggregateOp``, with ``key_by(fn)`` keys and Object values adapted to it."""
 
     def __init__(self, node: sn.AggregateNode, where: str) -> None:
+        self.node, self.where = node, where
         in_schema = node.input.schema
         prepared, self.casts = _prepare_values(in_schema, node.aggregates, where)
         keys = in_schema.keys
@@ -344,6 +363,7 @@ class UnionOp:
     so the order does not depend on micro-batch sizes."""
 
     def __init__(self, node: sn.UnionNode) -> None:
+        self.node = node
         self.schema = node.schema
         self.ts = node.schema.timestamp
         self.buffers: list[list[pl.DataFrame]] = [[] for _ in node.members]
@@ -495,7 +515,8 @@ class EventWindowOp(_Calls):
         group = [*self.keys, _WIN]
         schema = self.node.schema
         if self.node.reduce_fn is None:
-            out = rows.group_by(group, maintain_order=True).agg(*self.exprs, pl.col(_SEQ).min().alias("__first"))
+            first = [pl.col(SEQ).first()] if SEQ in rows.columns else []  # the group's first row's
+            out = rows.group_by(group, maintain_order=True).agg(*self.exprs, *first, pl.col(_SEQ).min().alias("__first"))
         else:
             out = self._reduce(rows, group)
         out = out.sort([_WIN, "__first"])
@@ -507,13 +528,13 @@ class EventWindowOp(_Calls):
         )
         if self.node.key_alias:
             out = out.rename({sn.KEY: self.node.key_alias})
-        return out.select(schema.names)
+        return out.select(with_seq(schema.names, out))
 
     def _reduce(self, rows: pl.DataFrame, group: list[str]) -> pl.DataFrame:
         fn = self.node.reduce_fn
         assert fn is not None
         items = items_of(rows, self.in_schema)
-        groups = rows.with_row_index("__row").group_by(group, maintain_order=True).agg(pl.col("__row"), pl.col(_SEQ).min().alias("__first"))
+        groups = rows.with_row_index("__row").group_by(group, maintain_order=True).agg(pl.col("__row"), *([pl.col(SEQ).first()] if SEQ in rows.columns else []), pl.col(_SEQ).min().alias("__first"))
         values = []
         keep = []
         for g, members in enumerate(groups["__row"].to_list()):
@@ -560,13 +581,15 @@ class _JoinInputs:
             batch = batch.with_columns(self.ids.column(batch))
             if side == 1:
                 batch = batch.drop(sn.KEY)
+        if side == 1:
+            batch = batch.drop(SEQ, strict=False)  # output rows keep their left row's
         return batch
 
     def finish(self, joined: pl.DataFrame) -> pl.DataFrame:
         if self.pairs:
             pairs = list(zip(joined[sn.VALUE].to_list(), joined["__right_value"].to_list()))
             joined = joined.with_columns(pl.Series(sn.VALUE, pairs, dtype=sn.OBJECT))
-        return joined.select(self.node.schema.names)
+        return joined.select(with_seq(self.node.schema.names, joined))
 
 
 def _prepared_schema(schema: Schema, side: int) -> Schema:
@@ -583,6 +606,7 @@ class AsOfJoin:
     """Keyed as-of join: the engine's ``AsOfJoinOp`` (DESIGN.md "Join")."""
 
     def __init__(self, node: sn.JoinNode) -> None:
+        self.node = node
         self.inputs = _JoinInputs(node)
         if node.api_node is not None:  # an Entity API join: exactly the engine's operator
             self.op = AsOfJoinOp(node.api_node)

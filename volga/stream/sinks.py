@@ -57,6 +57,14 @@ class ListSink(Sink):
             self.items.extend(items)
             self.frames.append(rows)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy sent to another process (a Ray actor) starts empty: what it collects stays there.
+        return {"items": [], "frames": []}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def frame(self) -> pl.DataFrame:
         """Everything written so far as one polars DataFrame (internal columns included)."""
         with self._lock:

@@ -61,6 +61,20 @@ class FrameSource(Source):
     def __init__(self, frame: pl.DataFrame, period_s: float | None = None, repeat: bool = False) -> None:
         self.frame, self.period_s, self.repeat = frame, period_s, repeat
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to a Ray actor: polars cannot serialize Python-object columns, so they travel as lists.
+        state = dict(self.__dict__)
+        objects = {c: self.frame[c].to_list() for c, dt in self.frame.schema.items() if dt == pl.Object}
+        if objects:
+            state["frame"] = (self.frame.drop(list(objects)), objects, self.frame.columns)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["frame"], tuple):
+            rest, objects, order = state["frame"]
+            state["frame"] = rest.with_columns(pl.Series(c, v, dtype=pl.Object) for c, v in objects.items()).select(order)
+        self.__dict__.update(state)
+
     @property
     def bounded(self) -> bool:
         return not self.repeat

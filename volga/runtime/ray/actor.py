@@ -18,12 +18,13 @@ import polars as pl
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from volga._optional import optional_import
+from volga.runtime.ray.exchange import from_wire, to_wire
 from volga.runtime.ray.task import StageTask, TaskMetrics
 from volga.runtime.ray.topology import Edge, Topology
 
 
 def _frame(table: pa.Table | None) -> pl.DataFrame | None:
-    return None if table is None else pl.from_arrow(table)  # type: ignore[return-value]
+    return from_wire(table)
 
 
 class StageWorker:
@@ -58,7 +59,7 @@ class StageWorker:
 
     def _emit(self, edge: Edge, dst: int, rows: pl.DataFrame | None, watermark: int, idle: bool) -> None:
         assert self.task is not None
-        table = None if rows is None else rows.to_arrow()
+        table = None if rows is None else to_wire(rows)
         ref = self.peers[edge.dst_stage][dst].receive.remote(edge.id, self.task.partition, table, watermark, idle)
         queue = self.in_flight.setdefault((edge.dst_stage, dst), collections.deque())
         queue.append(ref)
@@ -67,7 +68,7 @@ class StageWorker:
 
     def _output(self, name: str, rows: pl.DataFrame | None, watermark: int, idle: bool) -> None:
         assert self.task is not None
-        table = None if rows is None else rows.to_arrow()
+        table = None if rows is None else to_wire(rows)
         self.outbox.put((name, self.task.partition, table, watermark, idle), block=True)
 
     # -- called by other actors and the driver -------------------------------------------
@@ -109,15 +110,15 @@ class StageWorker:
     def metrics(self) -> TaskMetrics | None:
         return None if self.task is None else self.task.metrics
 
-    def results(self) -> tuple[TaskMetrics, pl.DataFrame | None, list[Any]]:
-        """Metrics, late events (sources) and rejected records, read once at the end."""
+    def results(self) -> tuple[TaskMetrics, pa.Table | None, list[Any]]:
+        """Metrics, late events (sources, as Arrow) and rejected records, read once at the end."""
         assert self.task is not None
-        late = self.task.late_events() if self.task.source is not None else None
-        return self.task.metrics, late, self.task.drain_rejected()
+        return self.task.metrics, self.late_events(), self.task.drain_rejected()
 
-    def late_events(self) -> pl.DataFrame | None:
+    def late_events(self) -> pa.Table | None:
+        """A source's late rows as an Arrow table (``exchange.from_wire`` reads it)."""
         assert self.task is not None
-        return self.task.late_events() if self.task.source is not None else None
+        return to_wire(self.task.late_events()) if self.task.source is not None else None
 
     def reset(self) -> None:
         if self.task is not None and self.task.source is not None:

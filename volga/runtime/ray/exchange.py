@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +41,43 @@ def partition_ids(rows: pl.DataFrame, keys: Sequence[str], n: int) -> np.ndarray
     """The partition of every row: a stable hash of its key values (by position) mod ``n``."""
     if n == 1:
         return np.zeros(rows.height, dtype=np.int64)
-    keyed = rows.select([pl.col(k).alias(f"k{i}") for i, k in enumerate(keys)])
+    keyed = rows.select([_hashable(rows[k]).alias(f"k{i}") for i, k in enumerate(keys)])
     return (keyed.hash_rows(seed=HASH_SEED).to_numpy() % np.uint64(n)).astype(np.int64)
+
+
+def _hashable(col: pl.Series) -> pl.Series:
+    """Python-object keys (``key_by(fn)``) hash by their ``repr``: the same in every process
+    (``hash()`` of a str is salted per process)."""
+    if col.dtype == pl.Object:
+        return pl.Series(col.name, [repr(v) for v in col.to_list()], dtype=pl.String)
+    return col
+
+
+_PICKLED = "::volga_pickled"
+
+
+def to_wire(rows: pl.DataFrame) -> Any:
+    """An Arrow table of ``rows``; Python-object columns (which Arrow cannot hold) travel
+    pickled under a marked name."""
+    objects = [c for c, dt in rows.schema.items() if dt == pl.Object]
+    if objects:
+        rows = rows.with_columns(
+            pl.Series(c + _PICKLED, [pickle.dumps(v, protocol=5) for v in rows[c].to_list()], dtype=pl.Binary) for c in objects
+        ).drop(objects)
+    return rows.to_arrow()
+
+
+def from_wire(table: Any) -> pl.DataFrame | None:
+    if table is None:
+        return None
+    rows: pl.DataFrame = pl.from_arrow(table)  # type: ignore[assignment]
+    pickled = [c for c in rows.columns if c.endswith(_PICKLED)]
+    if pickled:
+        order = [c.removesuffix(_PICKLED) for c in rows.columns]
+        rows = rows.with_columns(
+            pl.Series(c.removesuffix(_PICKLED), [pickle.loads(v) for v in rows[c].to_list()], dtype=pl.Object) for c in pickled
+        ).drop(pickled).select(order)
+    return rows
 
 
 def split_by_key(rows: pl.DataFrame, keys: Sequence[str], n: int) -> list[pl.DataFrame]:
@@ -172,12 +208,55 @@ class SeqJoin(AsOfJoinOp):
         return joined.select([*self.node.schema.names, SEQ])
 
 
+class SeqUnion:
+    """The DataStream union; output rows are numbered in the order it emits them (it runs
+    as one actor, and releases in (event time, argument order, arrival) order)."""
+
+    def __init__(self, op: Any) -> None:
+        self.op = op
+        self.next_seq = 0
+
+    @property
+    def buffered_rows(self) -> int:
+        return int(self.op.buffered_rows)
+
+    def push(self, side: int, batch: pl.DataFrame) -> None:
+        self.op.push(side, batch)  # conformed to the union's schema: the column is dropped
+
+    def release(self, bound_us: int | None) -> pl.DataFrame:
+        out = self.op.release(bound_us)
+        start, self.next_seq = self.next_seq, self.next_seq + out.height
+        return out.with_columns(pl.int_range(start, self.next_seq, dtype=pl.Int64).alias(SEQ))
+
+
+class SeqAggregate:
+    """The DataStream per-event ``aggregate``: one output row per input row, keeping its number."""
+
+    def __init__(self, op: Any) -> None:
+        self.op = op
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return self.op.apply(batch.drop(SEQ)).with_columns(batch[SEQ])
+
+
 def seq_ops(op: Any) -> Any:
     """A sequence-keeping copy of a compiled operator (windows need no change)."""
+    from volga.stream import ops as stream_ops
+
     if isinstance(op, StatelessChain):
         return SeqChain(op.steps, op.where)
     if isinstance(op, AsOfJoinOp):
         return SeqJoin(op.node)
+    if isinstance(op, stream_ops.RowChain):  # carries the column itself; its Entity steps too
+        op.entity_ops = {k: SeqChain(c.steps, c.where) for k, c in op.entity_ops.items()}
+        return op
+    if isinstance(op, stream_ops.AsOfJoin):
+        op.op = SeqJoin(op.op.node)
+        return op
+    if isinstance(op, stream_ops.UnionOp):
+        return SeqUnion(op)
+    if isinstance(op, stream_ops.AggregateOp):
+        return SeqAggregate(op)
     return op
 
 

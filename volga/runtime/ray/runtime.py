@@ -53,7 +53,7 @@ from volga.runtime.local.job import Job
 from volga.runtime.local.runtime import make_sources
 from volga.runtime.local.stage import FINISHED_WM, NO_WM
 from volga.runtime.ray.actor import remote_worker_class
-from volga.runtime.ray.exchange import SEQ, InputMerger
+from volga.runtime.ray.exchange import SEQ, InputMerger, from_wire
 from volga.runtime.ray.task import TaskMetrics
 from volga.runtime.ray.topology import Topology, portable, split_plan
 from volga.sources.base import Source
@@ -148,13 +148,15 @@ class RayRuntime:
 
     # -- jobs --------------------------------------------------------------------------
     def start(self, plan: PhysicalPlan, mode: Mode, params: Params | None, sink: Sink, *, block: bool,
-              options: StreamOptions) -> RayJob:
+              options: StreamOptions, step_parallelism: dict[int, int] | None = None) -> RayJob:
         """Run ``plan`` on Ray; ``sink(pipeline, rows)`` writes the stores (in this process).
 
-        The same entry point as the embedded ``LocalRuntime.start``: the client calls it."""
+        The same entry point as the embedded ``LocalRuntime.start``: the client calls it.
+        ``step_parallelism``: actors for the keyed stage a step starts (DataStream
+        ``set_parallelism``); other keyed stages get ``parallelism``."""
         sources: dict[int, Source] = make_sources(plan, mode, params)
         readers = {step: self.source_readers(source, mode) for step, source in sources.items()}
-        driver = _Driver(self, split_plan(plan, self.parallelism, readers), sources, mode, sink, options)
+        driver = _Driver(self, split_plan(plan, self.parallelism, readers, step_parallelism), sources, mode, sink, options)
         job = RayJob(mode, list(plan.outputs), driver)
         return job.start(block)  # type: ignore[return-value]
 
@@ -214,7 +216,7 @@ class _Late:
         for stage in self.driver.topology.stages:  # still running: ask the source's actor
             source = self.driver.source_defs[stage.steps[0]] if stage.kind == "source" else None
             if source is not None and source.name == self.name and stage.id in self.driver.actors:
-                late = self.driver.ray.get(self.driver.actors[stage.id][0].late_events.remote(), timeout=30)
+                late = from_wire(self.driver.ray.get(self.driver.actors[stage.id][0].late_events.remote(), timeout=30))
                 if late is not None and late.width:
                     return late
                 return pl.DataFrame(schema=source.schema.polars_schema())
@@ -398,7 +400,7 @@ class _Driver:
             items += self.outbox.get_nowait_batch(size)
         touched = set()
         for name, partition, table, watermark, idle in items:
-            outputs[name].push(partition, None if table is None else pl.from_arrow(table), watermark, idle)  # type: ignore[arg-type]
+            outputs[name].push(partition, from_wire(table), watermark, idle)
             touched.add(name)
         for name in touched:
             rows = outputs[name].release()
@@ -414,7 +416,8 @@ class _Driver:
     def _finish(self, metrics: Metrics) -> None:
         every = [(s, p, a) for s, group in self.actors.items() for p, a in enumerate(group)]
         results = self._get([a.results.remote() for _, _, a in every], "collecting results")
-        for (stage_id, partition, _), (task_metrics, late, rejected) in zip(every, results):
+        for (stage_id, partition, _), (task_metrics, late_table, rejected) in zip(every, results):
+            late = from_wire(late_table)
             self.final_metrics[(stage_id, partition)] = task_metrics
             self.rejected.extend(rejected)
             stage = self.topology.stages[stage_id]

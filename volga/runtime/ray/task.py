@@ -21,11 +21,16 @@ from typing import Any, Literal
 import polars as pl
 
 from volga.ops.join import AsOfJoinOp
-from volga.ops.stateless import StatelessChain
 from volga.ops.window import WindowAggregateOp
 from volga.runtime.local.executors import sort_by_time
 from volga.runtime.local.stage import FINISHED_WM, NO_WM, SourceStage
-from volga.runtime.ray.exchange import SEQ, InputMerger, apply_window, seq_ops, split_by_key
+from volga.runtime.ray.exchange import (
+    SEQ,
+    InputMerger,
+    apply_window,
+    seq_ops,
+    split_by_key,
+)
 from volga.runtime.ray.topology import Edge, OpRecipe, Topology
 
 Emit = Callable[[Edge, int, "pl.DataFrame | None", int, bool], None]
@@ -174,6 +179,15 @@ class StageTask:
                 left_bound = None if right_idle or right_wm >= FINISHED_WM else right_wm
                 out = op.release(None if bound >= FINISHED_WM else bound, left_bound_us=left_bound) if op.buffered_rows else None
                 watermarks[step_id] = (bound, not active)
+            elif hasattr(op, "release"):  # DataStream union, interval/as-of join, tumbling/hopping window
+                for side, (batch, _) in enumerate(inputs):
+                    if batch is not None:
+                        op.push(side, batch)
+                active = [wm for _, (wm, idle) in inputs if not idle]
+                bound = min(active) if active else FINISHED_WM
+                out = op.release(None if bound >= FINISHED_WM else bound) if op.buffered_rows else None
+                output_wm = getattr(op, "output_watermark", None)
+                watermarks[step_id] = (output_wm(bound) if output_wm is not None else bound, not active)
             else:
                 batch, watermarks[step_id] = inputs[0]
                 out = None
@@ -226,7 +240,7 @@ class StageTask:
         if self.source is not None:
             out.extend(getattr(self.source.reader, "drain_rejected", lambda: [])())
         for op in self.ops.values():
-            if isinstance(op, StatelessChain):
+            if isinstance(getattr(op, "rejected", None), list):  # stateless chains, DataStream callables
                 out.extend(op.rejected)
                 op.rejected = []
         return out

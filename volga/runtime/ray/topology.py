@@ -96,6 +96,16 @@ class OpRecipe:
             return OpRecipe("window", (op.input_schema, op.output_schema, op.keys, op.aggregates))
         if isinstance(op, AsOfJoinOp):
             return OpRecipe("join", (op.node,))
+        from volga.stream import ops as so
+
+        if isinstance(op, so.RowChain):
+            return OpRecipe("stream", (so.RowChain, list(op.steps), op.where))
+        if isinstance(op, (so.KeyedReduceOp, so.EventWindowOp)):
+            return OpRecipe("stream", (type(op), op.node, op.where))
+        if isinstance(op, so.AggregateOp):
+            return OpRecipe("stream", (so.AggregateOp, op.node, op.where))
+        if isinstance(op, (so.UnionOp, so.AsOfJoin, so.IntervalJoinOp)):
+            return OpRecipe("stream", (type(op), op.node))
         raise NotImplementedError(f"the Ray runtime cannot run the operator {type(op).__name__} yet; use the embedded runtime")
 
     def build(self) -> object:
@@ -103,12 +113,25 @@ class OpRecipe:
             return StatelessChain(*self.args)  # type: ignore[arg-type]
         if self.kind == "window":
             return WindowAggregateOp(*self.args)  # type: ignore[arg-type]
+        if self.kind == "stream":
+            cls, *args = self.args
+            return cls(*args)  # type: ignore[operator]
         return AsOfJoinOp(*self.args)  # type: ignore[arg-type]
+
+
+def _without_late_sink(source: object) -> object:
+    """A DataStream source's late sink is written by the driver at the end of the job
+    (from the source actors' late events), not in the actor."""
+    node = getattr(source, "node", None)
+    if node is None or getattr(node, "late_sink", None) is None or not dataclasses.is_dataclass(source):
+        return source
+    return dataclasses.replace(source, node=dataclasses.replace(node, late_sink=None))  # type: ignore[arg-type]
 
 
 def portable(topology: Topology) -> Topology:
     """A copy of ``topology`` that pickles: operators replaced by their recipes."""
-    steps = [dataclasses.replace(step, op=OpRecipe.of(step.op)) for step in topology.plan.steps]  # type: ignore[arg-type]
+    steps = [dataclasses.replace(step, op=OpRecipe.of(step.op), source=_without_late_sink(step.source))  # type: ignore[arg-type]
+             for step in topology.plan.steps]
     plan = PhysicalPlan(steps, dict(topology.plan.outputs), dict(topology.plan.pipelines))
     return dataclasses.replace(topology, plan=plan)
 
@@ -133,19 +156,45 @@ def track_partition(cols: tuple[str, ...] | None, chain_steps: Sequence[nodes.No
     return tuple(current)
 
 
-def split_plan(plan: PhysicalPlan, parallelism: int, source_parallelism: Mapping[int, int] | None = None) -> Topology:
+def stream_keys(op: object) -> list[tuple[str, ...]] | None:
+    """The routing keys of each input of a DataStream operator (``()``: all rows to one
+    actor), or None for a stateless one (``RowChain``) or an Entity API operator."""
+    from volga.stream import ops as so
+
+    if isinstance(op, (so.KeyedReduceOp, so.AggregateOp, so.EventWindowOp)):
+        return [tuple(op.node.input.schema.keys)]
+    if isinstance(op, (so.AsOfJoin, so.IntervalJoinOp)):
+        return [tuple(op.node.left.schema.keys), tuple(op.node.right.schema.keys)]
+    if isinstance(op, so.UnionOp):
+        return [() for _ in op.node.members]
+    return None
+
+
+def split_plan(
+    plan: PhysicalPlan, parallelism: int, source_parallelism: Mapping[int, int] | None = None,
+    step_parallelism: Mapping[int, int] | None = None,
+) -> Topology:
     """Assign every step of ``plan`` to a stage and connect the stages with edges.
 
     ``source_parallelism``: source step id -> actors reading it (default 1), for sources
-    read in partitions (each actor one part; see ``Source.open_partition``)."""
+    read in partitions (each actor one part; see ``Source.open_partition``).
+    ``step_parallelism``: step id -> actors of the keyed stage it starts (DataStream
+    ``set_parallelism``), instead of ``parallelism``.
+
+    DataStream operators: a ``RowChain`` is stateless (it stays in its input's stage and
+    forgets the partitioning, since callables may change any column); a keyed reduce,
+    per-event aggregate or tumbling/hopping window is keyed by its ``key_by`` key (and
+    stays in a stage already routed by a subset of it); a join by each side's key; a
+    union is one actor merging its inputs by event time."""
     source_parallelism = dict(source_parallelism or {})
+    step_parallelism = dict(step_parallelism or {})
     stages: list[StageSpec] = []
     edges: list[Edge] = []
     stage_of: dict[int, int] = {}
     routed_by: dict[int, tuple[str, ...] | None] = {}
 
     def new_stage(kind: Literal["source", "keyed"], partition: tuple[str, ...] | None, actors: int = parallelism) -> StageSpec:
-        stages.append(StageSpec(len(stages), kind, [], actors, partition))
+        stages.append(StageSpec(len(stages), kind, [], max(1, actors), partition))
         return stages[-1]
 
     def connect(src_step: int, stage: StageSpec, dst_step: int, dst_input: int, keys: Sequence[str]) -> None:
@@ -160,10 +209,26 @@ def split_plan(plan: PhysicalPlan, parallelism: int, source_parallelism: Mapping
         if step.kind == "source":
             stage = new_stage("source", None, source_parallelism.get(step.id, 1))
             routed_by[step.id] = None
+        elif (keys_in := stream_keys(step.op)) is not None:
+            upstream = step.inputs[0]
+            cols = routed_by[upstream]
+            actors = step_parallelism.get(step.id, parallelism)
+            if len(keys_in) == 1 and keys_in[0] and stages[stage_of[upstream]].kind == "keyed" and cols is not None \
+                    and set(cols) <= set(keys_in[0]) and step.id not in step_parallelism:
+                stage = stages[stage_of[upstream]]
+            else:
+                union = not any(keys_in)
+                stage = new_stage("keyed", None if union else keys_in[0], 1 if union else actors)
+                stage_of[step.id] = stage.id
+                for i, (src, keys) in enumerate(zip(step.inputs, keys_in)):
+                    connect(src, stage, step.id, i, keys)
+            routed_by[step.id] = stage.partition
         elif step.kind == "chain":
-            assert isinstance(step.op, StatelessChain)
             stage = stages[stage_of[step.inputs[0]]]
-            routed_by[step.id] = track_partition(routed_by[step.inputs[0]], step.op.steps)
+            if isinstance(step.op, StatelessChain):
+                routed_by[step.id] = track_partition(routed_by[step.inputs[0]], step.op.steps)
+            else:  # a DataStream RowChain
+                routed_by[step.id] = None
         elif step.kind == "window":
             assert isinstance(step.op, WindowAggregateOp)
             upstream = step.inputs[0]
