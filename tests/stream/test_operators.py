@@ -364,6 +364,18 @@ def test_submit_unbounded_then_stop() -> None:
     assert not job.running and len(out) >= 20 and set(out.items) == {"a", "b"}
 
 
+@pytest.mark.parametrize("run", [Run("streaming", 2), Run("streaming", 2, ray=2), Run("batch", ray=2)], ids=str)
+def test_windows_closing_together_keep_first_arrival_order_out_of_order_input(run: Run) -> None:
+    # b's first row arrives first but has the later event time: a's window comes out first
+    rows = [{"k": "b", "t": 4}, {"k": "c", "t": 6}, {"k": "a", "t": 3}, {"k": "c", "t": 2}, {"k": "a", "t": 12}, {"k": "b", "t": 30}]
+    ctx, out = run.context(), ListSink()
+    events(ctx, rows).with_lateness("5s").key_by("k").window(TumblingWindow("10s")).aggregate([Count(into="n")]).sink(out)
+    run.execute(ctx)
+    assert [(r["k"], r["window_start"], r["n"]) for r in out.items] == [
+        ("c", at(0), 2), ("a", at(0), 1), ("b", at(0), 1), ("a", at(10), 1), ("b", at(30), 1)
+    ]
+
+
 @pytest.mark.parametrize("run", [Run("streaming", 7, ray=1)], ids=str)
 def test_set_parallelism_sets_the_keyed_stage_actors_on_ray(run: Run) -> None:
     words = [f"w{i % 5}" for i in range(50)]

@@ -53,30 +53,32 @@ def _hashable(col: pl.Series) -> pl.Series:
     return col
 
 
-_PICKLED = "::volga_pickled"
+_PICKLED = b"volga:pickled"
 
 
 def to_wire(rows: pl.DataFrame) -> Any:
-    """An Arrow table of ``rows``; Python-object columns (which Arrow cannot hold) travel
-    pickled under a marked name."""
+    """An Arrow table of ``rows``. Python-object columns (which Arrow cannot hold) travel
+    in the table's metadata, each pickled as one list (one ``pickle`` call per column)."""
     objects = [c for c, dt in rows.schema.items() if dt == pl.Object]
-    if objects:
-        rows = rows.with_columns(
-            pl.Series(c + _PICKLED, [pickle.dumps(v, protocol=5) for v in rows[c].to_list()], dtype=pl.Binary) for c in objects
-        ).drop(objects)
-    return rows.to_arrow()
+    if not objects:
+        return rows.to_arrow()
+    payload = {"order": rows.columns, "columns": {c: rows[c].to_list() for c in objects}}
+    table = rows.drop(objects).to_arrow()
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), _PICKLED: pickle.dumps(payload, protocol=5)})
 
 
 def from_wire(table: Any) -> pl.DataFrame | None:
     if table is None:
         return None
+    meta = table.schema.metadata or {}
+    if _PICKLED in meta:  # polars reads metadata values as UTF-8: take ours off first
+        table = table.replace_schema_metadata({k: v for k, v in meta.items() if k != _PICKLED})
     rows: pl.DataFrame = pl.from_arrow(table)  # type: ignore[assignment]
-    pickled = [c for c in rows.columns if c.endswith(_PICKLED)]
-    if pickled:
-        order = [c.removesuffix(_PICKLED) for c in rows.columns]
+    if _PICKLED in meta:
+        payload = pickle.loads(meta[_PICKLED])
         rows = rows.with_columns(
-            pl.Series(c.removesuffix(_PICKLED), [pickle.loads(v) for v in rows[c].to_list()], dtype=pl.Object) for c in pickled
-        ).drop(pickled).select(order)
+            pl.Series(c, v, dtype=pl.Object) for c, v in payload["columns"].items()
+        ).select(payload["order"])
     return rows
 
 

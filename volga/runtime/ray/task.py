@@ -99,6 +99,7 @@ class StageTask:
         self.external = {(e.dst_step, e.dst_input): e.id for e in self.spec.inputs}
         self.sent: dict[tuple[int, int], tuple[int, bool]] = {}
         self.metrics = TaskMetrics()
+        self.released = 0  # source rows handed on (their SEQ, for a source read by one actor)
         self.source: SourceStage | None = None
         if self.spec.kind == "source":
             step = self.plan.steps[self.spec.steps[0]]
@@ -157,6 +158,11 @@ class StageTask:
         if rows is not None and rows.height:
             ts = rows[self.plan.steps[self.spec.steps[0]].schema.timestamp].dt.epoch("us")
             self.metrics.max_event_us = max(self.metrics.max_event_us, int(ts.max()))  # type: ignore[arg-type]
+        if rows is not None and rows.height and self.spec.parallelism == 1:
+            # Renumbered in release (processing) order: a window's first row by SEQ is then its
+            # first in processing order, whichever partition it ran on. (ts, SEQ) order is unchanged.
+            start, self.released = self.released, self.released + rows.height
+            rows = rows.with_columns(pl.int_range(start, self.released, dtype=pl.Int64).alias(SEQ))
         source_step = self.spec.steps[0]
         self._run({source_step: rows if rows is not None and rows.height else None}, {source_step: (watermark, idle)})
 
