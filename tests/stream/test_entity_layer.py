@@ -8,11 +8,12 @@ import datetime
 import polars as pl
 import polars.testing
 import pytest
+from stream_runs import Run
 
 import volga
 from volga import Avg, Count, Entity, Max, entity, field, pipeline, source
 from volga.sources import MemorySource
-from volga.stream import ListSink, StreamingContext, plan_of
+from volga.stream import ListSink, plan_of
 from volga.testing.data import make_orders, make_users
 
 START = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
@@ -76,16 +77,16 @@ def test_pipeline_prints_as_datastream_plan() -> None:
     assert "select(rename" in text
 
 
-@pytest.mark.parametrize("mode", ["batch", "streaming"])
-def test_pipeline_through_datastream_equals_client_offline(tmp_path, mode) -> None:
+@pytest.mark.parametrize("run", [Run("batch", 257), Run("streaming", 257), Run("streaming", 257, ray=2)], ids=str)
+def test_pipeline_through_datastream_equals_client_offline(tmp_path, run: Run) -> None:
     client = volga.Client(data_dir=tmp_path)
     client.materialize([user_spent], mode="offline")
     want = client.get_offline("user_spent")
-    ctx = StreamingContext(batch_size=257)
+    ctx = run.context()
     out = ListSink()
     stream = ctx.from_pipeline(user_spent)
     stream.sink(out)
-    ctx.execute(mode=mode)
+    run.execute(ctx)
     got = out.frame()
     assert got.height == want.height > 100
     polars.testing.assert_frame_equal(got.select(want.columns), want, check_row_order=False)

@@ -38,7 +38,7 @@ class StreamJob:
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._late_sinks:
+            if self._late_sinks and self.job.mode == "online" and self.job._error is None:  # batch mode has no late rows
                 for step in self.plan.plan.source_steps():
                     node = getattr(step.source, "node", None)
                     if node is not None and node.late_sink is not None:
