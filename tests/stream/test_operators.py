@@ -350,8 +350,9 @@ def test_sources_text_file_connector_source_def_and_periodic(tmp_path) -> None:
     assert job.metrics.rows_in["ticks"] == 2
 
 
-def test_submit_unbounded_then_stop() -> None:
-    ctx = StreamingContext()
+@pytest.mark.parametrize("run", [Run("streaming"), Run("streaming", 10_000, ray=2)], ids=str)
+def test_submit_unbounded_then_stop(run: Run) -> None:
+    ctx = run.context()
     out = ListSink()
     ctx.from_periodic_collection(["a", "b"], "1ms", repeat=True).key_by(lambda w: w).reduce(lambda x, y: x).sink(out)
     job = ctx.submit()

@@ -11,6 +11,10 @@ are among its group keys, so equal group keys are already on one actor. The quic
 (filter -> join on the user id -> group by the same id -> rename) is therefore two source
 actors and one keyed stage: one hop per row.
 
+DataStream plans split the same way (see ``split_plan``): row chains are stateless,
+reduce/aggregate/tumbling/hopping windows are keyed by their ``key_by`` key, joins by each
+side's key, and a union is a one-actor stage merging its inputs in event-time order.
+
 >>> import volga.runtime.ray.topology as t
 >>> t.track_partition(("buyer_id",), [])
 ('buyer_id',)
