@@ -245,7 +245,7 @@ class Entity:
         self._require(keys, "group_by")
         for k in keys:
             f = self.schema.field(k)
-            if isinstance(f.dtype, pl.List) or f.dtype == TIMESTAMP_DTYPE and k == self.schema.timestamp:
+            if isinstance(f.dtype, pl.List) or k == self.schema.timestamp:
                 raise self._error(f"group_by: '{k}' ({f.type_name}) cannot be a group key")
         return GroupBy(self, tuple(keys))
 
