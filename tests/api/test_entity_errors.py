@@ -124,3 +124,14 @@ def test_field_declared_twice_in_the_class_body():
             at: datetime.datetime
             price: float
             price: int  # noqa: F811 - the point of the test
+
+
+def test_list_defaults_are_not_shared_between_instances():
+    @entity
+    class Tagged:
+        at: datetime.datetime
+        tags: list[str] = field(default=["new"])
+
+    a, b = Tagged(at=datetime.datetime(2024, 1, 1)), Tagged(at=datetime.datetime(2024, 1, 1))
+    a.tags.append("vip")
+    assert b.tags == ["new"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import datetime
+import functools
 import inspect
 import sys
 import textwrap
@@ -221,7 +222,8 @@ def entity(cls: type[T]) -> type[T]:
         if name not in own and name not in ("__dict__", "__weakref__", "__annotations__"):
             namespace.setdefault(name, value)
     for name, value in defaults.items():
-        namespace[name] = dataclasses.field(default_factory=lambda v=value: v) if isinstance(value, list) else value
+        # a list default is copied per instance (never one list shared by every instance)
+        namespace[name] = dataclasses.field(default_factory=functools.partial(list, value)) if isinstance(value, list) else value
     new_cls = type(cls.__name__, cls.__bases__, namespace)
     new_cls = dataclass(kw_only=True)(new_cls)
     setattr(new_cls, SCHEMA_ATTR, schema)

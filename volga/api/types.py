@@ -66,7 +66,7 @@ def annotation_of(dtype: pl.DataType) -> Any:
         if dtype == dt:
             return py
     if isinstance(dtype, pl.List):
-        return list[annotation_of(dtype.inner)]  # type: ignore[misc]
+        return list[annotation_of(dtype.inner)]  # type: ignore[misc, arg-type]
     raise TypeError(f"no Python type for dtype {dtype}")
 
 
@@ -77,7 +77,8 @@ def dtype_name(dtype: pl.DataType) -> str:
     except TypeError:
         return str(dtype)
     if typing.get_origin(ann) is list:
-        return f"list[{dtype_name(dtype.inner)}]"  # type: ignore[attr-defined]
+        inner: pl.DataType = dtype.inner  # type: ignore[attr-defined, assignment]
+        return f"list[{dtype_name(inner)}]"
     return "datetime" if ann is datetime.datetime else ann.__name__
 
 

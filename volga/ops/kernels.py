@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_JIT = {"cache": True, "nogil": True}
+_jit = njit(cache=True, nogil=True)  # compiled once per machine (cache next to this file)
 
 
-@njit(**_JIT)
+@_jit
 def link_rows(r0, n, kid, prev, nxt, last_row):  # type: ignore[no-untyped-def]
     """Chain the new rows ``[r0, r0 + n)`` to their key's previous row."""
     for r in range(r0, r0 + n):
@@ -37,7 +37,7 @@ def link_rows(r0, n, kid, prev, nxt, last_row):  # type: ignore[no-untyped-def]
         last_row[k] = r
 
 
-@njit(**_JIT)
+@_jit
 def _window_start(r, k, ts, nxt, lo, window_us):  # type: ignore[no-untyped-def]
     start = lo[k]
     if start < 0:
@@ -50,7 +50,7 @@ def _window_start(r, k, ts, nxt, lo, window_us):  # type: ignore[no-untyped-def]
     return start
 
 
-@njit(**_JIT)
+@_jit
 def sliding_sum(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end, b_sum, b_cnt, f_sum, f_cnt, out_sum, out_cnt):  # type: ignore[no-untyped-def]
     for r in range(r0, r0 + n):
         k = kid[r]
@@ -78,7 +78,7 @@ def sliding_sum(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end, b_s
         out_cnt[r - r0] = f_cnt[start] + b_cnt[k]
 
 
-@njit(**_JIT)
+@_jit
 def _merge_moments(n1, mean1, m2_1, n2, mean2, m2_2):  # type: ignore[no-untyped-def]
     if n1 == 0:
         return n2, mean2, m2_2
@@ -89,7 +89,7 @@ def _merge_moments(n1, mean1, m2_1, n2, mean2, m2_2):  # type: ignore[no-untyped
     return total, mean1 + delta * n2 / total, m2_1 + m2_2 + delta * delta * n1 * n2 / total
 
 
-@njit(**_JIT)
+@_jit
 def sliding_moments(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end, b_n, b_mean, b_m2, f_n, f_mean, f_m2, out_n, out_m2):  # type: ignore[no-untyped-def]
     """Count and M2 (sum of squared deviations, Chan's merge) per window."""
     for r in range(r0, r0 + n):
@@ -116,7 +116,7 @@ def sliding_moments(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end,
         out_m2[r - r0] = tm2
 
 
-@njit(**_JIT)
+@_jit
 def _better(a, b, order, want_max):  # type: ignore[no-untyped-def]
     """Is row ``a`` a strictly better extreme than row ``b`` (-1 = none)?"""
     if a < 0:
@@ -126,7 +126,7 @@ def _better(a, b, order, want_max):  # type: ignore[no-untyped-def]
     return order[a] > order[b] if want_max else order[a] < order[b]
 
 
-@njit(**_JIT)
+@_jit
 def sliding_extreme(r0, n, kid, ts, prev, nxt, order, valid, want_max, window_us, lo, f_end, b_idx, f_idx, out_idx):  # type: ignore[no-untyped-def]
     """Row id of the min (max) non-null value per window; -1 if none."""
     for r in range(r0, r0 + n):
@@ -150,7 +150,7 @@ def sliding_extreme(r0, n, kid, ts, prev, nxt, order, valid, want_max, window_us
         out_idx[r - r0] = b_idx[k] if _better(b_idx[k], front, order, want_max) else front
 
 
-@njit(**_JIT)
+@_jit
 def sliding_count(r0, n, kid, ts, nxt, valid, window_us, lo, cnt, out):  # type: ignore[no-untyped-def]
     """Number of rows (``valid`` all true) or non-null values per window."""
     for r in range(r0, r0 + n):
@@ -170,7 +170,7 @@ def sliding_count(r0, n, kid, ts, nxt, valid, window_us, lo, cnt, out):  # type:
         out[r - r0] = cnt[k]
 
 
-@njit(**_JIT)
+@_jit
 def first_last(r0, n, kid, ts, nxt, valid, window_us, lo, fv, lv, out_first, out_last):  # type: ignore[no-untyped-def]
     """Row ids of the earliest and latest non-null rows per window; -1 if none.
 
@@ -194,7 +194,7 @@ def first_last(r0, n, kid, ts, nxt, valid, window_us, lo, fv, lv, out_first, out
         out_last[r - r0] = lv[k] if lv[k] >= start else -1
 
 
-@njit(**_JIT)
+@_jit
 def last_n(r0, n, kid, ts, prev, nxt, valid, window_us, lo, count, out_offsets, out_idx):  # type: ignore[no-untyped-def]
     """Row ids of the last ``count`` non-null rows per window, most recent first."""
     total = 0
@@ -214,7 +214,7 @@ def last_n(r0, n, kid, ts, prev, nxt, valid, window_us, lo, count, out_offsets, 
     return total
 
 
-@njit(**_JIT)
+@_jit
 def count_distinct(r0, n, kid, ts, nxt, vid, window_us, lo, counts, distinct, out):  # type: ignore[no-untyped-def]
     """Distinct non-null value ids (``-1`` = null) per window; ``counts`` maps
     ``key_id << 32 | value_id`` to occurrences in the window."""
@@ -247,7 +247,7 @@ def count_distinct(r0, n, kid, ts, nxt, vid, window_us, lo, counts, distinct, ou
         out[r - r0] = distinct[k]
 
 
-@njit(**_JIT)
+@_jit
 def relink(kid, last_row, prev, nxt):  # type: ignore[no-untyped-def]
     """Rebuild the per-key links of a compacted log."""
     last_row[:] = -1
@@ -261,7 +261,7 @@ def relink(kid, last_row, prev, nxt):  # type: ignore[no-untyped-def]
         last_row[k] = r
 
 
-@njit(**_JIT)
+@_jit
 def mark_last_valid(last_row, prev, valid, count, live):  # type: ignore[no-untyped-def]
     """Mark each key's last ``count`` non-null rows live (what LastN forever needs)."""
     for k in range(last_row.shape[0]):
