@@ -1,8 +1,6 @@
 """The Entity API compiles to the DataStream layer: a pipeline prints as DataStream
 operators and, run through a StreamingContext, gives exactly the client's offline rows."""
 
-# No `from __future__ import annotations`: the @entity classes need their annotations.
-
 import datetime
 
 import polars as pl
@@ -11,39 +9,15 @@ import pytest
 from stream_runs import Run
 
 import volga
-from volga import Avg, Count, Entity, Max, entity, field, pipeline, source
+from volga import Avg, Count, Entity, Max, pipeline, source
 from volga.sources import MemorySource
 from volga.stream import ListSink, plan_of
 from volga.testing.data import make_orders, make_users
+from volga.testing.quickstart import Order, User, UserSpentInfo
 
 START = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
 USERS = make_users(30, start=START)
 ORDERS = make_orders(3000, n_users=30, start=START, days=3)
-
-
-@entity
-class User:
-    user_id: str = field(key=True)
-    registered_at: datetime.datetime = field(timestamp=True)
-    name: str
-
-
-@entity
-class Order:
-    buyer_id: str = field(key=True)
-    product_id: str
-    product_type: str
-    purchased_at: datetime.datetime = field(timestamp=True)
-    product_price: float
-
-
-@entity
-class UserSpentInfo:
-    user_id: str = field(key=True)
-    timestamp: datetime.datetime = field(timestamp=True)
-    avg_spent_7d: float
-    num_purchases_1h: int
-    max_price_1d: float
 
 
 @source(User)
