@@ -4,6 +4,8 @@ the Entity API compiles to), so the embedded executors run both.
 - ``source``: a ``SourceSpec`` (watermarks, lateness and late rows by ``SourceStage``);
 - ``chain``: consecutive stateless steps fused into one ``RowChain``;
 - ``window``: keyed per-event state (``KeyedReduceOp``, ``AggregateOp`` = ``WindowAggregateOp``);
+  with ``fuse_keyed`` (a runtime that never moves rows between key partitions: the
+  embedded one) ``... -> key_by(fn) -> reduce(fn)`` becomes one ``FusedKeyedReduce``;
 - ``join``: operators driven by watermarks (as-of and interval joins, union,
   tumbling/hopping windows).
 
@@ -43,7 +45,7 @@ class StreamPlan:
         return "\n".join(lines)
 
 
-def compile_stream(sinks: list[sn.SinkNode]) -> StreamPlan:
+def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> StreamPlan:
     """Fresh operators (empty state) for everything the sinks read."""
     if not sinks:
         raise ValueError("nothing to run: add a sink to a stream first (stream.sink(print), stream.sink(ListSink()), ...)")
@@ -86,7 +88,16 @@ def compile_stream(sinks: list[sn.SinkNode]) -> StreamPlan:
             else:
                 result = add("chain", [upstream], node, ops.RowChain([node], "stream"))
         elif isinstance(node, sn.ReduceNode):
-            result = add("window", [visit(node.input)], node, ops.KeyedReduceOp(node, where))
+            upstream = visit(node.input)
+            fused = fuse_reduce(steps[upstream], node, where) if fuse_keyed and consumers.get(id(node.input), 0) <= 1 else None
+            if fused is not None:
+                prev = steps[upstream]
+                steps[upstream] = Step(upstream, "window", prev.inputs, node.schema, fused, None)
+                labels[upstream] += " -> " + node.label()
+                parallelism[upstream] = node.parallelism or 1
+                result = upstream
+            else:
+                result = add("window", [upstream], node, ops.KeyedReduceOp(node, where))
         elif isinstance(node, sn.AggregateNode):
             result = add("window", [visit(node.input)], node, ops.AggregateOp(node, where))
         elif isinstance(node, sn.WindowNode):
@@ -108,3 +119,19 @@ def compile_stream(sinks: list[sn.SinkNode]) -> StreamPlan:
         outputs[f"sink{i}"] = visit(sink.input)
         sink_objects[f"sink{i}"] = sink.sink
     return StreamPlan(PhysicalPlan(steps, outputs, {}), sink_objects, labels, parallelism, explicit)
+
+
+def fuse_reduce(prev: Step, node: sn.ReduceNode, where: str) -> ops.FusedKeyedReduce | None:
+    """``prev`` (a chain ending in row steps ``... -> key_by(fn)``) and ``node`` as one operator."""
+    if prev.kind != "chain" or not isinstance(node.input, sn.RowNode) or node.input.op != "key_by":
+        return None
+    assert isinstance(prev.op, ops.RowChain)
+    chain = prev.op.steps
+    start = len(chain)
+    while start > 0 and isinstance(chain[start - 1], sn.RowNode) and chain[start - 1].op in ("map", "filter", "key_by"):
+        start -= 1
+    prefix = None
+    if start:
+        prefix = ops.RowChain(chain[:start], prev.op.where)
+        prefix.entity_ops = prev.op.entity_ops
+    return ops.FusedKeyedReduce(prefix, chain[start:], node, where)  # type: ignore[arg-type]

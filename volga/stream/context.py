@@ -245,7 +245,11 @@ class StreamingContext:
 
     def compile(self) -> StreamPlan:
         """The physical plan (fresh operator state) for every stream with a sink."""
-        return compile_stream(list(self._sinks))
+        return compile_stream(list(self._sinks), fuse_keyed=not self._on_ray)
+
+    @property
+    def _on_ray(self) -> bool:
+        return self.runtime is not None and type(self.runtime).__module__.startswith("volga.runtime.ray")
 
     def explain(self) -> str:
         """The job as DataStream operators, one engine step per line (fused steps joined by ->)."""
@@ -265,7 +269,7 @@ class StreamingContext:
             sink.open()
         runtime = self.runtime
         extra: dict[str, Any] = {}
-        on_ray = runtime is not None and type(runtime).__module__.startswith("volga.runtime.ray")
+        on_ray = self._on_ray
         if on_ray:  # set_parallelism: the actors of the keyed stage a step starts
             extra["step_parallelism"] = dict(plan.explicit_parallelism)
         if runtime is None:

@@ -33,6 +33,7 @@ from volga.ops.stateless import StatelessChain
 from volga.ops.window import WindowAggregateOp
 from volga.runtime.local.stage import FINISHED_WM, NO_WM
 from volga.stream import nodes as sn
+from volga.stream.rowloop import RowLoop
 
 log = logging.getLogger("volga.stream")
 _MISSING: Any = object()
@@ -94,10 +95,11 @@ class _Calls:
         failed: list[int] = []
         start = 0
         while True:
-            append, before = out.append, len(out)
+            before = len(out)
             try:
-                for x in items if start == 0 else itertools.islice(items, start, None):
-                    append(fn(x))
+                # list.extend over map() calls fn from C; on an exception the results so far
+                # stay in ``out``, so its length says which element raised
+                out.extend(map(fn, items if start == 0 else itertools.islice(items, start, None)))
                 return out, failed
             except Exception as e:  # a user function's bug must not kill the stream
                 pos = start + len(out) - before
@@ -126,6 +128,17 @@ class _Calls:
                 start = pos + 1
 
 
+def _segments(run: list[sn.RowNode]) -> list[list[sn.RowNode]]:
+    """A run of row steps cut around each flat_map (which runs on its own)."""
+    out: list[list[sn.RowNode]] = []
+    for step in run:
+        if step.op == "flat_map" or not out or out[-1][0].op == "flat_map":
+            out.append([step])
+        else:
+            out[-1].append(step)
+    return out
+
+
 def _keep(n: int, failed: list[int]) -> np.ndarray:
     mask = np.ones(n, dtype=bool)
     mask[failed] = False
@@ -140,6 +153,7 @@ class RowChain(_Calls):
         super().__init__(where)
         self.steps = steps
         self.entity_ops = {id(s): StatelessChain([s.payload], where) for s in steps if isinstance(s, sn.BatchNode) and s.op == "entity"}
+        self.loops: dict[tuple[int, ...], RowLoop] = {}
 
     @property
     def schema(self) -> Schema:
@@ -161,49 +175,51 @@ class RowChain(_Calls):
                 i += 1
         return batch
 
+    def _loop(self, segment: list[sn.RowNode]) -> RowLoop:
+        ident = tuple(id(s) for s in segment)
+        loop = self.loops.get(ident)
+        if loop is None:
+            loop = self.loops[ident] = RowLoop([(s.op, s.fn) for s in segment])  # type: ignore[misc]
+        return loop
+
     def _rows(self, run: list[sn.RowNode], batch: pl.DataFrame) -> pl.DataFrame:
         source_schema = run[0].input.schema
         items = items_of(batch, source_schema)
-        idx = np.arange(batch.height)
+        idx: np.ndarray | None = None  # input row of each element; None: still one per input row, in order
         keys: list[Any] | None = None
         changed = False
-        for step in run:
-            if step.op == "flat_map":
-                items, counts = self.flat(step.label(), step.fn, items)
-                idx = np.repeat(idx, counts)
+        for segment in _segments(run):
+            if segment[0].op == "flat_map":
+                items, counts = self.flat(segment[0].label(), segment[0].fn, items)
+                idx = np.repeat(np.arange(batch.height) if idx is None else idx, counts)
                 changed, keys = True, None
                 continue
-            results, failed = self.call(step.label(), step.fn, items)
-            if failed:
-                mask = _keep(len(items), failed)
-                idx = idx[mask]
-                items = list(itertools.compress(items, mask))
-                if keys is not None:
-                    keys = list(itertools.compress(keys, mask))
-            if step.op == "map":
-                items, changed, keys = results, True, None
-            elif step.op == "key_by":
-                keys = results
-            else:  # filter
-                mask = np.fromiter((bool(r) for r in results), dtype=bool, count=len(results))
-                idx = idx[mask]
-                items = list(itertools.compress(items, mask))
-                if keys is not None:
-                    keys = list(itertools.compress(keys, mask))
+            loop = self._loop(segment)
+            values, new_keys, positions = loop.run(items, {}, lambda i, e, x, seg=segment: self._reject(seg[i].label(), e, x))  # type: ignore[misc]
+            if len(positions) != len(items):
+                at = np.asarray(positions, dtype=np.int64)
+                idx = at if idx is None else idx[at]
+                if not loop.changes_values:
+                    items = [items[p] for p in positions]
+                if keys is not None and not loop.emits_keys:
+                    keys = [keys[p] for p in positions]
+            if loop.changes_values:
+                items, changed, keys = values, True, None
+            if loop.emits_keys:
+                keys = new_keys
         last = run[-1]
-        whole = idx.shape[0] == batch.height  # nothing dropped or repeated
         if not changed:
-            out = batch if whole else batch[idx]
+            out = batch if idx is None else batch[idx]
         else:
             ts = batch[source_schema.timestamp]
-            ts = (ts if whole else ts.gather(idx)).alias(sn.TS)
+            ts = (ts if idx is None else ts.gather(idx)).alias(sn.TS)
             output = next(s.output for s in reversed(run) if s.op in ("map", "flat_map"))
             out = frame_of(items, last.schema, output).with_columns(ts)
         if keys is not None:
             out = out.with_columns(pl.Series(sn.KEY, keys, dtype=sn.OBJECT))
         if SEQ in batch.columns and SEQ not in out.columns:
             seq = batch[SEQ]
-            out = out.with_columns(seq if whole else seq.gather(idx))
+            out = out.with_columns(seq if idx is None else seq.gather(idx))
         return out.select(with_seq(last.schema.names, batch))
 
     def _columnar(self, step: sn.BatchNode, batch: pl.DataFrame) -> pl.DataFrame:
@@ -280,6 +296,56 @@ class KeyedReduceOp(_Calls):
             return batch.with_columns(pl.Series(sn.VALUE, out, dtype=sn.OBJECT))
         data = frame_of(out, self.node.schema, "records")
         return batch.with_columns(data).select(with_seq(self.node.schema.names, batch))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": dict(self.state)}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.state = dict(snap["state"])
+
+
+class FusedKeyedReduce(_Calls):
+    """``[stateless steps] -> map/filter -> key_by(fn) -> reduce(fn)`` as one operator: the
+    row steps and the reduce run in one generated loop (``RowLoop``), so an element is
+    never turned into a frame between them. Only where keys need no exchange (the embedded
+    runtime); results are those of ``RowChain`` followed by ``KeyedReduceOp``."""
+
+    def __init__(self, prefix: RowChain | None, tail: list[sn.RowNode], node: sn.ReduceNode, where: str) -> None:
+        super().__init__(where)
+        assert tail and tail[-1].op == "key_by" and all(s.op in ("map", "filter", "key_by") for s in tail)
+        self.prefix, self.tail, self.node = prefix, tail, node
+        self.loop = RowLoop([*((s.op, s.fn) for s in tail), ("reduce", node.fn)])  # type: ignore[misc]
+        self.labels = [*(s.label() for s in tail), node.label()]
+        self.state: dict[Any, Any] = {}
+
+    @property
+    def schema(self) -> Schema:
+        return self.node.schema
+
+    def _reject_step(self, step: int, e: Exception, item: Any) -> None:
+        self._reject(self.labels[step], e, item)
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        if self.prefix is not None:
+            batch = self.prefix.apply(batch)
+            self.rejected.extend(self.prefix.rejected)
+            self.prefix.rejected = []
+        if batch.height == 0:
+            return empty(self.schema)
+        in_schema = self.tail[0].input.schema
+        values, keys, positions = self.loop.run(items_of(batch, in_schema), self.state, self._reject_step)
+        idx = None if len(positions) == batch.height else np.asarray(positions, dtype=np.int64)
+
+        def take(col: str) -> pl.Series:
+            return batch[col] if idx is None else batch[col].gather(idx)
+
+        out = frame_of(values, self.schema, "value" if sn.is_value_stream(self.schema) else "records")
+        extra = [pl.Series(sn.KEY, keys, dtype=sn.OBJECT)]
+        if self.schema.timestamp not in out.columns:
+            extra.append(take(in_schema.timestamp).alias(self.schema.timestamp))
+        if SEQ in batch.columns:
+            extra.append(take(SEQ))
+        return out.with_columns(extra).select(with_seq(self.schema.names, batch))
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": dict(self.state)}
