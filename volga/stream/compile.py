@@ -89,7 +89,7 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
                 result = add("chain", [upstream], node, ops.RowChain([node], "stream"))
         elif isinstance(node, sn.ReduceNode):
             upstream = visit(node.input)
-            fused = fuse_reduce(steps[upstream], node, where) if fuse_keyed and consumers.get(id(node.input), 0) <= 1 else None
+            fused = fuse_reduce(steps[upstream], node) if fuse_keyed and consumers.get(id(node.input), 0) <= 1 else None
             if fused is not None:
                 prev = steps[upstream]
                 steps[upstream] = Step(upstream, "window", prev.inputs, node.schema, fused, None)
@@ -97,7 +97,7 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
                 parallelism[upstream] = node.parallelism or 1
                 result = upstream
             else:
-                result = add("window", [upstream], node, ops.KeyedReduceOp(node, where))
+                result = add("window", [upstream], node, ops.KeyedReduceOp(node, "stream"))
         elif isinstance(node, sn.AggregateNode):
             result = add("window", [visit(node.input)], node, ops.AggregateOp(node, where))
         elif isinstance(node, sn.WindowNode):
@@ -121,17 +121,20 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
     return StreamPlan(PhysicalPlan(steps, outputs, {}), sink_objects, labels, parallelism, explicit)
 
 
-def fuse_reduce(prev: Step, node: sn.ReduceNode, where: str) -> ops.FusedKeyedReduce | None:
-    """``prev`` (a chain ending in row steps ``... -> key_by(fn)``) and ``node`` as one operator."""
-    if prev.kind != "chain" or not isinstance(node.input, sn.RowNode) or node.input.op != "key_by":
+def fuse_reduce(prev: Step, node: sn.ReduceNode) -> ops.FusedKeyedReduce | None:
+    """``prev`` (a chain ending in row steps ``... -> key_by(fn) [-> filter(fn)...]``) and ``node`` as one operator."""
+    if prev.kind != "chain":
         return None
     assert isinstance(prev.op, ops.RowChain)
     chain = prev.op.steps
     start = len(chain)
     while start > 0 and isinstance(chain[start - 1], sn.RowNode) and chain[start - 1].op in ("map", "filter", "key_by"):
         start -= 1
+    kinds = [s.op for s in chain[start:]]  # type: ignore[attr-defined]
+    if "key_by" not in kinds or any(k != "filter" for k in kinds[len(kinds) - kinds[::-1].index("key_by"):]):
+        return None  # the key comes from an earlier step (a column, or before a map)
     prefix = None
     if start:
         prefix = ops.RowChain(chain[:start], prev.op.where)
         prefix.entity_ops = prev.op.entity_ops
-    return ops.FusedKeyedReduce(prefix, chain[start:], node, where)  # type: ignore[arg-type]
+    return ops.FusedKeyedReduce(prefix, chain[start:], node, prev.op.where)  # type: ignore[arg-type]

@@ -305,14 +305,13 @@ class KeyedReduceOp(_Calls):
 
 
 class FusedKeyedReduce(_Calls):
-    """``[stateless steps] -> map/filter -> key_by(fn) -> reduce(fn)`` as one operator: the
+    """``[stateless steps] -> map/filter -> key_by(fn) [-> filter] -> reduce(fn)`` as one operator: the
     row steps and the reduce run in one generated loop (``RowLoop``), so an element is
     never turned into a frame between them. Only where keys need no exchange (the embedded
     runtime); results are those of ``RowChain`` followed by ``KeyedReduceOp``."""
 
     def __init__(self, prefix: RowChain | None, tail: list[sn.RowNode], node: sn.ReduceNode, where: str) -> None:
         super().__init__(where)
-        assert tail and tail[-1].op == "key_by" and all(s.op in ("map", "filter", "key_by") for s in tail)
         self.prefix, self.tail, self.node = prefix, tail, node
         self.loop = RowLoop([*((s.op, s.fn) for s in tail), ("reduce", node.fn)])  # type: ignore[misc]
         self.labels = [*(s.label() for s in tail), node.label()]
