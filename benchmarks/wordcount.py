@@ -3,12 +3,14 @@
 Input: N words of 32 bytes drawn from 1000 distinct ones; a "message" is one word.
 Every configuration computes the rolling count per word (one output per input word):
 
-* volga rows      map(w -> (w, 1)) -> key_by(fn) -> reduce(fn)   (Python callables)
+* volga rows      map(w -> (w, 1)) -> key_by(fn) -> reduce(fn)   (Python callables, called
+                  one element at a time from one generated loop)
 * volga columnar  key_by("value") -> aggregate([Count()])         (polars + numba)
 * bytewax         map -> key_on -> stateful_map                   (its own virtualenv)
 
 Throughput is messages/s over the whole job (bounded source read as a stream, default
-micro-batches of 10k). Latency is measured separately at a fixed offered rate (paced
+micro-batches of 10k), the best of ``--repeat`` runs for Volga and for Bytewax alike (the
+machines here are shared; the best run is the least disturbed one). Latency is measured separately at a fixed offered rate (paced
 source): per micro-batch, from the moment its oldest word was due to the moment its
 output was in the sink; p50/p99 are row-weighted.
 
@@ -99,7 +101,7 @@ BYTEWAX_FLOW = textwrap.dedent(
     from bytewax.testing import TestingSource, run_main
 
     words = open(sys.argv[1]).read().split()
-    batch = int(sys.argv[2])
+    batch, repeat = int(sys.argv[2]), int(sys.argv[3])
     out = {"rows": 0}
 
     class Part(StatelessSinkPartition):
@@ -114,17 +116,21 @@ BYTEWAX_FLOW = textwrap.dedent(
         n = (state or 0) + kv[1]
         return n, (kv[0], n)
 
-    flow = Dataflow("wordcount")
-    s = op.input("in", flow, TestingSource(words, batch_size=batch))
-    pairs = op.map("pair", s, lambda w: (w, 1))
-    keyed = op.key_on("key", pairs, lambda kv: kv[0])
-    counts = op.stateful_map("count", keyed, count)
-    op.output("out", counts, Sink())
-    t0 = time.perf_counter()
-    run_main(flow)
-    seconds = time.perf_counter() - t0
-    assert out["rows"] == len(words), out
-    print(json.dumps({"msg_per_s": len(words) / seconds, "seconds": seconds}))
+    best = None
+    for _ in range(repeat):
+        out["rows"] = 0
+        flow = Dataflow("wordcount")
+        s = op.input("in", flow, TestingSource(words, batch_size=batch))
+        pairs = op.map("pair", s, lambda w: (w, 1))
+        keyed = op.key_on("key", pairs, lambda kv: kv[0])
+        counts = op.stateful_map("count", keyed, count)
+        op.output("out", counts, Sink())
+        t0 = time.perf_counter()
+        run_main(flow)
+        seconds = time.perf_counter() - t0
+        assert out["rows"] == len(words), out
+        best = seconds if best is None else min(best, seconds)
+    print(json.dumps({"msg_per_s": len(words) / best, "seconds": best}))
     """
 )
 
@@ -143,12 +149,12 @@ def ensure_bytewax() -> tuple[Path | None, str]:
     return python, ""
 
 
-def run_bytewax(python: Path, words: list[str], batch: int) -> dict:
+def run_bytewax(python: Path, words: list[str], batch: int, repeat: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data, script = Path(tmp) / "words.txt", Path(tmp) / "flow.py"
         data.write_text("\n".join(words))
         script.write_text(BYTEWAX_FLOW)
-        proc = subprocess.run([str(python), str(script), str(data), str(batch)], capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run([str(python), str(script), str(data), str(batch), str(repeat)], capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip()[-800:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -159,6 +165,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="words (messages) per run")
     parser.add_argument("--rate", type=int, default=100_000, help="offered msg/s for the latency runs")
     parser.add_argument("--paced-seconds", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per configuration; the best counts")
     parser.add_argument("--no-bytewax", action="store_true")
     parser.add_argument("--no-ray", action="store_true", help="skip the RayRuntime runs (parallelism 1 and 2)")
     args = parser.parse_args()
@@ -175,7 +182,7 @@ def main() -> None:
         ("volga columnar (b=10k)", volga_columnar, 10_000),
         ("volga columnar (b=100k)", volga_columnar, 100_000),
     ):
-        r = results[label] = run_volga(words, build, batch)
+        r = results[label] = max((run_volga(words, build, batch) for _ in range(args.repeat)), key=lambda r: r["msg_per_s"])
         print(f"  {label:<26} {r['msg_per_s']:>12,.0f} msg/s   ({r['seconds']:.2f} s; p99 micro-batch {fmt_p99(r)})")
     for label, build in (("volga rows", volga_rows), ("volga columnar", volga_columnar)):
         r = run_volga_paced(words, build, args.rate, args.paced_seconds)
@@ -191,7 +198,7 @@ def main() -> None:
             version = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('bytewax'))"], capture_output=True, text=True).stdout.strip()
             for batch in (1, 1000):
                 try:
-                    r = run_bytewax(python, words, batch)
+                    r = run_bytewax(python, words, batch, args.repeat)
                 except Exception as e:  # print exactly why, keep the Volga figures
                     print(f"bytewax {version} (batch {batch}): failed: {e}")
                     continue
