@@ -7,7 +7,8 @@ the Entity API compiles to), so the embedded executors run both.
   with ``fuse_keyed`` (a runtime that never moves rows between key partitions: the
   embedded one) ``... -> key_by(fn) -> reduce(fn)`` becomes one ``FusedKeyedReduce``;
 - ``join``: operators driven by watermarks (as-of and interval joins, union,
-  tumbling/hopping windows).
+  tumbling/hopping windows). A window's late sink also gets the rows its source set
+  aside as late (``SourceSpec.late_routes``).
 
 Each sink is a plan output named ``sink<i>``.
 """
@@ -102,6 +103,8 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
             result = add("window", [visit(node.input)], node, ops.AggregateOp(node, where))
         elif isinstance(node, sn.WindowNode):
             result = add("join", [visit(node.input)], node, ops.EventWindowOp(node, where))
+            if node.late_sink is not None:
+                route_late_rows(node, steps)
         elif isinstance(node, sn.UnionNode):
             result = add("join", [visit(m) for m in node.members], node, ops.UnionOp(node))
         elif isinstance(node, sn.JoinNode):
@@ -138,3 +141,20 @@ def fuse_reduce(prev: Step, node: sn.ReduceNode) -> ops.FusedKeyedReduce | None:
         prefix = ops.RowChain(chain[:start], prev.op.where)
         prefix.entity_ops = prev.op.entity_ops
     return ops.FusedKeyedReduce(prefix, chain[start:], node, prev.op.where)  # type: ignore[arg-type]
+
+
+def route_late_rows(window: sn.WindowNode, steps: list[Step]) -> None:
+    """Rows the window's source sets aside as late never reach the window: send them to
+    the window's late sink as well (through the stateless steps in between), when the
+    window reads one source through stateless steps only."""
+    path: list[sn.StreamNode] = []
+    node = window.input
+    while isinstance(node, sn.STATELESS):
+        path.insert(0, node)
+        node = node.input  # type: ignore[attr-defined]
+    if not isinstance(node, sn.SourceNode):
+        return
+    for step in steps:
+        if step.kind == "source" and isinstance(step.source, SourceSpec) and step.source.node is node:
+            chain = ops.RowChain(path, "late rows") if path else None
+            step.source.late_routes.append((chain, window.late_sink, window.input.schema))

@@ -279,6 +279,9 @@ class SourceSpec:
     """What the engine's source step and ``SourceStage`` need (duck-typed like ``SourceDef``)."""
 
     node: sn.SourceNode
+    # (stateless steps from this source to a window, the window's late sink): the rows this
+    # source sets aside as late never reach that window, so they go to its late sink too
+    late_routes: list[tuple[Any, Any, Schema]] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -306,3 +309,10 @@ class SourceSpec:
     def on_late(self, rows: pl.DataFrame) -> None:
         if self.node.late_sink is not None:
             self.node.late_sink.write(rows, self.node.schema)
+        for chain, sink, schema in self.late_routes:
+            out = rows
+            if chain is not None:
+                out = chain.apply(rows)
+                chain.rejected.clear()  # a late row is reported as late, not again as rejected
+            if out.height:
+                sink.write(out.select(schema.names), schema)
