@@ -16,10 +16,12 @@ partitions interleave in arrival order, so with several partitions in online mod
 ``@source`` a ``lateness`` covering the skew between partitions, or their early events
 count as late.
 
-A message is one JSON object (or what ``deserializer(bytes)`` returns). A malformed one
-(invalid JSON, not an object, a missing or ill-typed field) never stops the job: it is
-counted (``reader.malformed_count``), kept in ``reader.rejected`` and written with its
-reason to ``dead_letter_topic`` (headers ``volga.reason``, ``volga.source``,
+A message is one JSON object (or what ``deserializer(bytes)`` returns). ``format`` names the
+message encoding; ``"json"`` is the only one built (any other, e.g. ``"avro"``, is refused
+when the source is made: give a ``deserializer`` that returns a dict per message instead).
+A malformed message (invalid JSON, not an object, a missing or ill-typed field) never
+stops the job: it is counted (``reader.malformed_count``), kept in ``reader.rejected`` and
+written with its reason to ``dead_letter_topic`` (headers ``volga.reason``, ``volga.source``,
 ``volga.topic``, ``volga.partition``, ``volga.offset``) and/or ``dead_letter_path``
 (JSON lines, see :class:`~volga.sources.messages.DeadLetterFile`).
 
@@ -63,7 +65,10 @@ from volga.sources.messages import (
     optional_import,
 )
 
-__all__ = ["KafkaSource"]
+__all__ = ["SUPPORTED_FORMATS", "KafkaSource"]
+
+# Message encodings KafkaSource decodes itself (``format=``). Avro is not built.
+SUPPORTED_FORMATS: tuple[str, ...] = ("json",)
 
 log = logging.getLogger("volga.sources.kafka")
 _WARN_EVERY_S = 10.0
@@ -82,6 +87,7 @@ class KafkaSource(Source):
     topic: str
     bootstrap_servers: str
     group_id: str | None = None
+    format: str = "json"
     follow: bool | None = dataclasses.field(default=None, kw_only=True)
     start_from: Literal["earliest", "latest"] = dataclasses.field(default="earliest", kw_only=True)
     deserializer: Callable[[bytes], Any] | None = dataclasses.field(default=None, kw_only=True)
@@ -98,6 +104,12 @@ class KafkaSource(Source):
         owner = f"KafkaSource({self.topic!r})"
         if not self.topic or not isinstance(self.topic, str):
             raise ValueError(f"KafkaSource: topic must be a non-empty string, not {self.topic!r}")
+        if self.format not in SUPPORTED_FORMATS:
+            supported = ", ".join(repr(f) for f in SUPPORTED_FORMATS)
+            raise ValueError(
+                f"{owner}: format={self.format!r} is not supported; supported formats: {supported} "
+                "(for another encoding, pass deserializer=<function(bytes) -> dict>)"
+            )
         if not self.bootstrap_servers:
             raise ValueError(f"{owner}: bootstrap_servers is empty (e.g. 'broker1:9092,broker2:9092')")
         if self.start_from not in ("earliest", "latest"):
