@@ -172,3 +172,56 @@ def test_wrong_password_and_unreachable_server_are_clear_errors(postgres_server:
 def test_online_mode_without_a_cursor_column_is_refused(postgres_server: PostgresServer, unique: str) -> None:
     with pytest.raises(ValueError, match="cursor_column"):
         PostgresSource(unique, postgres_server.dsn).open(entity_schema(Order), name="orders", mode="online")
+
+
+def read_all(source: PostgresSource, max_rows: int = 100) -> list[dict[str, Any]]:
+    reader = source.open(entity_schema(Order), name="orders", mode="offline")
+    rows: list[dict[str, Any]] = []
+    try:
+        while not reader.finished:
+            batch = reader.poll(max_rows)
+            if batch is not None:
+                rows += batch.to_dicts()
+    finally:
+        reader.close()
+    return rows
+
+
+def test_table_reads_the_same_rows_as_select_star(postgres_server: PostgresServer, unique: str) -> None:
+    orders = make_orders(250)
+    create_table(postgres_server.dsn, unique)
+    insert(postgres_server.dsn, unique, orders)
+    dsn = postgres_server.dsn
+
+    by_query = read_all(PostgresSource(query=f"select * from {unique}", dsn=dsn, cursor_column="id"))
+    by_table = read_all(PostgresSource(table=unique, dsn=dsn, cursor_column="id"))
+    by_schema_table = read_all(PostgresSource(table=f"public.{unique}", dsn=dsn, cursor_column="id", chunk_rows=64))
+    positional = read_all(PostgresSource(unique, dsn, cursor_column="id"))
+
+    assert len(by_query) == len(orders)
+    assert by_table == by_query == by_schema_table == positional
+
+
+def test_table_is_quoted_as_an_identifier(postgres_server: PostgresServer, unique: str) -> None:
+    odd = f'{unique} Odd"Name; DROP TABLE x'  # needs quoting; must never run as SQL text
+    orders = make_orders(20)
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        ident = psycopg.sql.Identifier(odd)
+        conn.execute(
+            psycopg.sql.SQL(
+                "CREATE TABLE {} (id bigserial PRIMARY KEY, buyer_id text, product_id text, "
+                "product_type text, purchased_at timestamptz, product_price numeric(10, 2))"
+            ).format(ident)
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                psycopg.sql.SQL("INSERT INTO {} ({}) VALUES (%s, %s, %s, %s, %s)").format(
+                    ident, psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, COLUMNS))
+                ),
+                [tuple(o[c] for c in COLUMNS) for o in orders],
+            )
+
+    assert len(read_all(PostgresSource(table=odd, dsn=postgres_server.dsn))) == 20
+    assert len(read_all(PostgresSource(table=("public", odd), dsn=postgres_server.dsn))) == 20
+    with pytest.raises(ValueError, match="query failed"):  # a table name is never SQL text
+        PostgresSource(table=f"select * from {unique}", dsn=postgres_server.dsn).open(entity_schema(Order), name="orders")

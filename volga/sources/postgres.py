@@ -11,7 +11,10 @@
   inserted later with a smaller value are not seen (e.g. a long transaction committing an
   earlier sequence value). ``reader.last_value`` is the position reached.
 
-``query`` is a SELECT, or a table name (``orders``, ``public.orders``) meaning all its rows.
+Give exactly one of ``query`` (the first argument: a SELECT, or a plain table name such as
+``orders`` or ``public.orders`` meaning all its rows) and ``table=`` (a table name, always
+quoted as an identifier: ``"public.orders"`` is table ``orders`` of schema ``public``; a
+tuple ``("my schema", "odd.name")`` names parts that contain dots; it is never SQL text).
 Columns are matched to the entity by name; ``numeric`` is read as float, ``timestamp``
 without time zone as UTC. A row that doesn't fit the entity never stops the job: it is
 counted (``reader.malformed_count``), kept in ``reader.rejected`` and written with its
@@ -24,6 +27,8 @@ its connection fails the job (its server-side cursor is gone).
 
 >>> PostgresSource("orders", "postgresql://app:secret@db:5432/shop", cursor_column="id")
 PostgresSource(query='orders', dsn='postgresql://app@db:5432/shop', cursor_column='id')
+>>> PostgresSource(table="public.orders", dsn="postgresql://app@db/shop")
+PostgresSource(table='public.orders', dsn='postgresql://app@db/shop')
 """
 
 from __future__ import annotations
@@ -52,6 +57,17 @@ log = logging.getLogger("volga.sources.postgres")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 
+def table_parts(table: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A ``table=`` value as identifier parts: ``"s.t"`` -> ``("s", "t")``; a tuple as it is."""
+    parts = tuple(table.split(".")) if isinstance(table, str) else tuple(table) if isinstance(table, (tuple, list)) else ()
+    if not 1 <= len(parts) <= 3 or not all(isinstance(p, str) and p for p in parts):
+        raise ValueError(
+            f"PostgresSource: table= must be a table name ('orders', 'public.orders') or a tuple of "
+            f"name parts (('public', 'orders')), not {table!r}"
+        )
+    return parts
+
+
 def redact_dsn(dsn: str) -> str:
     """A connection string without its password (URL or ``key=value`` form)."""
     if "://" in dsn:
@@ -67,8 +83,9 @@ def redact_dsn(dsn: str) -> str:
 class PostgresSource(Source):
     """A PostgreSQL query or table. See the module docstring for both ways of reading."""
 
-    query: str
-    dsn: str
+    query: str | None = None
+    dsn: str | None = None
+    table: str | tuple[str, ...] | None = dataclasses.field(default=None, kw_only=True)
     cursor_column: str | None = dataclasses.field(default=None, kw_only=True)
     follow: bool | None = dataclasses.field(default=None, kw_only=True)
     start_after: Any = dataclasses.field(default=None, kw_only=True)
@@ -78,9 +95,20 @@ class PostgresSource(Source):
     connect_timeout: Duration = dataclasses.field(default="5s", kw_only=True)
 
     def __post_init__(self) -> None:
-        owner = f"PostgresSource({self.query[:40]!r})"
-        if not isinstance(self.query, str) or not self.query.strip():
-            raise ValueError("PostgresSource: query must be a SELECT or a table name")
+        if (self.query is None) == (self.table is None):
+            given = "both query and table=" if self.query is not None else "neither query nor table="
+            raise ValueError(
+                f"PostgresSource: give exactly one of query (a SELECT, or a table name) and table= "
+                f"(a table name); got {given}"
+            )
+        if self.query is not None and (not isinstance(self.query, str) or not self.query.strip()):
+            raise ValueError(f"PostgresSource: query must be a SELECT or a table name, not {self.query!r}")
+        if self.table is not None:
+            parts = table_parts(self.table)  # raises on a bad name
+            object.__setattr__(self, "table", self.table if isinstance(self.table, str) else parts)
+        owner = f"PostgresSource({self._target()[:40]!r})"
+        if not isinstance(self.dsn, str) or not self.dsn.strip():
+            raise ValueError(f"{owner}: dsn (the connection string, e.g. 'postgresql://user:pw@host:5432/db') is required")
         if self.follow and self.cursor_column is None:
             raise ValueError(
                 f"{owner}: follow=True needs cursor_column= (a column that grows with every new row, "
@@ -104,10 +132,26 @@ class PostgresSource(Source):
             )
         return PostgresReader(self, schema, name=name, follow=follow)
 
+    def _target(self) -> str:
+        if self.query is not None:
+            return self.query
+        return self.table if isinstance(self.table, str) else ".".join(self.table or ())
+
+    def base_query(self, sql: Any) -> Any:
+        """The rows to read as a ``psycopg.sql`` composable (``sql`` is ``psycopg.sql``)."""
+        if self.table is not None:
+            return sql.SQL("SELECT * FROM {}").format(sql.Identifier(*table_parts(self.table)))
+        assert self.query is not None
+        text = self.query.strip().rstrip(";")
+        if _TABLE_NAME.match(text):
+            return sql.SQL("SELECT * FROM {}").format(sql.Identifier(*text.split(".")))
+        return sql.SQL(text)  # the user's own query text
+
     def describe(self) -> str:
         cursor = f", cursor_column={self.cursor_column!r}" if self.cursor_column else ""
         follow = "" if self.follow is None else f", follow={self.follow}"
-        return f"PostgresSource(query={self.query!r}, dsn={redact_dsn(self.dsn)!r}{cursor}{follow})"
+        what = f"query={self.query!r}" if self.query is not None else f"table={self.table!r}"
+        return f"PostgresSource({what}, dsn={redact_dsn(self.dsn or '')!r}{cursor}{follow})"
 
     __repr__ = describe
 
@@ -117,6 +161,7 @@ class PostgresReader(SourceReader):
         super().__init__()
         self._pg = optional_import("psycopg", extra="postgres", what="PostgresSource")
         self._source, self._schema, self._name, self._follow = source, schema, name, follow
+        self._dsn: str = source.dsn or ""
         self._timeout_s = parse_duration_us(source.connect_timeout) / 1e6
         self._interval_s = parse_duration_us(source.poll_interval) / 1e6
         self._backoff = Backoff(first_s=0.2)
@@ -128,13 +173,7 @@ class PostgresReader(SourceReader):
         self._finished = False
         self._rows_seen = 0
         self.last_value: Any = source.start_after
-        sql = self._pg.sql
-        text = source.query.strip().rstrip(";")
-        if _TABLE_NAME.match(text):
-            base = sql.SQL("SELECT * FROM {}").format(sql.Identifier(*text.split(".")))
-        else:
-            base = sql.SQL(text)  # type: ignore[arg-type]  # the user's own query text
-        self._base = base
+        self._base = source.base_query(self._pg.sql)
         sinks: list[DeadLetter] = [DeadLetterFile(source.dead_letter_path)] if source.dead_letter_path else []
         self._dead = DeadLetters(sinks)
         try:
@@ -146,12 +185,12 @@ class PostgresReader(SourceReader):
             raise
 
     def _where(self) -> str:
-        return f"source '{self._name}': PostgreSQL at {redact_dsn(self._source.dsn)!r}"
+        return f"source '{self._name}': PostgreSQL at {redact_dsn(self._dsn)!r}"
 
     def _connect(self) -> None:
         pg = self._pg
         try:
-            self._conn = pg.connect(self._source.dsn, connect_timeout=max(1, round(self._timeout_s)), autocommit=self._follow)
+            self._conn = pg.connect(self._dsn, connect_timeout=max(1, round(self._timeout_s)), autocommit=self._follow)
         except pg.OperationalError as e:
             reason = " ".join(str(e).split()) or type(e).__name__
             raise ConnectionError(f"{self._where()}: cannot connect ({reason})") from None
@@ -185,7 +224,9 @@ class PostgresReader(SourceReader):
             return None
         try:
             rows = self._page(max_rows)
-        except (self._pg.OperationalError, self._pg.InterfaceError) as e:
+        except (self._pg.OperationalError, self._pg.InterfaceError, ConnectionError) as e:
+            # ConnectionError: the reconnect itself failed (e.g. "the database system is
+            # starting up" right after a restart); following keeps retrying with backoff.
             delay = self._backoff.next_delay()
             log.warning("%s: %s; reconnecting in %.1fs", self._where(), str(e).strip(), delay)
             self._drop_connection()
