@@ -1,12 +1,18 @@
-"""``DatagenSource``: synthetic events of any entity, for demos, tests and benchmarks.
+"""``DatagenSource``: synthetic events of an entity, for demos, tests and benchmarks.
 
-Row ``i`` has event time ``start + i * event_interval`` and key(s) drawn uniformly from
-``keys`` (an int ``n`` means the values ``0 .. n-1``, as strings for ``str`` keys; or a list of
-values). Other fields are random by type (floats in [0, 100), ints in [0, 1000), booleans,
-strings ``"<field>-<k>"`` with ``k < 10``, lists of 0-3 items) unless ``values`` gives a
-column: a list of choices, or a function ``(numpy Generator, n) -> sequence of n values``.
-Optional fields are never null. The same ``seed`` gives the same rows, whatever the
-micro-batch sizes (rows are made in fixed blocks).
+``DatagenSource(entity, rate_per_s=None, keys=1000, *, count=None, values={}, start=None,
+event_interval=None, seed=0)``. The ``entity`` (an ``@entity`` class) defines the columns:
+every field gets values of its type. Row ``i`` has event time ``start + i * event_interval``
+and key(s) drawn uniformly from ``keys`` (an int ``n`` means the values ``0 .. n-1``, as
+strings for ``str`` keys; or a list of values). Other fields are random by type (floats in
+[0, 100), ints in [0, 1000), booleans, strings ``"<field>-<k>"`` with ``k < 10``, datetimes
+within a day of ``start``, lists of 0-3 items) unless ``values`` gives a column: a list of
+choices, or a function ``(numpy Generator, n) -> sequence of n values``. Optional fields are
+never null. The same ``seed`` gives the same rows, whatever the micro-batch sizes (rows are
+made in fixed blocks).
+
+The source must feed an ``@source`` of the same entity (or one with the very same fields,
+types, keys and timestamp): ``open`` names any difference.
 
 ``count`` rows and then the source ends (bounded); ``count=None`` never ends (online mode
 only). ``rate_per_s`` paces rows in processing time like ``MemorySource``; None hands them
@@ -21,11 +27,13 @@ out as fast as they are asked for. ``event_interval`` defaults to ``1 / rate_per
 ...     at: datetime.datetime = field(timestamp=True)
 ...     price: float
 ...     kind: str
->>> src = DatagenSource(count=5, keys=3, values={"kind": ["ON_SALE", "REGULAR"]},
+>>> src = DatagenSource(Order, keys=3, count=5, values={"kind": ["ON_SALE", "REGULAR"]},
 ...                     start=datetime.datetime(2024, 1, 1), event_interval="1s")
 >>> df = src.open(entity_schema(Order), name="orders").poll(10)
->>> df.height, sorted(set(df["buyer_id"])) <= ["0", "1", "2"], df["at"].dt.second().to_list()
-(5, True, [0, 1, 2, 3, 4])
+>>> df.columns, df.height, sorted(set(df["buyer_id"])) <= ["0", "1", "2"]
+(['buyer_id', 'at', 'price', 'kind'], 5, True)
+>>> df["at"].dt.second().to_list()
+[0, 1, 2, 3, 4]
 """
 
 # No `from __future__ import annotations` here: the doctest above declares an @entity, whose
@@ -41,7 +49,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from volga.api.entity import FieldSpec, Schema
+from volga.api.entity import FieldSpec, Schema, entity_schema, is_entity
 from volga.api.types import TIMESTAMP_DTYPE, Duration, parse_duration_us, to_utc
 from volga.sources.base import Source, SourceMode, SourceReader
 
@@ -53,8 +61,9 @@ ValueSpec = Sequence[Any] | Callable[[np.random.Generator, int], Sequence[Any]]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DatagenSource(Source):
-    """Synthetic rows of the source's entity; see the module docstring."""
+    """Synthetic rows of ``entity`` (an ``@entity`` class); see the module docstring."""
 
+    entity: type
     rate_per_s: float | None = None
     keys: int | Sequence[Any] = 1000
     count: int | None = dataclasses.field(default=None, kw_only=True)
@@ -64,6 +73,11 @@ class DatagenSource(Source):
     seed: int = dataclasses.field(default=0, kw_only=True)
 
     def __post_init__(self) -> None:
+        if not is_entity(self.entity):
+            raise TypeError(
+                f"DatagenSource: the first argument must be the @entity class whose rows to generate "
+                f"(DatagenSource(Order, rate_per_s, keys, ...)), not {self.entity!r}"
+            )
         if self.rate_per_s is not None and not (self.rate_per_s > 0 and math.isfinite(self.rate_per_s)):
             raise ValueError(f"DatagenSource: rate_per_s must be a positive number of rows per second, not {self.rate_per_s!r}")
         if isinstance(self.keys, int):
@@ -75,15 +89,34 @@ class DatagenSource(Source):
             raise ValueError(f"DatagenSource: count must be an int >= 0 or None (endless), not {self.count!r}")
         if self.event_interval is not None:
             parse_duration_us(self.event_interval, what="DatagenSource: event_interval")
+        own = self.schema
+        unknown = sorted(set(self.values) - set(own.names))
+        if unknown:
+            raise ValueError(f"DatagenSource: values= names unknown field(s) {unknown} of {own.name} ({own.names})")
+
+    @property
+    def schema(self) -> Schema:
+        """The schema of the rows generated: the entity's."""
+        return entity_schema(self.entity)
 
     @property
     def bounded(self) -> bool:
         return self.count is not None
 
-    def open(self, schema: Schema, *, name: str, mode: SourceMode | None = None) -> SourceReader:
-        unknown = sorted(set(self.values) - set(schema.names))
-        if unknown:
-            raise ValueError(f"source '{name}': DatagenSource values= names unknown field(s) {unknown} of {schema.name} ({schema.names})")
+    def open(self, schema: Schema | None = None, *, name: str | None = None, mode: SourceMode | None = None) -> SourceReader:
+        """A reader of the rows; ``schema`` (the ``@source``'s entity) must match the source's entity."""
+        own = self.schema
+        name = name if name is not None else own.name
+        if schema is None:
+            schema = own
+        else:
+            mismatch = schema_mismatch(own, schema)
+            if mismatch:
+                raise ValueError(
+                    f"source '{name}': DatagenSource generates {own.name} rows but the source is declared for "
+                    f"{schema.name}, whose schema differs: {'; '.join(mismatch)}. "
+                    f"Give DatagenSource the source's entity: DatagenSource({schema.name}, ...)"
+                )
         if self.event_interval is not None:
             interval_us = parse_duration_us(self.event_interval)
         else:
@@ -95,7 +128,28 @@ class DatagenSource(Source):
     def describe(self) -> str:
         rate = f"{self.rate_per_s:g} rows/s" if self.rate_per_s else "unpaced"
         count = f"{self.count} rows" if self.count is not None else "endless"
-        return f"DatagenSource({count}, {rate})"
+        return f"DatagenSource({self.entity.__name__}, {count}, {rate})"
+
+
+def _describe_field(f: FieldSpec) -> str:
+    role = " (key)" if f.key else " (timestamp)" if f.timestamp else ""
+    return f"{f.type_name}{role}"
+
+
+def schema_mismatch(own: Schema, want: Schema) -> list[str]:
+    """How the generated schema ``own`` differs from ``want`` (empty: same fields, in any order)."""
+    problems = []
+    mine, theirs = {f.name: f for f in own.fields}, {f.name: f for f in want.fields}
+    missing = [n for n in want.names if n not in mine]
+    extra = [n for n in own.names if n not in theirs]
+    if missing:
+        problems.append(f"{own.name} has no field(s) {missing}")
+    if extra:
+        problems.append(f"{want.name} has no field(s) {extra}")
+    for n in want.names:
+        if n in mine and mine[n] != theirs[n]:
+            problems.append(f"field '{n}' is {_describe_field(mine[n])} in {own.name} but {_describe_field(theirs[n])} in {want.name}")
+    return problems
 
 
 class DatagenReader(SourceReader):
