@@ -6,13 +6,16 @@ from __future__ import annotations
 import collections
 import datetime
 import json
+import os
 import random
+import time
 
 import polars as pl
 import pytest
 from stream_runs import ALL_RUNS, BIG_RUNS, Run
 
-from volga import Avg, Count, First, Last, Max, Min, Sum
+from volga import Avg, Count, First, Last, Max, Min, Sum, entity, field
+from volga.sources import MemorySource, Source, SourceReader
 from volga.stream import (
     HoppingWindow,
     ListSink,
@@ -30,6 +33,51 @@ def at(seconds: float) -> datetime.datetime:
 
 def events(ctx: StreamingContext, rows: list[dict], **kw) -> object:
     return ctx.from_collection(rows, **kw).timestamp_assigner(lambda r: r["t"])
+
+
+class GatedSource(Source):
+    """``first`` at once, then nothing (idle, given an ``idle_timeout``) until the file ``gate``
+    exists, then ``rest``; then the source ends. The test opens the gate once it has seen
+    what the job did meanwhile, so no timing decides the outcome."""
+
+    def __init__(self, first: list[dict], rest: list[dict], gate: str) -> None:
+        self.first, self.rest, self.gate = first, rest, gate
+
+    def open(self, schema, *, name: str, mode=None) -> SourceReader:
+        return _GatedReader(MemorySource(self.first).open(schema, name=name), MemorySource(self.rest).open(schema, name=name), self.gate)
+
+
+class _GatedReader(SourceReader):
+    def __init__(self, first: SourceReader, rest: SourceReader, gate: str) -> None:
+        super().__init__()
+        self.first, self.rest, self.gate, self.opened = first, rest, gate, False
+
+    def poll(self, max_rows: int) -> pl.DataFrame | None:
+        if not self.first.finished:
+            return self.first.poll(max_rows)
+        self.opened = self.opened or os.path.exists(self.gate)
+        return self.rest.poll(max_rows) if self.opened else None
+
+    @property
+    def finished(self) -> bool:
+        return self.opened and self.rest.finished
+
+
+@entity
+class Tick:
+    sym: str = field(key=True)
+    at: datetime.datetime = field(timestamp=True)
+    px: float
+
+
+def tick_rows(*seconds: int) -> list[dict]:
+    return [{"sym": "a", "at": at(s), "px": float(s)} for s in seconds]
+
+
+def wait_for(sink: ListSink, n: int, job) -> None:
+    deadline = time.time() + 20
+    while len(sink) < n and job.running and time.time() < deadline:
+        time.sleep(0.005)
 
 
 # -- word count ------------------------------------------------------------------------
@@ -94,11 +142,12 @@ def test_records_map_with_schema_map_batches_with_columns_select(run: Run) -> No
     assert c.items == [{"user": "u1", "cents": 200}, {"user": "u2", "cents": 500}, {"user": "u1", "cents": 100}]
 
 
-def test_row_function_errors_are_set_aside_not_fatal() -> None:
-    ctx = StreamingContext()
+@pytest.mark.parametrize("run", ALL_RUNS, ids=str)
+def test_row_function_errors_are_set_aside_not_fatal(run: Run) -> None:
+    ctx = run.context()
     out = ListSink()
     ctx.from_collection([1, 0, 2]).map(lambda x: 10 // x).sink(out)
-    job = ctx.execute()
+    job = run.execute(ctx)
     assert out.items == [10, 5]
     (rejected,) = job.rejected
     assert "ZeroDivisionError" in rejected.reason and rejected.record == {"value": 0}
@@ -185,6 +234,25 @@ def test_tumbling_window_emits_when_the_watermark_passes_its_end() -> None:
     assert seen == [(4, 3), (6, 2), (6, 1)]
 
 
+@pytest.mark.parametrize("run", [Run("streaming", 1), Run("streaming", 1, ray=1), Run("streaming", 1, ray=2)], ids=str)
+def test_tumbling_window_emits_mid_stream_once_an_event_passes_its_end(run: Run, tmp_path) -> None:
+    # The same as above without a counter in this process (an actor could not update it):
+    # the source stops after t=12 until the gate opens. [0, 10) is out by then (t=10 passed
+    # its end); [10, 20) is not (the watermark is 12), and the job is still running.
+    gate = str(tmp_path / "gate")
+    ctx = run.context()
+    out = ListSink()
+    source = GatedSource(tick_rows(1, 5, 9, 10, 12), tick_rows(25), gate)
+    ctx.from_source(source, Tick).window(TumblingWindow("10s")).aggregate([Count(into="n")]).sink(out)
+    job = ctx.submit()
+    wait_for(out, 1, job)
+    time.sleep(0.05)  # room for a wrong early [10, 20) to show up
+    assert [(r["window_start"], r["n"]) for r in out.items] == [(at(0), 3)] and job.running
+    open(gate, "w").close()
+    job.wait(timeout=30)
+    assert [(r["window_start"], r["n"]) for r in out.items] == [(at(0), 3), (at(10), 2), (at(20), 1)]
+
+
 @pytest.mark.parametrize("run", [Run("streaming", 2), Run("streaming", 2, ray=2)], ids=str)
 def test_late_events_go_to_the_late_sink_and_nowhere_else(run: Run) -> None:
     ctx = run.context()
@@ -197,6 +265,34 @@ def test_late_events_go_to_the_late_sink_and_nowhere_else(run: Run) -> None:
     assert [r["t"] for r in late.items] == [4]
     assert job.late_events("collection_1")["t"].to_list() == [4]
     assert [(r["window_start"], r["n"], r["lo"]) for r in out.items] == [(at(0), 4, 1), (at(10), 2, 12), (at(30), 1, 30)]
+
+
+@pytest.mark.parametrize("run", [Run("streaming", 2), Run("streaming", 2, ray=1), Run("streaming", 2, ray=2)], ids=str)
+@pytest.mark.parametrize("other_ends", [False, True], ids=["other-waits", "other-ends"])
+def test_window_late_rows_go_to_the_windows_late_sink(run: Run, other_ends: bool, tmp_path) -> None:
+    # quiet: t=3, then idle (50ms) until the gate opens, then t=7 and the end.
+    # busy: t=1, 12, 25 at once; then it waits for the gate too (watermark 25) or ends at once.
+    # While quiet is idle the union's watermark is busy's alone: the windows ending by then
+    # are emitted, so t=7 comes after its window [0, 10) went out: late, to the window's
+    # late sink only (the source has no lateness problem: t=7 is its newest row).
+    gate = str(tmp_path / "gate")
+    ctx = run.context()
+    out, late = ListSink(), ListSink()
+    quiet = ctx.from_source(GatedSource(tick_rows(3), tick_rows(7), gate), Tick, name="quiet", idle_timeout="50ms")
+    busy = ctx.from_source(GatedSource(tick_rows(1, 12, 25), [], gate) if not other_ends else MemorySource(tick_rows(1, 12, 25)), Tick, name="busy")
+    (quiet.union(busy).key_by("sym").window(TumblingWindow("10s"), late_sink=late)
+        .aggregate([Count(into="n"), Sum(on="px", into="s")]).sink(out))
+    job = ctx.submit()
+    before = [("a", at(0), 2, 4.0), ("a", at(10), 1, 12.0)] + ([("a", at(20), 1, 25.0)] if other_ends else [])
+    wait_for(out, len(before), job)
+    assert [(r["sym"], r["window_start"], r["n"], r["s"]) for r in out.items] == before
+    open(gate, "w").close()
+    job.wait(timeout=30)
+    assert not job.running
+    assert late.items == [{"sym": "a", "at": at(7), "px": 7.0}]
+    assert job.late_events("quiet").height == 0
+    got = [(r["sym"], r["window_start"], r["n"], r["s"]) for r in out.items]
+    assert got == [("a", at(0), 2, 4.0), ("a", at(10), 1, 12.0), ("a", at(20), 1, 25.0)]
 
 
 @pytest.mark.parametrize("run", ALL_RUNS, ids=str)
@@ -285,23 +381,31 @@ def test_join_and_union_definition_errors() -> None:
 # -- parallelism, sinks, sources -------------------------------------------------------
 
 
-def test_set_parallelism_shows_in_the_plan_and_keeps_results() -> None:
+@pytest.mark.parametrize("run", [Run("batch", 7), Run("streaming", 7), Run("batch", 7, ray=1), Run("streaming", 7, ray=2)], ids=str)
+def test_set_parallelism_shows_in_the_plan_and_keeps_results(run: Run) -> None:
+    words = [f"w{i % 5}" for i in range(50)]
     results = []
     for n in (1, 2):
-        ctx = StreamingContext(batch_size=7)
+        ctx = run.context()
         out = ListSink()
-        ctx.from_collection([f"w{i % 5}" for i in range(50)]).key_by(lambda w: w).reduce(lambda a, b: a + "!").set_parallelism(n).sink(out)
+        ctx.from_collection(words).key_by(lambda w: w).reduce(lambda a, b: a + "!").set_parallelism(n).sink(out)
         if n == 2:
             assert "reduce(<lambda>) [x2]" in ctx.explain()
-        ctx.execute()
+        run.execute(ctx)
         results.append(out.items)
-    assert results[0] == results[1]
+    seen: collections.Counter = collections.Counter()
+    expected = []
+    for w in words:  # one rolling value per word: the word, then a "!" more each time it comes again
+        expected.append(w + "!" * seen[w])
+        seen[w] += 1
+    assert results[0] == results[1] == expected
 
 
-def test_sinks_print_file_store(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("run", [Run("batch"), Run("streaming", 2), Run("batch", ray=1), Run("streaming", 2, ray=2)], ids=str)
+def test_sinks_print_file_store(run: Run, tmp_path, capsys) -> None:
     from volga import MemoryOnlineStore
 
-    ctx = StreamingContext()
+    ctx = run.context()  # on Ray too, the sinks run in this process (the driver)
     store = MemoryOnlineStore()
     rows = ctx.from_collection([{"user": "a", "t": 1, "n": 1}, {"user": "b", "t": 2, "n": 2}, {"user": "a", "t": 3, "n": 5}])
     rows = rows.timestamp_assigner("t")
@@ -309,7 +413,7 @@ def test_sinks_print_file_store(tmp_path, capsys) -> None:
     rows.sink(tmp_path / "out.jsonl")
     rows.sink(tmp_path / "out.parquet")
     rows.key_by("user").sink(store, name="users")
-    ctx.execute()
+    run.execute(ctx)
     assert capsys.readouterr().out.split() == ["a", "b", "a"]
     assert [json.loads(line)["n"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [1, 2, 5]
     assert pl.read_parquet(tmp_path / "out.parquet")["n"].to_list() == [1, 2, 5]
@@ -320,7 +424,8 @@ def test_sinks_print_file_store(tmp_path, capsys) -> None:
     assert make_schema  # schema helper importable for custom sinks
 
 
-def test_sources_text_file_connector_source_def_and_periodic(tmp_path) -> None:
+@pytest.mark.parametrize("run", [Run("batch"), Run("streaming", 1), Run("batch", ray=1), Run("streaming", 1, ray=2)], ids=str)
+def test_sources_text_file_connector_source_def_and_periodic(run: Run, tmp_path) -> None:
     from volga import entity, field, source
     from volga.sources import MemorySource
 
@@ -336,13 +441,13 @@ def test_sources_text_file_connector_source_def_and_periodic(tmp_path) -> None:
 
     path = tmp_path / "lines.txt"
     path.write_text("x y\nz\n")
-    ctx = StreamingContext()
+    ctx = run.context()
     words, sums, direct, periodic = ListSink(), ListSink(), ListSink(), ListSink()
     ctx.read_text_file(path).flat_map(str.split).sink(words)
     ctx.from_source(ticks).aggregate([Sum(on="px", into="total")]).sink(sums)
     ctx.from_source(MemorySource([{"sym": "B", "at": at(5), "px": 2.0}]), Tick).sink(direct)
     ctx.from_periodic_collection([1, 2, 3], "5ms").sink(periodic)
-    job = ctx.execute()
+    job = run.execute(ctx)
     assert words.items == ["x", "y", "z"]
     assert [r["total"] for r in sums.items] == [1.0, 4.0]
     assert direct.items == [{"sym": "B", "at": at(5), "px": 2.0}]

@@ -30,7 +30,8 @@ class StreamJob:
     def __init__(self, job: Job, plan: StreamPlan, *, late_sinks: bool = False) -> None:
         self.job, self.plan = job, plan
         self._closed = False
-        # On Ray the sources run in actors: their late rows reach the late sinks from here, at the end.
+        # On Ray the sources and windows run in actors: their late rows reach the late sinks
+        # from here, at the end.
         self._late_sinks = late_sinks
         if not job.running:
             self._close()
@@ -41,13 +42,19 @@ class StreamJob:
             if self._late_sinks and self.job.mode == "online" and self.job._error is None:  # batch mode has no late rows
                 for step in self.plan.plan.source_steps():
                     node = getattr(step.source, "node", None)
-                    if node is not None and node.late_sink is not None:
+                    if node is not None and (node.late_sink is not None or getattr(step.source, "late_routes", None)):
                         try:
                             late = self.job.late_events(node.name)
                         except KeyError:
                             continue
-                        if late.height:
-                            node.late_sink.write(late, node.schema)
+                        if late.height:  # the source's late sink, and the late sinks of the windows it feeds
+                            step.source.on_late(late)  # type: ignore[union-attr]
+                windows: dict[int, pl.DataFrame] = getattr(self.job, "window_late_events", dict)()
+                for step in self.plan.plan.steps:  # a window's rows that came after it was emitted
+                    node = getattr(step.op, "node", None)
+                    rows = windows.get(step.id)
+                    if isinstance(node, sn.WindowNode) and node.late_sink is not None and rows is not None and rows.height:
+                        node.late_sink.write(rows, node.input.schema)
             for sink in self.plan.sinks.values():
                 sink.close()
 

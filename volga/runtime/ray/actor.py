@@ -110,10 +110,12 @@ class StageWorker:
     def metrics(self) -> TaskMetrics | None:
         return None if self.task is None else self.task.metrics
 
-    def results(self) -> tuple[TaskMetrics, pa.Table | None, list[Any]]:
-        """Metrics, late events (sources, as Arrow) and rejected records, read once at the end."""
+    def results(self) -> tuple[TaskMetrics, pa.Table | None, list[Any], dict[int, pa.Table]]:
+        """Metrics, late events (sources, as Arrow), rejected records and the late rows of
+        each tumbling/hopping window (step id -> Arrow), read once at the end."""
         assert self.task is not None
-        return self.task.metrics, self.late_events(), self.task.drain_rejected()
+        windows = {step: to_wire(rows) for step, rows in self.task.window_late_events().items()}
+        return self.task.metrics, self.late_events(), self.task.drain_rejected(), windows
 
     def late_events(self) -> pa.Table | None:
         """A source's late rows as an Arrow table (``exchange.from_wire`` reads it)."""

@@ -240,6 +240,12 @@ class RayJob(Job):
         """Per-stage throughput and lag (live while running, final afterwards)."""
         return self.driver.stage_stats()
 
+    def window_late_events(self) -> dict[int, pl.DataFrame]:
+        """Step id -> the rows a tumbling/hopping window set aside as late (they came after
+        their window was emitted), over all its actors, in arrival order; read at the end
+        of the job (the DataStream layer writes them to the window's late sink)."""
+        return dict(self.driver.window_late)
+
     def actors(self) -> dict[int, list[Any]]:
         """Stage id -> the Ray actor handles running it (for inspection and tests)."""
         return dict(self.driver.actors)
@@ -269,6 +275,7 @@ class _Driver:
         self.outbox: Any = None
         self.final_metrics: dict[tuple[int, int], TaskMetrics] = {}
         self.late: dict[str, pl.DataFrame] = {}
+        self.window_late: dict[int, pl.DataFrame] = {}  # window step id -> its late rows
         self.rejected: list[Rejected] = []
         self.metrics: Metrics | None = None
         self.healthy = True
@@ -338,7 +345,10 @@ class _Driver:
         next_health = time.perf_counter() + self.health_every_s
         while True:
             self._drain(outputs, collected, metrics)
-            if all(m.finished for m in outputs.values()):
+            # Outputs can finish before the sources do: an idle input lets a union or join
+            # release everything. The job still reads its sources to the end, as the embedded
+            # runtime does (their later rows may be late for windows already emitted).
+            if all(m.finished for m in outputs.values()) and not pending and done >= set(source_actors):
                 break
             if stop.is_set() and not stopping:
                 stopping = True
@@ -362,11 +372,27 @@ class _Driver:
             if time.perf_counter() >= next_health:
                 self._check_health(health)
                 next_health = time.perf_counter() + self.health_every_s
+        self._settle(outputs, collected, metrics)
         for name, parts in collected.items():
             if self.mode == "offline":
                 rows = pl.concat(parts) if parts else pl.DataFrame(schema=self.plan.pipelines[name].schema.polars_schema())
                 self.write(name, rows)
                 metrics.rows_out[name] = rows.height
+
+    def _settle(self, outputs: dict[str, InputMerger], collected: dict[str, list[pl.DataFrame]], metrics: Metrics) -> None:
+        """Wait until every row sent between actors has been processed, stage by stage in
+        topological order (edges only lead to later stages), draining outputs meanwhile (an
+        actor may wait for room in the output queue). Rows that change no output (late rows
+        of a window whose output already finished) are then counted before ``_finish``."""
+        for stage in self.topology.stages:
+            refs = {actor.flush.remote(): actor for actor in self.actors[stage.id]}
+            while refs:
+                ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=0.002)
+                for ref in ready:
+                    self._get_from(ref, refs.pop(ref), "passing rows on")
+                self._drain(outputs, collected, metrics)
+        while self.outbox.qsize():
+            self._drain(outputs, collected, metrics)
 
     def _get_from(self, ref: Any, actor: Any, what: str) -> Any:
         try:
@@ -416,7 +442,12 @@ class _Driver:
     def _finish(self, metrics: Metrics) -> None:
         every = [(s, p, a) for s, group in self.actors.items() for p, a in enumerate(group)]
         results = self._get([a.results.remote() for _, _, a in every], "collecting results")
-        for (stage_id, partition, _), (task_metrics, late_table, rejected) in zip(every, results):
+        window_late: dict[int, list[pl.DataFrame]] = {}
+        for (stage_id, partition, _), (task_metrics, late_table, rejected, windows) in zip(every, results):
+            for step_id, rows in windows.items():
+                frame = from_wire(rows)
+                if frame is not None and frame.height:
+                    window_late.setdefault(step_id, []).append(frame)
             late = from_wire(late_table)
             self.final_metrics[(stage_id, partition)] = task_metrics
             self.rejected.extend(rejected)
@@ -430,6 +461,11 @@ class _Driver:
                     metrics.late[source.name] = task_metrics.late
                     self.late[source.name] = late if late is not None and late.width else pl.DataFrame(
                         schema=source.schema.polars_schema())
+        for step_id, frames in window_late.items():  # the partitions' rows, in arrival order
+            rows = pl.concat(frames, how="vertical_relaxed")
+            if SEQ in rows.columns:
+                rows = rows.sort(SEQ, maintain_order=True).drop(SEQ)
+            self.window_late[step_id] = rows
 
     # -- figures -----------------------------------------------------------------------
     def stage_stats(self) -> list[StageStats]:

@@ -241,6 +241,18 @@ class StageTask:
             return pl.DataFrame()
         return self.source.late_events().drop(SEQ, strict=False)
 
+    def window_late_events(self) -> dict[int, pl.DataFrame]:
+        """Step id -> the rows each tumbling/hopping window of this task set aside as late
+        (they came after their window was emitted), in arrival order, ``SEQ`` included (the
+        driver merges the partitions by it)."""
+        from volga.stream.ops import EventWindowOp
+
+        out = {}
+        for step_id, op in self.ops.items():
+            if isinstance(op, EventWindowOp) and op.late:
+                out[step_id] = pl.concat(op.late, how="vertical_relaxed")
+        return out
+
     def drain_rejected(self) -> list[Any]:
         out: list[Any] = []
         if self.source is not None:

@@ -104,8 +104,13 @@ class OpRecipe:
 
         if isinstance(op, so.RowChain):
             return OpRecipe("stream", (so.RowChain, list(op.steps), op.where))
-        if isinstance(op, (so.KeyedReduceOp, so.EventWindowOp)):
-            return OpRecipe("stream", (type(op), op.node, op.where))
+        if isinstance(op, so.EventWindowOp):
+            # its late rows go back to the driver, which writes the window's late sink (a sink
+            # in an actor would be a copy)
+            node = op.node if op.node.late_sink is None else dataclasses.replace(op.node, late_sink=None)
+            return OpRecipe("stream", (so.EventWindowOp, node, op.where))
+        if isinstance(op, so.KeyedReduceOp):
+            return OpRecipe("stream", (so.KeyedReduceOp, op.node, op.where))
         if isinstance(op, so.AggregateOp):
             return OpRecipe("stream", (so.AggregateOp, op.node, op.where))
         if isinstance(op, (so.UnionOp, so.AsOfJoin, so.IntervalJoinOp)):
@@ -124,12 +129,19 @@ class OpRecipe:
 
 
 def _without_late_sink(source: object) -> object:
-    """A DataStream source's late sink is written by the driver at the end of the job
-    (from the source actors' late events), not in the actor."""
+    """A DataStream source's late rows are written by the driver at the end of the job
+    (from the source actors' late events), not in the actor: to the source's late sink and
+    to the late sinks of the windows it feeds (``late_routes``). So are a window's own
+    late rows (see ``OpRecipe.of``). A sink in an actor would be a copy."""
     node = getattr(source, "node", None)
-    if node is None or getattr(node, "late_sink", None) is None or not dataclasses.is_dataclass(source):
+    if node is None or not dataclasses.is_dataclass(source):
         return source
-    return dataclasses.replace(source, node=dataclasses.replace(node, late_sink=None))  # type: ignore[arg-type]
+    changes: dict[str, object] = {}
+    if getattr(node, "late_sink", None) is not None:
+        changes["node"] = dataclasses.replace(node, late_sink=None)
+    if getattr(source, "late_routes", None):
+        changes["late_routes"] = []
+    return dataclasses.replace(source, **changes) if changes else source  # type: ignore[type-var]
 
 
 def portable(topology: Topology) -> Topology:
