@@ -459,8 +459,7 @@ def join_pipeline(
         Out = make_entity("Out", out_fields, keys=["user_id"], timestamp="timestamp")
     else:
         out_fields = [
-            *ORDER_FIELDS,
-            ("registered_at", Optional[datetime.datetime] if right_optional else datetime.datetime),
+            *ORDER_FIELDS,  # then the right's value columns only: no key, no timestamp
             ("tier", Optional[int] if right_optional else int),
             ("note_right", Optional[str]),
         ]

@@ -141,7 +141,6 @@ def test_join_collision_rule_suffixes_right_columns():
         purchased_at: datetime.datetime = field(timestamp=True)
         product_type: str
         product_price: float
-        updated_at: Optional[datetime.datetime]
         product_type_right: Optional[str]
 
     @pipeline(dependencies=[orders, profiles], output=Out)
@@ -150,7 +149,7 @@ def test_join_collision_rule_suffixes_right_columns():
         seen["columns"] = out.columns
         return out
 
-    assert seen["columns"] == ["buyer_id", "product_type", "purchased_at", "product_price", "updated_at", "product_type_right"]
+    assert seen["columns"] == ["buyer_id", "product_type", "purchased_at", "product_price", "product_type_right"]
 
 
 def test_dependency_count_and_unknown_names():

@@ -82,7 +82,6 @@ class Enriched:
     at: datetime.datetime = field(timestamp=True)
     amount: float
     tier: Optional[int]
-    at_right: Optional[datetime.datetime]
 
 
 @pytest.mark.parametrize("mode", ["offline", "online"])

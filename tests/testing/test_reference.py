@@ -167,10 +167,10 @@ def test_asof_join_design_example() -> None:
         (at(20), 2),
         (at(25), 2),
     ]
-    assert list(left[0]) == ["buyer_id", "purchased_at", "price", "registered_at", "tier"]
+    assert list(left[0]) == ["buyer_id", "purchased_at", "price", "tier"]  # no right key, no right timestamp
     inner = asof_join(orders, users, ["buyer_id"], ["user_id"], "purchased_at", "registered_at", how="inner")
     assert [r["tier"] for r in inner] == [1, 1, 2, 2]
-    assert inner[0]["registered_at"] == at(10)
+    assert [r["purchased_at"] for r in inner] == [at(m) for m in (10, 15, 20, 25)]
 
 
 def test_asof_join_ties_keys_and_collisions() -> None:
@@ -186,11 +186,11 @@ def test_asof_join_ties_keys_and_collisions() -> None:
     ]
     left = asof_join(orders, users, ["buyer_id"], ["user_id"], "at", "at", how="left")
     assert left == [
-        {"buyer_id": "u", "at": at(10), "note": "o1", "at_right": at(10), "tier": 2, "note_right": "arrived later, same time"},
-        {"buyer_id": "w", "at": at(40), "note": "o2", "at_right": None, "tier": None, "note_right": None},
+        {"buyer_id": "u", "at": at(10), "note": "o1", "tier": 2, "note_right": "arrived later, same time"},
+        {"buyer_id": "w", "at": at(40), "note": "o2", "tier": None, "note_right": None},
     ]
     suffixed = asof_join(orders, users, ["buyer_id"], ["user_id"], "at", "at", how="inner", suffix="_u")
-    assert list(suffixed[0]) == ["buyer_id", "at", "note", "at_u", "tier", "note_u"]
+    assert list(suffixed[0]) == ["buyer_id", "at", "note", "tier", "note_u"]
     assert len(suffixed) == 1
 
 
@@ -200,7 +200,7 @@ def test_asof_join_with_no_right_rows() -> None:
         orders, [], ["buyer_id"], ["user_id"], "at", "registered_at", how="left",
         right_columns=["user_id", "registered_at", "tier"],
     )
-    assert left == [{"buyer_id": "u", "at": at(1), "registered_at": None, "tier": None}]
+    assert left == [{"buyer_id": "u", "at": at(1), "tier": None}]
     assert asof_join(orders, [], ["buyer_id"], ["user_id"], "at", "registered_at", how="inner") == []
 
 

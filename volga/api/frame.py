@@ -185,10 +185,12 @@ class Entity:
         """As-of join: each row is matched with ``other``'s latest row of the same key
         whose timestamp is <= this row's timestamp.
 
-        The output keeps this frame's columns, keys and timestamp, then ``other``'s
-        columns except its join keys (its timestamp is kept as a value column). A column
-        of ``other`` whose name is already taken gets ``suffix`` appended; if that name
-        is taken too, the join is an error (never a silent overwrite).
+        The output keeps this frame's columns, keys and timestamp (the output timestamp
+        is this row's), then ``other``'s value columns: not its join keys (they equal this
+        frame's) and not its timestamp. A value column of ``other`` whose name is already
+        taken gets ``suffix`` appended; if that name is taken too, the join is an error
+        (never a silent overwrite). To keep the matched row's time, ``assign`` it to a
+        value column of ``other`` before the join.
         """
         if not isinstance(other, Entity):
             raise self._error(f"join: expected an Entity frame, got {type(other).__name__}")
@@ -221,8 +223,8 @@ class Entity:
         right_columns: list[tuple[str, str]] = []
         fields = list(self.schema.fields)
         for f in other.schema.fields:
-            if f.name in right_keys:
-                continue
+            if f.name in right_keys or f.name == other.schema.timestamp:
+                continue  # keys equal the left ones; the output timestamp is the left row's
             out = f.name
             if out in taken:
                 out = f.name + suffix

@@ -88,9 +88,15 @@ class AsOfJoinOp:
         self.uncollapsed = recent.height > 0
 
     def _prepare_right(self, right: pl.DataFrame) -> pl.DataFrame:
-        renamed = right.rename({src: dst for src, dst in self.node.right_columns if src != dst})
-        ts_out = dict(self.node.right_columns)[self.right_ts]  # the right timestamp stays as a value column
-        return renamed.with_columns(pl.col(ts_out).alias(_RTS), pl.lit(True).alias(_MATCH))
+        """Right rows as held in the state: ``_RTS`` (their event time), ``_MATCH`` and
+        the columns ``node.right_columns`` carries, renamed to their output names. The
+        right timestamp is carried only if ``right_columns`` names it (the Entity API does
+        not; a DataStream join may)."""
+        prepared = right.with_columns(pl.col(self.right_ts).alias(_RTS), pl.lit(True).alias(_MATCH))
+        carried = dict(self.node.right_columns)
+        if self.right_ts not in carried and self.right_ts not in self.right_keys:
+            prepared = prepared.drop(self.right_ts)
+        return prepared.rename({src: dst for src, dst in carried.items() if src != dst})
 
     def _join(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
         right = right.rename({rk: lk for lk, rk in zip(self.left_keys, self.right_keys) if lk != rk})

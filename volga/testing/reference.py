@@ -283,9 +283,10 @@ def asof_join(
 
     ``left_rows`` are in processing order; ``right_rows`` in arrival order. "Latest"
     is the greatest right timestamp ``<=`` the left one; among equal timestamps the
-    right row that arrived last. Output columns: every left column, then every right
-    column except the right keys; a right column whose name is already a left column
-    is renamed ``name + suffix``. ``how="left"`` keeps unmatched left rows with None
+    right row that arrived last. Output columns: every left column (the output
+    timestamp is the left row's), then every right value column, i.e. not the right
+    keys and not ``right_ts``; a right column whose name is already a left column is
+    renamed ``name + suffix``. ``how="left"`` keeps unmatched left rows with None
     for the right columns, ``"inner"`` drops them. ``left_columns``/``right_columns``
     name each side's columns when a side may have no rows (by default they are read
     off the rows).
@@ -293,7 +294,7 @@ def asof_join(
     >>> left = [{"id": "a", "t": 1, "x": 1}, {"id": "a", "t": 3, "x": 2}]
     >>> right = [{"rid": "a", "t": 2, "x": 9}, {"rid": "a", "t": 2, "x": 8}]
     >>> asof_join(left, right, ["id"], ["rid"], "t", "t", how="left")
-    [{'id': 'a', 't': 1, 'x': 1, 't_right': None, 'x_right': None}, {'id': 'a', 't': 3, 'x': 2, 't_right': 2, 'x_right': 8}]
+    [{'id': 'a', 't': 1, 'x': 1, 'x_right': None}, {'id': 'a', 't': 3, 'x': 2, 'x_right': 8}]
     """
     if how not in ("left", "inner"):
         raise ValueError(f"how must be 'left' or 'inner', not {how!r}")
@@ -301,7 +302,7 @@ def asof_join(
         raise ValueError("left_on and right_on must have the same length")
     left_names = list(left_columns) if left_columns is not None else _columns(left_rows)
     right_names = list(right_columns) if right_columns is not None else _columns(right_rows)
-    carried = [c for c in right_names if c not in right_on]
+    carried = [c for c in right_names if c not in right_on and c != right_ts]
     renamed = {c: (c + suffix if c in left_names else c) for c in carried}
 
     out: list[Row] = []
