@@ -80,8 +80,17 @@ class Entity:
         """Map rows: a row function returning a dict (the whole new row), or polars
         expressions applied like ``with_columns``.
 
-        With a row function that changes columns, pass ``schema={name: type}`` for the
-        output; keys and timestamp must be kept.
+        A row function's output columns are inferred at definition time by calling it on
+        sample rows built from this frame's schema: the keys it returns are the output
+        columns (new keys become columns, keys it leaves out are dropped), the type of a
+        new key is read off its sample value's Python type. Keys and the timestamp must
+        be kept. If the function cannot run on the samples, or a new key's type cannot be
+        read off its value (None, an empty list...), pass ``schema={name: type}`` for
+        the whole output; ``schema=`` always overrides the inference.
+
+        At run time a row whose returned keys differ from the output columns (extra or
+        missing keys; with ``schema=`` only missing ones) is set aside in
+        ``job.rejected`` with a reason naming them, like a row whose function raises.
         """
         if isinstance(fn, pl.Expr) or (isinstance(fn, Sequence) and all(isinstance(e, pl.Expr) for e in fn)):
             exprs = (fn,) if isinstance(fn, pl.Expr) else tuple(fn)
@@ -91,25 +100,25 @@ class Entity:
         if not callable(fn):
             raise self._error("transform: expected a row function or polars expressions")
         if schema is None:
-            new_schema = self.schema
-        else:
-            fields = []
-            for name, annotation in schema.items():
-                try:
-                    dtype = dtype_of(annotation)
-                except TypeError as e:
-                    raise self._error(f"transform: column '{name}': {e}") from None
-                old = self.schema.field(name) if self.schema.has(name) else None
-                fields.append(
-                    FieldSpec(name, dtype, optional=old.optional if old else True,
-                              key=name in self.schema.keys, timestamp=name == self.schema.timestamp)
-                )
-            missing = [n for n in (*self.schema.keys, self.schema.timestamp) if n not in schema]
-            if missing:
-                raise self._error(f"transform: output schema must keep key/timestamp columns {missing}")
-            new_schema = _with_fields(self.schema, fields)
+            new_schema = _with_fields(self.schema, _infer_row_fn_fields(self, fn))
+            return self._new(nodes.TransformNode(new_schema, self._node, fn))
+        fields = []
+        for name, annotation in schema.items():
+            try:
+                dtype = dtype_of(annotation)
+            except TypeError as e:
+                raise self._error(f"transform: column '{name}': {e}") from None
+            old = self.schema.field(name) if self.schema.has(name) else None
+            fields.append(
+                FieldSpec(name, dtype, optional=old.optional if old else True,
+                          key=name in self.schema.keys, timestamp=name == self.schema.timestamp)
+            )
+        missing = [n for n in (*self.schema.keys, self.schema.timestamp) if n not in schema]
+        if missing:
+            raise self._error(f"transform: output schema must keep key/timestamp columns {missing}")
+        new_schema = _with_fields(self.schema, fields)
         _probe_row_fn(self, fn, "transform")
-        return self._new(nodes.TransformNode(new_schema, self._node, fn))
+        return self._new(nodes.TransformNode(new_schema, self._node, fn, exact_keys=False))
 
     def assign(self, column: str, type: Any, fn: Callable[[dict[str, Any]], Any] | pl.Expr) -> Entity:
         """Add (or replace) ``column`` of ``type`` computed by a row function or an expression."""
@@ -358,3 +367,91 @@ def _probe_row_fn(frame: Entity, fn: Callable[..., Any], what: str) -> None:
         raise frame._error(f"{what}: the row function reads unknown column {e}; columns are {frame.columns}") from None
     except Exception:
         pass
+
+
+# Sample values for inferring a row function's output: the first set is tried first; the
+# second avoids the usual failures of the first (division by zero, empty strings/lists).
+_SAMPLES_NONZERO: dict[Any, Any] = {
+    pl.String(): "a",
+    pl.Int64(): 1,
+    pl.Float64(): 1.0,
+    pl.Boolean(): True,
+    TIMESTAMP_DTYPE: datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc),
+}
+
+
+def _sample_value(dtype: pl.DataType, samples: dict[Any, Any]) -> Any:
+    if isinstance(dtype, pl.List):
+        return [_sample_value(dtype.inner, samples)] if samples is _SAMPLES_NONZERO else []  # type: ignore[arg-type]
+    return samples.get(dtype)
+
+
+def _value_dtype(value: Any) -> pl.DataType | None:
+    """The column type of a Python value, or None when it says nothing (None, [])."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        inner = next((_value_dtype(v) for v in value if v is not None), None)
+        return None if inner is None else pl.List(inner)
+    for py in (bool, int, float, str, datetime.datetime):  # bool before int: True is an int
+        if type(value) is py or (py is datetime.datetime and isinstance(value, datetime.datetime)):
+            return dtype_of(py)
+    return None
+
+
+def _infer_row_fn_fields(frame: Entity, fn: Callable[..., Any]) -> list[FieldSpec]:
+    """The output columns of a ``transform`` row function, by calling it on sample rows.
+
+    Columns are the keys of the first sample result, in its order; each column's type is
+    the input column's type, or (new or retyped columns) the type of its sample value.
+    """
+    schema = frame.schema
+    results: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for samples in (_SAMPLES, _SAMPLES_NONZERO):
+        row = _ProbeRow({f.name: _sample_value(f.dtype, samples) for f in schema.fields})
+        try:
+            out = fn(row)
+        except _UnknownColumn as e:
+            raise frame._error(f"transform: the row function reads unknown column {e}; columns are {frame.columns}") from None
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {_first_line(e)}")
+            continue
+        if not isinstance(out, dict):
+            raise frame._error(f"transform: the row function must return a dict (the whole new row), got {type(out).__name__}")
+        results.append(out)
+    if not results:
+        raise frame._error(
+            "transform: cannot infer the output columns: the row function raised on every sample row "
+            f"({errors[0]}); pass schema={{name: type}} for its output"
+        )
+    names = list(results[0])
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise frame._error(f"transform: the row function returns non-string key(s) {bad}")
+    missing = [n for n in (*schema.keys, schema.timestamp) if n not in names]
+    if missing:
+        raise frame._error(f"transform: the row function must keep key/timestamp columns {missing}")
+    fields: list[FieldSpec] = []
+    for name in names:
+        dtype = next((d for d in (_value_dtype(r.get(name)) for r in results) if d is not None), None)
+        if schema.has(name):
+            old = schema.field(name)
+            if dtype is None or dtype == old.dtype or (isinstance(old.dtype, pl.List) and isinstance(dtype, pl.List)):
+                fields.append(old)
+            elif old.key or old.timestamp:
+                raise frame._error(
+                    f"transform: the row function changes the type of key/timestamp '{name}' "
+                    f"({old.type_name} -> {dtype_name(dtype)})"
+                )
+            else:
+                fields.append(dataclasses.replace(old, dtype=dtype))
+        elif dtype is None:
+            value = next((r[name] for r in results if name in r), None)
+            raise frame._error(
+                f"transform: cannot infer the type of new column '{name}' from its sample value {value!r}; "
+                "pass schema={name: type} for the output"
+            )
+        else:
+            fields.append(FieldSpec(name, dtype, optional=True))
+    return fields

@@ -55,9 +55,14 @@ class FilterNode(UnaryNode):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TransformNode(UnaryNode):
-    """Row function (dict -> dict) or a list of polars expressions (``with_columns``)."""
+    """Row function (dict -> dict) or a list of polars expressions (``with_columns``).
+
+    A row function must return exactly ``schema``'s columns (``exact_keys``, the inferred
+    case) or at least them (an explicit ``schema=``: extra keys are ignored); any other
+    row is rejected with a reason naming the extra/missing keys."""
 
     fn: RowFn | tuple[pl.Expr, ...]
+    exact_keys: bool = True
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -70,16 +70,49 @@ class StatelessChain:
         raise AssertionError(f"not a stateless node: {step!r}")
 
     def _row_values(self, step: nodes.UnaryNode, batch: pl.DataFrame, fn: Callable[[dict[str, Any]], Any]) -> tuple[pl.DataFrame, list[Any]]:
-        """Apply ``fn`` to every row; rows where it raises are set aside and dropped."""
+        """Apply ``fn`` to every row; rows where it raises (or, for ``transform``, returns
+        other keys than the step's columns) are set aside and dropped."""
+        check = _transform_check(step) if isinstance(step, nodes.TransformNode) else None
         values: list[Any] = []
         failed: list[int] = []
         for index, row in enumerate(batch.iter_rows(named=True)):
             try:
-                values.append(fn(row))
+                value = fn(row)
             except Exception as e:  # a user function's bug must not kill the stream
                 failed.append(index)
                 self.rejected.append(Rejected(f"{self.where} {step.label()}", f"{type(e).__name__}: {e}", row))
+                continue
+            if check is not None:
+                reason = check(value)
+                if reason is not None:
+                    failed.append(index)
+                    self.rejected.append(Rejected(f"{self.where} {step.label()}", reason, row))
+                    continue
+            values.append(value)
         if failed:
             keep = pl.Series([True] * batch.height).scatter(failed, False)
             batch = batch.filter(keep)
         return batch, values
+
+
+def _transform_check(step: nodes.TransformNode) -> Callable[[Any], str | None]:
+    """A check of one row function result against the step's columns: None if it fits,
+    else the reason to reject the row (naming the extra/missing keys)."""
+    names = step.schema.names
+    wanted = frozenset(names)
+    exact = step.exact_keys
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, dict):
+            return f"transform: the row function returned {type(value).__name__}, not a dict"
+        keys = value.keys()
+        if keys == wanted:
+            return None
+        missing = [n for n in names if n not in value]
+        extra = [k for k in keys if k not in wanted] if exact else []
+        if not missing and not extra:
+            return None
+        problems = ([f"extra key(s) {extra}"] if extra else []) + ([f"missing key(s) {missing}"] if missing else [])
+        return f"transform: the row function returned keys that differ from its columns {names}: {'; '.join(problems)}"
+
+    return check
