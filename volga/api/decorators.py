@@ -1,7 +1,10 @@
 """``@source`` and ``@pipeline``: definitions as data.
 
-A decorated function becomes a frozen definition object; nothing is registered
-globally. ``params`` given at materialize time fill function parameters that have
+A decorated function becomes a frozen definition object. Every ``@source``,
+``@pipeline`` and ``@on_demand`` definition is also recorded by name in a process-wide
+registry (:func:`defined`; the most recent definition of a name wins, as when a notebook
+cell runs again): a :class:`volga.Client` that does not know a name looks it up there.
+``params`` given at materialize time fill function parameters that have
 defaults: ``{"online": True}`` applies to every function with that parameter,
 ``{"order_source": {"online": False}}`` to one function, and ``{"global": {...}}`` is the
 same as top-level values.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Union
 
@@ -20,6 +24,23 @@ from volga.api.frame import Entity, PipelineDefinitionError
 from volga.api.types import Duration, dtype_name, parse_duration_us
 
 Params = Mapping[str, Any]
+
+# name -> the most recent @source/@pipeline/@on_demand definition of that name
+_DEFINED: dict[str, Any] = {}
+_SEQUENCE = itertools.count()
+
+
+def record(definition: Any) -> Any:
+    """Record ``definition`` in the process-wide registry under its name (replacing an
+    earlier definition of that name) and return it."""
+    _DEFINED[definition.name] = definition
+    return definition
+
+
+def defined(name: str) -> Any:
+    """The most recent ``@source``/``@pipeline``/``@on_demand`` definition named ``name``
+    in this process, or None."""
+    return _DEFINED.get(name)
 
 
 def _param_names(fn: Callable[..., Any]) -> list[str]:
@@ -87,7 +108,7 @@ def source(
         for p in inspect.signature(fn).parameters.values():
             if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 raise TypeError(f"@source {fn.__name__}: parameter '{p.name}' needs a default (params fill it at materialize time)")
-        return SourceDef(fn, entity_cls, lateness_us, idle_us)
+        return record(SourceDef(fn, entity_cls, lateness_us, idle_us))
 
     return wrap
 
@@ -102,6 +123,7 @@ class PipelineDef:
     fn: Callable[..., Any]
     dependencies: tuple[Dependency, ...]
     output: type
+    seq: int = dataclasses.field(default_factory=lambda: next(_SEQUENCE), repr=False)  # definition order
 
     @property
     def name(self) -> str:
@@ -117,14 +139,23 @@ class PipelineDef:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def resolved_dependencies(self, lookup: Mapping[str, Any] | None = None) -> list[SourceDef | PipelineDef]:
-        """Dependencies as definitions; names are looked up in ``lookup`` then the function's module."""
+    def resolved_dependencies(
+        self, lookup: Mapping[str, Any] | None = None, _building: Sequence[PipelineDef] = ()
+    ) -> list[SourceDef | PipelineDef]:
+        """Dependencies as definitions. A name is looked up among the pipelines being built
+        (so a name still being defined is recognised as a cycle), then in ``lookup``, the
+        function's module, and the process-wide registry (:func:`defined`)."""
         out: list[SourceDef | PipelineDef] = []
         for dep in self.dependencies:
             if isinstance(dep, str):
-                found = (lookup or {}).get(dep)
+                found = next((p for p in reversed(_building) if p.name == dep), None)
                 if found is None:
+                    found = (lookup or {}).get(dep)
+                if not isinstance(found, (SourceDef, PipelineDef)):
                     candidate = self.fn.__globals__.get(dep)
+                    found = candidate if isinstance(candidate, (SourceDef, PipelineDef)) else None
+                if found is None:
+                    candidate = defined(dep)
                     found = candidate if isinstance(candidate, (SourceDef, PipelineDef)) else None
                 if found is None:
                     raise PipelineDefinitionError(
@@ -135,15 +166,17 @@ class PipelineDef:
                 out.append(dep)
         return out
 
-    def build(self, params: Params | None = None, lookup: Mapping[str, Any] | None = None, _stack: tuple[str, ...] = ()) -> nodes.Node:
+    def build(
+        self, params: Params | None = None, lookup: Mapping[str, Any] | None = None, _stack: tuple[PipelineDef, ...] = ()
+    ) -> nodes.Node:
         """Run the body on symbolic frames and return the validated logical output node."""
-        if self.name in _stack:
-            cycle = " -> ".join((*_stack[_stack.index(self.name):], self.name))
-            raise PipelineDefinitionError(f"pipeline {self.name}: dependency cycle {cycle}")
-        stack = (*_stack, self.name)
+        if any(p is self for p in _stack):
+            members = list(_stack[[id(p) for p in _stack].index(id(self)):])
+            raise PipelineDefinitionError(f"pipeline {self.name}: dependency {_cycle_text(members)}")
+        stack = (*_stack, self)
         frames = []
         param_names = _param_names(self.fn)
-        for index, dep in enumerate(self.resolved_dependencies(lookup)):
+        for index, dep in enumerate(self.resolved_dependencies(lookup, stack)):
             arg = param_names[index] if index < len(param_names) else f"#{index}"
             where = f"pipeline {self.name} (argument '{arg}' from {dep.name})"
             if isinstance(dep, SourceDef):
@@ -155,6 +188,13 @@ class PipelineDef:
         if not isinstance(result, Entity):
             raise PipelineDefinitionError(f"pipeline {self.name}: the body must return an Entity frame, got {type(result).__name__}")
         return _conform_output(self, result)
+
+
+def _cycle_text(members: Sequence[PipelineDef]) -> str:
+    """``cycle a -> b -> a``, starting at the member defined first."""
+    start = min(range(len(members)), key=lambda i: members[i].seq)
+    ring = [*members[start:], *members[:start]]
+    return "cycle " + " -> ".join(p.name for p in [*ring, ring[0]])
 
 
 def _conform_output(pipe: PipelineDef, result: Entity) -> nodes.Node:
@@ -204,14 +244,16 @@ def pipeline(*, dependencies: Sequence[Dependency], output: type) -> Callable[[C
         pipe = PipelineDef(fn, deps, output)
         if not any(isinstance(d, str) for d in deps) or _names_resolvable(pipe):
             pipe.build()
-        return pipe
+        return record(pipe)
 
     return wrap
 
 
 def _names_resolvable(pipe: PipelineDef) -> bool:
+    """True when every dependency name is known now (the pipeline's own name included:
+    depending on itself is a cycle, reported by ``build``)."""
     try:
-        pipe.resolved_dependencies()
+        pipe.resolved_dependencies(None, (pipe,))
         return True
     except PipelineDefinitionError:
         return False
