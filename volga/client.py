@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from volga.api.decorators import Params, PipelineDef, SourceDef
+from volga.api.decorators import Params, PipelineDef, SourceDef, defined
 from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.entity import Schema, make_instance
 from volga.api.types import Duration, datetime_to_us, dtype_name, parse_duration_us
@@ -25,11 +25,79 @@ from volga.plan.compile import PhysicalPlan, compile_plan
 from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
 from volga.runtime.local.runtime import LocalRuntime
+from volga.serving.codec import Row
 from volga.serving.executor import OnDemandExecutor
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
 
 Mode = Literal["offline", "online"]
 Definition = PipelineDef | SourceDef | OnDemandDef
+_ABSENT: Any = object()
+
+
+class Definitions(dict):  # type: ignore[type-arg]
+    """A client's definitions by name.
+
+    Names registered with :meth:`Client.register` (and what they depend on) come first. A
+    name the client does not know is looked up in the process-wide registry of
+    ``@source``/``@pipeline``/``@on_demand`` definitions (the most recent definition of
+    the name) and adopted with its dependencies; an adopted name follows later
+    redefinitions, a registered one stays as registered. Every lookup (``get``, ``[]``,
+    ``in``) resolves the same way, so materialize, reads, ``get_on_demand``, the server
+    and ``get_historical_features`` see the same definitions.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adopted: set[str] = set()  # looked up in the process-wide registry: follow redefinitions
+        self.pinned: set[str] = set()  # dependencies (by object) of adopted definitions
+
+    def get(self, name: Any, default: Any = None) -> Any:
+        if dict.__contains__(self, name) and name not in self.adopted:
+            return dict.__getitem__(self, name)
+        found = defined(name) if isinstance(name, str) else None
+        if found is None:
+            return dict.get(self, name, default)
+        if dict.get(self, name) is not found:
+            dict.__setitem__(self, name, found)
+            self.adopted.add(name)
+            self.pinned.discard(name)
+            self._pin_dependencies(found)
+        return found
+
+    def __getitem__(self, name: Any) -> Any:
+        found = self.get(name, _ABSENT)
+        if found is _ABSENT:
+            raise KeyError(name)
+        return found
+
+    def __contains__(self, name: object) -> bool:
+        return self.get(name, _ABSENT) is not _ABSENT
+
+    def __setitem__(self, name: str, definition: Any) -> None:  # an explicit registration
+        self.adopted.discard(name)
+        self.pinned.discard(name)
+        dict.__setitem__(self, name, definition)
+
+    def _pin_dependencies(self, definition: Any) -> None:
+        """What an adopted definition references by object becomes known as that object,
+        unless a registered definition has its name."""
+        for dep in _direct_dependencies(definition):
+            name = dep.name
+            if dict.get(self, name) is dep or (dict.__contains__(self, name) and name not in self.adopted | self.pinned):
+                continue
+            dict.__setitem__(self, name, dep)
+            self.adopted.discard(name)
+            self.pinned.add(name)
+            self._pin_dependencies(dep)
+
+
+def _direct_dependencies(definition: Any) -> list[Any]:
+    """The dependencies a definition references by object (names resolve lazily)."""
+    if isinstance(definition, PipelineDef):
+        return [d for d in definition.dependencies if not isinstance(d, str)]
+    if isinstance(definition, OnDemandDef):
+        return [d.target for d in definition.dependencies if not isinstance(d.target, str)]
+    return []
 
 
 class Client:
@@ -51,7 +119,7 @@ class Client:
         root = Path(data_dir or os.environ.get("VOLGA_DATA_DIR", "volga_data"))
         self.online_store = online_store if online_store is not None else MemoryOnlineStore()
         self.offline_store = offline_store if offline_store is not None else ParquetOfflineStore(root / "offline")
-        self.definitions: dict[str, Definition] = {}
+        self.definitions: Definitions = Definitions()
         self.jobs: list[Job] = []
         self.runtime = runtime  # None: embedded; volga.RayRuntime(...): materialize runs on Ray
         self._on_demand = OnDemandExecutor(self.definitions, lambda: self.online_store)
@@ -61,7 +129,9 @@ class Client:
         """Make definitions (and everything they depend on) known by name.
 
         A new definition with a known name replaces the old one (as when a notebook cell
-        is run again).
+        is run again). Registering is optional: a name the client does not know is looked
+        up among every ``@source``/``@pipeline``/``@on_demand`` defined in the process (the
+        most recent definition of that name); a registered definition wins over that.
         """
         for d in definitions:
             if not isinstance(d, (PipelineDef, SourceDef, OnDemandDef)):
@@ -231,12 +301,20 @@ class Client:
         )
 
     # -- on-demand features and serving ------------------------------------------------
-    def get_on_demand(self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None) -> list[Any]:
-        """Registered on-demand feature ``name`` computed now: an output instance or None per key.
+    def get_on_demand(self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None) -> list[Row | None]:
+        """On-demand feature ``name`` computed now: one row or None per key, in key order.
+
+        A row is a dict of the output entity's fields (a :class:`volga.serving.Row`, whose
+        fields also read as attributes), equal to what ``OnDemandClient.request`` returns for
+        the same request; datetimes are aware UTC. ``name`` need not be registered: an
+        unknown name is looked up among the definitions made in this process.
 
         ``args`` holds query arguments (``n``, ``start``, ``end``) and per-request function
         arguments: ``{"n": 5}`` applies to everything taking it, ``{"user_spent": {"n": 5}}``
-        to one feature. A pipeline name gives its latest row.
+        to one pipeline read, ``{"spend_trend": {"threshold": 50.0, "n": 5}}`` to one on-demand
+        feature (its function arguments and the query arguments of what it reads); the most
+        specific wins. Without any, a read uses the query arguments declared with its
+        dependency, and ``last_n`` reads 10 rows. A pipeline name gives its latest row.
         """
         return self._on_demand.get(name, keys, args)
 

@@ -140,7 +140,7 @@ def test_async_client_batches_and_reuses_connections(server, served, known_users
         (b'{"target_features": ["user_stats"], "feature_keys": {"spend_trend": []}, "keys": []}', 400, "BadRequest", "feature_keys.spend_trend"),
         (b'{"target_features": ["user_stats"], "keys": [{"uid": "1"}]}', 400, "InvalidKeys", "keys[0].user_id"),
         (b'{"target_features": ["user_stats"], "feature_keys": {"user_stats": [{"user_id": 7}]}}', 400, "InvalidKeys", "feature_keys.user_stats[0].user_id"),
-        (b'{"target_features": ["spend_trend"], "keys": [{"user_id": "1"}]}', 400, "BadRequest", "query_args.user_spent.n"),
+        (b'{"target_features": ["window_spend"], "keys": [{"user_id": "1"}]}', 400, "BadRequest", "query_args.user_spent.start"),
         (b'{"target_features": ["window_spend"], "keys": [{"user_id": "1"}], "query_args": {"start": "2025-01-01"}}', 400, "BadRequest", "query_args.user_spent.end"),
         (b'{"target_features": ["user_stats"], "keys": [{"user_id": "1"}], "udf_args": {"threshold": 1}}', 400, "BadRequest", "udf_args.threshold"),
         (b'{"target_features": ["spend_trend"], "keys": [{"user_id": "1"}], "query_args": {"n": 2, "m": 1}}', 400, "BadRequest", "query_args.m"),
@@ -164,8 +164,8 @@ def test_client_raises_the_servers_errors(http):
     with pytest.raises(InvalidKeys) as caught:
         http.request(["user_stats"], {"user_stats": [{"user_id": 1}]})
     assert caught.value.field == "feature_keys.user_stats[0].user_id"
-    with pytest.raises(BadRequest, match="needs 'n'"):
-        asyncio.run(http.arequest(["spend_trend"], keys=[key("1")]))
+    with pytest.raises(BadRequest, match="needs 'start'"):
+        asyncio.run(http.arequest(["window_spend"], keys=[key("1")]))
 
 
 def test_oversized_body_is_413(served):

@@ -3,6 +3,7 @@ batched store reads, and errors (the same exception classes the HTTP client rais
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from typing import Optional
@@ -27,7 +28,7 @@ def test_latest_chain_matches_the_store(served, known_users):
     spent = served.get_latest("user_spent", [key(u) for u in users])
     stats = served.get_on_demand("user_stats", [key(u) for u in users])
     for s, st in zip(spent, stats):
-        assert isinstance(st, UserStats)
+        assert isinstance(st, dict) and set(st) == {f.name for f in dataclasses.fields(UserStats)}
         assert (st.user_id, st.timestamp) == (s.user_id, s.timestamp)
         assert st.total_spent == s.avg_spent_7d * s.num_purchases_1h
         assert st.timestamp.tzinfo is datetime.timezone.utc
@@ -87,7 +88,8 @@ def test_composite_request_key_projects_onto_dependency_keys(served, known_users
 
 
 def test_pipeline_target_gives_latest_row(served, known_users):
-    assert served.get_on_demand("user_spent", [key(known_users[0])]) == served.get_latest("user_spent", [key(known_users[0])])
+    (latest,) = served.get_latest("user_spent", [key(known_users[0])])
+    assert served.get_on_demand("user_spent", [key(known_users[0])]) == [dataclasses.asdict(latest)]
 
 
 def test_nothing_materialized_yet_is_none(tmp_path):
@@ -134,7 +136,7 @@ def test_independent_reads_run_concurrently_on_io_stores(tmp_path, served, known
         ("user_stats", [{"uid": "1"}], None, InvalidKeys, "keys[0].user_id", "missing ['user_id']; unknown ['uid']"),
         ("user_stats", [{"user_id": "1", "x": 1}], None, InvalidKeys, "keys[0].x", "unknown ['x']"),
         ("user_stats", [{"user_id": 1}], None, InvalidKeys, "keys[0].user_id", "keys[0].user_id must be str, got 1"),
-        ("spend_trend", [key("1")], None, BadRequest, "args.user_spent.n", "'spend_trend' reads user_spent with last_n, which needs 'n'"),
+        ("window_spend", [key("1")], None, BadRequest, "args.user_spent.start", "'window_spend' reads user_spent with range, which needs 'start'"),
         ("spend_trend", [key("1")], {"n": 0}, BadRequest, "args.user_spent.n", "n must be a positive int, got 0"),
         ("spend_trend", [key("1")], {"n": 2, "bogus": 1}, BadRequest, "args.bogus", "unknown argument 'bogus'"),
         ("spend_trend", [key("1")], {"n": 2, "spend_trend": {"nope": 1}}, BadRequest, "args.spend_trend.nope", "unknown argument 'nope' for 'spend_trend'"),

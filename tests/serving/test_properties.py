@@ -3,7 +3,6 @@ in-process path (``client.get_on_demand``) give identical rows, or the same erro
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 
 from hypothesis import HealthCheck, given, settings
@@ -56,7 +55,7 @@ def requests(draw):
 
 
 def as_dict(row):
-    return None if row is None else dataclasses.asdict(row)
+    return None if row is None else dict(row)
 
 
 def outcome(call):

@@ -169,7 +169,7 @@ def test_bad_spines(client, make, error, message):
         (["stats.total", "stats"], {}, ValueError, r"stats.total is requested twice"),
         (["stats.at", "scaled.at"], {}, ValueError, r"column 'at' would come from both stats.at and scaled.at; pass full_names=True"),
         (["stats"], {"args": {"n": 2}}, ValueError, r"only on-demand features take arguments"),
-        (["recent"], {}, BadRequest, r"'recent' reads stats with last_n, which needs 'n'"),
+        (["recent"], {"args": {"n": 0}}, BadRequest, r"n must be a positive int, got 0"),
         (["scaled"], {"args": {"factr": 2}}, BadRequest, r"unknown argument 'factr'"),
         (["stats"], {"timestamp_column": 3}, TypeError, r"timestamp_column must be a column name"),
     ],

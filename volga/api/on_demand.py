@@ -1,13 +1,20 @@
 """``@on_demand``: request-time features computed from pipeline outputs and request data.
 
-A decorated function becomes a frozen :class:`OnDemandDef`; nothing is registered
-globally. Each dependency is a ``@pipeline`` (read from the online store at request
+A decorated function becomes a frozen :class:`OnDemandDef`, also recorded by name in the
+process-wide registry of definitions (:func:`volga.api.decorators.defined`). Each dependency is a ``@pipeline`` (read from the online store at request
 time) or another ``@on_demand`` feature, with a query:
 
 - ``"latest"`` (the default): the parameter is typed ``X`` or ``Optional[X]`` (``X`` the
   dependency's output entity) and receives one row or ``None``;
-- ``"last_n"`` (request argument ``n``) and ``"range"`` (``start``, ``end``): the
+- ``"last_n"`` (query argument ``n``) and ``"range"`` (``start``, ``end``): the
   parameter is typed ``list[X]`` and receives the key's rows, oldest first.
+
+A dependency may carry its query arguments: ``(user_spent, "last_n", {"n": 5})``,
+``(user_spent, "range", {"start": None, "end": None})`` (``None`` = open-ended). Request
+arguments override them: ``{"spend_trend": {"n": 3}}`` (scoped to the on-demand feature
+that reads), ``{"user_spent": {"n": 3}}`` (scoped to the pipeline read) or ``{"n": 3}``
+(everything taking ``n``), the most specific first. When ``n`` is given nowhere, ``last_n``
+reads the last ``DEFAULT_LAST_N`` = 10 rows; ``range`` has no default bounds.
 
 Parameters after the dependencies must have defaults: they are per-request arguments,
 except that one named like a key field of the output receives the request key's value.
@@ -42,13 +49,14 @@ volga.api.on_demand.OnDemandDefinitionError: on_demand broken: parameter 'factor
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import inspect
 import sys
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Literal, Union
 
-from volga.api.decorators import PipelineDef
+from volga.api.decorators import PipelineDef, defined, record
 from volga.api.entity import Schema, entity_schema, is_entity
 from volga.api.types import dtype_name, unwrap_optional
 
@@ -56,6 +64,9 @@ Query = Literal["latest", "last_n", "range"]
 QUERIES: tuple[Query, ...] = ("latest", "last_n", "range")
 # Request arguments each query needs (``range`` bounds may be null: open-ended).
 QUERY_ARGS: dict[str, tuple[str, ...]] = {"latest": (), "last_n": ("n",), "range": ("start", "end")}
+DEFAULT_LAST_N = 10
+# What a query argument is when neither the request nor the dependency gives it.
+QUERY_DEFAULTS: dict[str, dict[str, Any]] = {"latest": {}, "last_n": {"n": DEFAULT_LAST_N}, "range": {}}
 
 
 class OnDemandDefinitionError(TypeError, ValueError):
@@ -63,7 +74,7 @@ class OnDemandDefinitionError(TypeError, ValueError):
 
 
 DependencyRef = Union[PipelineDef, "OnDemandDef", str]
-DependencySpec = Union[DependencyRef, tuple[DependencyRef, str]]
+DependencySpec = Union[DependencyRef, tuple[DependencyRef, str], tuple[DependencyRef, str, Mapping[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +85,13 @@ class OnDemandDependency:
     query: Query
     param: str
     annotation: Any  # the parameter's resolved annotation
+    query_args: tuple[tuple[str, Any], ...] = ()  # declared with the dependency: (target, query, {...})
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The query arguments used when the request gives none: the dependency's own, then
+        :data:`QUERY_DEFAULTS` (``n`` = 10 for ``last_n``)."""
+        return {**QUERY_DEFAULTS[self.query], **dict(self.query_args)}
 
     @property
     def name(self) -> str:
@@ -124,15 +142,17 @@ class OnDemandDef:
         return f"<on_demand {self.name} -> {self.output.__name__}>"
 
     def resolved(self, lookup: Mapping[str, Any] | None = None) -> list[tuple[OnDemandDependency, PipelineDef | OnDemandDef]]:
-        """Each dependency with its definition; names are looked up in ``lookup``, then the
-        function's module, and checked against the parameter's type like direct references."""
+        """Each dependency with its definition; names are looked up in ``lookup``, the
+        function's module, then the process-wide registry, and checked against the parameter's type like direct references."""
         out: list[tuple[OnDemandDependency, PipelineDef | OnDemandDef]] = []
         for dep in self.dependencies:
             target = dep.target
             if isinstance(target, str):
                 found = (lookup or {}).get(target)
-                if found is None:
+                if not isinstance(found, (PipelineDef, OnDemandDef)):
                     found = self.fn.__globals__.get(target)
+                if not isinstance(found, (PipelineDef, OnDemandDef)):
+                    found = defined(target)
                 if not isinstance(found, (PipelineDef, OnDemandDef)):
                     raise OnDemandDefinitionError(
                         f"on_demand {self.name}: unknown dependency '{target}' for parameter '{dep.param}' "
@@ -173,7 +193,10 @@ def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[.
     """Declare a request-time feature over pipelines and other on-demand features.
 
     ``dependencies`` lists ``@pipeline``/``@on_demand`` definitions (or their names),
-    each optionally paired with a query: ``(user_spent, "last_n")``. The function's
+    each optionally paired with a query: ``(user_spent, "last_n")``, and optionally the
+    query's arguments: ``(user_spent, "last_n", {"n": 5})``, ``(user_spent, "range",
+    {"start": ..., "end": ...})``. Request arguments override those; ``last_n`` with ``n``
+    given nowhere reads the last 10 rows (:data:`DEFAULT_LAST_N`). The function's
     parameters take the dependencies in order; parameters after them must have defaults
     and are filled per request. Signatures are checked now, naming the function and
     parameter at fault.
@@ -205,7 +228,7 @@ def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[.
                 "add one parameter per dependency, in order"
             )
         deps: list[OnDemandDependency] = []
-        for (target, query), p in zip(specs, params):
+        for (target, query, query_args), p in zip(specs, params):
             if p.kind is p.KEYWORD_ONLY:
                 raise OnDemandDefinitionError(
                     f"on_demand {name}: parameter '{p.name}' receives dependency {_ref_name(target)} "
@@ -218,7 +241,7 @@ def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[.
                 )
             if not isinstance(target, str):
                 _check_dependency(name, entity_schema(output), p.name, hints[p.name], target, query)
-            deps.append(OnDemandDependency(target, query, p.name, hints[p.name]))
+            deps.append(OnDemandDependency(target, query, p.name, hints[p.name], query_args))
         args: list[RequestArg] = []
         for p in params[len(specs):]:
             if p.default is inspect.Parameter.empty:
@@ -233,7 +256,7 @@ def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[.
                 f"on_demand {name}: per-request argument(s) {sorted(clashes)} share a name with query arguments "
                 "of its last_n/range dependencies; rename them"
             )
-        return OnDemandDef(fn, tuple(deps), output, tuple(args))
+        return record(OnDemandDef(fn, tuple(deps), output, tuple(args)))
 
     return wrap
 
@@ -242,15 +265,19 @@ def _ref_name(target: DependencyRef) -> str:
     return target if isinstance(target, str) else target.name
 
 
-def _dependency_spec(fn_name: str, index: int, spec: Any) -> tuple[DependencyRef, Query]:
+def _dependency_spec(fn_name: str, index: int, spec: Any) -> tuple[DependencyRef, Query, tuple[tuple[str, Any], ...]]:
     query: Any = "latest"
+    query_args: Any = {}
     target = spec
     if isinstance(spec, tuple):
-        if len(spec) != 2:
+        if len(spec) not in (2, 3):
             raise OnDemandDefinitionError(
-                f"on_demand {fn_name}: dependency #{index} {spec!r} must be a definition or (definition, query)"
+                f"on_demand {fn_name}: dependency #{index} {spec!r} must be a definition, (definition, query) or "
+                "(definition, query, {query arguments})"
             )
-        target, query = spec
+        target, query, *rest = spec
+        if rest:
+            query_args = rest[0]
     if not isinstance(target, (PipelineDef, OnDemandDef, str)):
         raise OnDemandDefinitionError(
             f"on_demand {fn_name}: dependency #{index} {target!r} is not a @pipeline or @on_demand definition "
@@ -265,7 +292,42 @@ def _dependency_spec(fn_name: str, index: int, spec: Any) -> tuple[DependencyRef
             f"on_demand {fn_name}: dependency {target.name} is an on-demand feature (one row per request key), "
             f"so its query must be 'latest', not {query!r}"
         )
-    return target, query
+    return target, query, _query_args(fn_name, _ref_name(target), query, query_args)
+
+
+def _query_args(fn_name: str, target: str, query: str, given: Any) -> tuple[tuple[str, Any], ...]:
+    """Check the query arguments declared with a dependency; values stay as given."""
+    where = f"on_demand {fn_name}: dependency {target} ({query})"
+    if not isinstance(given, Mapping):
+        raise OnDemandDefinitionError(f"{where}: query arguments must be a dict like {{'n': 10}}, got {given!r}")
+    allowed = QUERY_ARGS[query]
+    out = []
+    for name, value in given.items():
+        if name not in allowed:
+            raise OnDemandDefinitionError(
+                f"{where}: unknown query argument {name!r} (it takes {list(allowed) or 'no arguments'})"
+            )
+        if name == "n":
+            if type(value) is not int or value < 1:
+                raise OnDemandDefinitionError(f"{where}: n must be a positive int, got {value!r}")
+        elif value is not None and not isinstance(value, datetime.datetime):
+            try:
+                datetime.datetime.fromisoformat(value)
+            except (TypeError, ValueError):
+                raise OnDemandDefinitionError(
+                    f"{where}: {name} must be a datetime, an ISO 8601 string or None, got {value!r}"
+                ) from None
+        out.append((name, value))
+    if query == "range" and len(out) == 2 and None not in (v for _, v in out):
+        start, end = (_as_utc(v) for _, v in sorted(out, key=lambda item: item[0] != "start"))
+        if start > end:
+            raise OnDemandDefinitionError(f"{where}: start {start} is after end {end}")
+    return tuple(out)
+
+
+def _as_utc(value: Any) -> datetime.datetime:
+    moment = value if isinstance(value, datetime.datetime) else datetime.datetime.fromisoformat(value)
+    return moment.replace(tzinfo=datetime.timezone.utc) if moment.tzinfo is None else moment
 
 
 def _hints(fn: Callable[..., Any], name: str, localns: dict[str, Any]) -> dict[str, Any]:

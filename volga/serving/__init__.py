@@ -3,10 +3,13 @@
 - :class:`OnDemandExecutor` answers feature requests from the online store (what
   ``client.get_on_demand`` and the server both call);
 - :mod:`volga.serving.http` is the HTTP/1.1 server (``client.serve()``, ``volga serve``);
-- :class:`OnDemandClient` calls that server, sync or async.
+- :class:`OnDemandClient` calls that server, sync or async;
+- :class:`Row` is a result row of either path: a dict of the output entity's fields that
+  also reads fields as attributes.
 """
 
 from volga.serving.client import OnDemandClient
+from volga.serving.codec import Row
 from volga.serving.errors import (
     BadRequest,
     FeatureFunctionError,
@@ -21,5 +24,5 @@ from volga.serving.executor import OnDemandExecutor
 
 __all__ = [
     "BadRequest", "FeatureFunctionError", "FeatureNotFound", "InternalError", "InvalidKeys", "OnDemandClient",
-    "OnDemandExecutor", "PayloadTooLarge", "ServingError", "Unauthorized",
+    "OnDemandExecutor", "PayloadTooLarge", "Row", "ServingError", "Unauthorized",
 ]

@@ -7,8 +7,9 @@ event loop for ``arequest``). Errors come back as the exceptions the server desc
 request ``field`` at fault. A timeout raises ``TimeoutError``; an unreachable server
 ``ConnectionError``.
 
-Rows come back as dicts of the output entity's fields; datetime fields (known from
-``GET /features``, read once) are parsed back into aware UTC datetimes.
+Rows come back as dicts (:class:`~volga.serving.codec.Row`) of the output entity's fields;
+datetime fields (known from ``GET /features``, read once) are parsed back into aware UTC
+datetimes, so a row equals what ``client.get_on_demand`` returns in-process.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class OnDemandClient:
         self._local = threading.local()
         self._pools: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._datetime_fields: dict[str, list[str]] = {}
+        self._datetime_lists: dict[str, list[str]] = {}
 
     # -- the feature request ------------------------------------------------------------
     def request(
@@ -105,14 +107,17 @@ class OnDemandClient:
         for feature in listing.get("features", []):
             fields = feature.get("output", {}).get("fields", {})
             self._datetime_fields[feature["name"]] = [n for n, t in fields.items() if t in ("datetime", "Optional[datetime]")]
+            self._datetime_lists[feature["name"]] = [
+                n for n, t in fields.items() if t in ("list[datetime]", "Optional[list[datetime]]")
+            ]
 
     def _parse(self, results: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for name, rows in results.items():
-            fields = self._datetime_fields.get(name)
-            if fields:
-                for row in rows:
-                    if row is not None:
-                        codec.parse_datetime_fields(row, fields)
+            fields = self._datetime_fields.get(name) or []
+            lists = self._datetime_lists.get(name) or []
+            for i, row in enumerate(rows):
+                if row is not None:
+                    rows[i] = codec.parse_datetime_fields(codec.Row(row), fields, lists) if fields or lists else codec.Row(row)
         return results
 
     def _call(self, method: str, path: str, body: bytes | None) -> Any:

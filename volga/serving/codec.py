@@ -1,6 +1,7 @@
 """JSON in and out of the serving layer: orjson, datetimes as ISO 8601 UTC.
 
-Entity instances (dataclasses) serialize as objects of their fields.
+Entity instances (dataclasses) serialize as objects of their fields; naive datetimes are
+UTC. Response rows are :class:`Row` dicts.
 
 >>> import datetime
 >>> dumps({"at": datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)})
@@ -28,17 +29,44 @@ def _fallback(value: Any) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=_fallback, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(value, default=_fallback, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC)
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     return orjson.loads(data)
 
 
-def parse_datetime_fields(row: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    """Turn the named ISO 8601 string fields of a response row back into aware datetimes."""
+class Row(dict):  # type: ignore[type-arg]
+    """A feature row: a plain dict of the output entity's fields (equal to any dict with the
+    same items) whose fields also read as attributes.
+
+    >>> row = Row(user_id="7", total_spent=3.0)
+    >>> row.total_spent, row == {"user_id": "7", "total_spent": 3.0}
+    (3.0, True)
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"row has no field {name!r} (its fields: {list(self)})") from None
+
+
+def _utc(moment: datetime.datetime) -> datetime.datetime:
+    return moment.replace(tzinfo=datetime.timezone.utc) if moment.tzinfo is None else moment.astimezone(datetime.timezone.utc)
+
+
+def parse_datetime_fields(row: dict[str, Any], fields: list[str], list_fields: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Turn the named ISO 8601 string fields of a response row (and the items of the
+    ``list_fields``) back into aware UTC datetimes; naive strings are UTC."""
     for name in fields:
         value = row.get(name)
         if isinstance(value, str):
-            row[name] = datetime.datetime.fromisoformat(value).astimezone(datetime.timezone.utc)
+            row[name] = _utc(datetime.datetime.fromisoformat(value))
+    for name in list_fields:
+        value = row.get(name)
+        if isinstance(value, list):
+            row[name] = [_utc(datetime.datetime.fromisoformat(v)) if isinstance(v, str) else v for v in value]
     return row

@@ -16,6 +16,14 @@ on-demand functions, dependencies first. Per request it then
 
 Arguments follow the ``params`` convention of ``materialize``: ``{"n": 5}`` applies to
 every read or function with that argument, ``{"user_spent": {"n": 5}}`` to one.
+Query arguments may also be scoped to the on-demand feature that reads
+(``{"spend_trend": {"n": 5}}``, most specific first); when the request gives none, a read
+uses its dependency's declared arguments (``(user_spent, "last_n", {"n": 5})``), and
+``last_n`` falls back to ``n`` = 10.
+
+In-process answers (:meth:`OnDemandExecutor.get`) are :class:`~volga.serving.codec.Row`
+dicts of the output entity's fields, equal to what ``OnDemandClient.request`` returns
+for the same request.
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ import polars as pl
 
 from volga.api.decorators import PipelineDef
 from volga.api.entity import Schema, entity_schema
-from volga.api.on_demand import QUERY_ARGS, OnDemandDef, OnDemandDefinitionError, dependency_order
+from volga.api.on_demand import QUERY_ARGS, QUERY_DEFAULTS, OnDemandDef, OnDemandDefinitionError, dependency_order
 from volga.api.types import datetime_to_us, dtype_name, to_utc, unwrap_optional
+from volga.serving.codec import Row
 from volga.serving.errors import BadRequest, FeatureFunctionError, FeatureNotFound, InternalError, InvalidKeys
 from volga.storage import KEY_INDEX, MemoryOnlineStore, OnlineStore
 
@@ -123,6 +132,7 @@ class Read:
     ts_name: str
     users: list[str]  # on-demand features that read it (for error messages)
     inferable: tuple[bool, ...] = ()  # per key column: polars infers its dtype from validated values
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # query args when the request gives none
 
     def __post_init__(self) -> None:
         simple = (pl.String(), pl.Int64(), pl.Float64(), pl.Boolean())
@@ -167,6 +177,11 @@ class Plan:
     nodes: list[Node]  # dependencies first
     needs_args: bool
     bindings: tuple[tuple[str, Any], ...]  # every definition used, by name
+    row_makers: tuple[Callable[[Any], Row], ...] = ()  # per target: its results as rows (in-process answers)
+
+    def __post_init__(self) -> None:
+        if not self.row_makers:
+            self.row_makers = tuple(_row_maker(self.nodes[t].schema) for t in self.target_nodes)
 
     def current(self, definitions: Mapping[str, Any]) -> bool:
         """False once a definition it uses was replaced under the same name."""
@@ -195,6 +210,34 @@ class _RowBuilder:
         return self.cls(**values)
 
 
+def _row_maker(schema: Schema) -> Callable[[Any], Row]:
+    """Entity instance -> :class:`Row`, with datetime fields as aware UTC datetimes (what the
+    HTTP client parses the server's ISO 8601 strings back into)."""
+    names = tuple(schema.names)
+    moments = tuple(f.name for f in schema.fields if isinstance(f.dtype, pl.Datetime))
+    moment_lists = tuple(
+        f.name for f in schema.fields if isinstance(f.dtype, pl.List) and isinstance(f.dtype.inner, pl.Datetime)
+    )
+
+    def make(obj: Any) -> Row:
+        row = Row({name: getattr(obj, name) for name in names})
+        for name in moments:
+            value = row[name]
+            if value is not None and value.tzinfo is not UTC:
+                row[name] = _utc(value)
+        for name in moment_lists:
+            value = row[name]
+            if value:
+                row[name] = [v if v is None or v.tzinfo is UTC else _utc(v) for v in value]
+        return row
+
+    return make
+
+
+def _utc(value: datetime.datetime) -> datetime.datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class OnDemandExecutor:
     """Answers feature requests from ``definitions`` and the store ``store()`` returns.
 
@@ -209,8 +252,9 @@ class OnDemandExecutor:
         self._pool: ThreadPoolExecutor | None = None
 
     # -- public entry points ---------------------------------------------------------------
-    def get(self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None) -> list[Any]:
-        """In-process: one output instance (or None) per key, in order.
+    def get(self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None) -> list[Row | None]:
+        """In-process: one row (a dict of the output entity's fields) or None per key, in order,
+        equal to what ``OnDemandClient.request`` returns for the same request.
 
         ``args`` holds query arguments and function arguments alike (see module doc).
         """
@@ -219,7 +263,9 @@ class OnDemandExecutor:
             plan = self.plan([name], field="name")
         key_tuples = [self._keys(plan, 0, keys, "keys")]
         node_kwargs, read_args = self._args(plan, args, args, "args", "args")
-        return self._execute(plan, key_tuples, node_kwargs, read_args)[0]
+        results = self._execute(plan, key_tuples, node_kwargs, read_args)[0]
+        to_row = plan.row_makers[0]
+        return [None if r is None else to_row(r) for r in results]
 
     def request(
         self,
@@ -292,16 +338,22 @@ class OnDemandExecutor:
             order = dependency_order(roots, self.definitions)
         except OnDemandDefinitionError as e:  # the definitions are broken, not the request
             raise InternalError(f"cannot serve {list(targets)}: {e}") from e
-        reads: dict[tuple[str, str], Read] = {}
+        reads: dict[tuple[str, ...], Read] = {}
         nodes: list[Node] = []
         node_of: dict[str, int] = {}
 
-        def read_of(pipe: PipelineDef, query: str, user: str) -> Read:
-            read = reads.get((pipe.name, query))
+        def read_of(pipe: PipelineDef, query: str, user: str, dep: Any = None) -> Read:
+            # A read with query arguments belongs to one dependency of one feature (each may
+            # take its own arguments); reads that end up with equal arguments are fetched once.
+            memo: tuple[str, ...] = (pipe.name, query) if not QUERY_ARGS[query] else (pipe.name, query, user, dep.param)
+            read = reads.get(memo)
             if read is None:
                 schema = pipe.schema
                 key_schema = {k: schema.field(k).dtype for k in schema.keys}
-                read = reads[(pipe.name, query)] = Read(len(reads), pipe, query, schema.keys, key_schema, schema.timestamp, [])
+                defaults = dep.defaults if dep is not None else dict(QUERY_DEFAULTS[query])
+                read = reads[memo] = Read(
+                    len(reads), pipe, query, schema.keys, key_schema, schema.timestamp, [], defaults=defaults
+                )
             if user not in read.users:
                 read.users.append(user)
             return read
@@ -315,7 +367,7 @@ class OnDemandExecutor:
                 if isinstance(target, OnDemandDef):
                     inputs.append(Input(False, node_of[target.name], projection, False, dep.optional))
                 else:
-                    read = read_of(target, dep.query, defn.name)
+                    read = read_of(target, dep.query, defn.name, dep)
                     inputs.append(Input(True, read.index, projection, dep.many, dep.optional))
             checks = {a.name: _arg_converter(a.annotation) for a in defn.args if a.name not in schema.keys}
             key_params = tuple((a.name, schema.keys.index(a.name)) for a in defn.args if a.name in schema.keys)
@@ -393,7 +445,8 @@ class OnDemandExecutor:
         query_scopes: dict[str, set[str]] = {}
         for read in plan.reads:
             if QUERY_ARGS[read.query]:
-                query_scopes.setdefault(read.name, set()).update(QUERY_ARGS[read.query])
+                for scope in (read.name, *read.users):  # the pipeline read, or the feature reading it
+                    query_scopes.setdefault(scope, set()).update(QUERY_ARGS[read.query])
         udf_names = set().union(*udf_scopes.values()) if udf_scopes else set()
         query_names = set().union(*query_scopes.values()) if query_scopes else set()
         if merged:
@@ -421,13 +474,24 @@ class OnDemandExecutor:
         for read in plan.reads:
             values = []
             for name in QUERY_ARGS[read.query]:
-                value = lookup(query_args, read.name, name)
-                field = f"{q_label}.{read.name}.{name}"
+                value, field = _MISSING, f"{q_label}.{read.name}.{name}"
+                for user in read.users:  # scoped to the on-demand feature that reads: most specific
+                    own = query_args.get(user)
+                    if isinstance(own, Mapping) and name in own:
+                        value, field = own[name], f"{q_label}.{user}.{name}"
+                        break
+                if value is _MISSING:
+                    value = lookup(query_args, read.name, name)
+                if value is _MISSING:
+                    value = read.defaults.get(name, _MISSING)
+                    field = f"{read.users[0]}: dependency {read.name} ({read.query}) argument {name}"
                 if value is _MISSING:
                     raise BadRequest(
                         f"'{read.users[0]}' reads {read.name} with {read.query}, which needs '{name}': pass "
-                        f"{q_label}={{'{name}': ...}} or {{'{read.name}': {{'{name}': ...}}}}",
-                        field=field,
+                        f"{q_label}={{'{name}': ...}}, {{'{read.name}': {{'{name}': ...}}}} or "
+                        f"{{'{read.users[0]}': {{'{name}': ...}}}}, or declare it with the dependency: "
+                        f"({read.name}, '{read.query}', {{'{name}': ...}})",
+                        field=f"{q_label}.{read.name}.{name}",
                     )
                 values.append(_query_value(name, value, field))
             if read.query == "range" and None not in values and values[0] > values[1]:
@@ -500,16 +564,25 @@ class OnDemandExecutor:
 
     def _read_all(self, plan: Plan, needed: list[dict[Key, None]], read_args: list[tuple[Any, ...]]) -> list[dict[Key, Any]]:
         store = self.store()
-        jobs = [(read, list(keys), read_args[read.index] if read_args else ()) for read, keys in zip(plan.reads, needed) if keys]
         out: list[dict[Key, Any]] = [{} for _ in plan.reads]
+        # One store call per pipeline, query and arguments, whichever features share it.
+        groups: dict[tuple[Any, ...], list[Read]] = {}
+        for read, keys in zip(plan.reads, needed):
+            if keys:
+                groups.setdefault((read.name, read.query, read_args[read.index] if read_args else ()), []).append(read)
+        jobs = []
+        for (_, _, args), members in groups.items():
+            keys = needed[members[0].index] if len(members) == 1 else dict.fromkeys(k for m in members for k in needed[m.index])
+            jobs.append((members, list(keys), args))
         if len(jobs) > 1 and not isinstance(store, MemoryOnlineStore):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="volga-read")
-            for (read, _, _), values in zip(jobs, self._pool.map(lambda job: self._read(store, *job), jobs)):
-                out[read.index] = values
+            answers = list(self._pool.map(lambda job: self._read(store, job[0][0], job[1], job[2]), jobs))
         else:
-            for read, keys, args in jobs:
-                out[read.index] = self._read(store, read, keys, args)
+            answers = [self._read(store, members[0], keys, args) for members, keys, args in jobs]
+        for (members, _, _), values in zip(jobs, answers):
+            for read in members:
+                out[read.index] = values
         return out
 
     def _read(self, store: OnlineStore, read: Read, keys: list[Key], args: tuple[Any, ...]) -> dict[Key, Any]:

@@ -53,7 +53,8 @@ def describe(definition: Any, definitions: Mapping[str, Any]) -> dict[str, Any]:
         return entry
     entry["kind"] = "on_demand"
     entry["dependencies"] = [
-        {"name": dep.name, "query": dep.query, "param": dep.param} for dep in definition.dependencies
+        {"name": dep.name, "query": dep.query, "param": dep.param, **({"query_args": dict(dep.query_args)} if dep.query_args else {})}
+        for dep in definition.dependencies
     ]
     entry["args"] = [
         {"name": a.name, "type": _type_name(a.annotation), "default": a.default}
