@@ -507,3 +507,12 @@ def test_stream_plans_split_into_ray_stages() -> None:
     kinds = [(s.kind, s.parallelism, s.partition) for s in topology.stages]
     # two sources; the union merges on one actor; the window and the join are keyed by "k"
     assert kinds == [("source", 1, None), ("source", 1, None), ("keyed", 1, None), ("keyed", 2, ("k",)), ("keyed", 2, ("k",))]
+
+
+@pytest.mark.parametrize("run", [Run("streaming", 2), Run("batch"), Run("streaming", 2, ray=1)], ids=str)
+def test_a_plain_list_is_a_sink(run: Run) -> None:
+    ctx = run.context()
+    out: list = []
+    ctx.from_collection(["a b", "c"]).flat_map(str.split).map(str.upper).sink(out)
+    run.execute(ctx)
+    assert out == ["A", "B", "C"]

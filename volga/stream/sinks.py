@@ -46,8 +46,8 @@ class ListSink(Sink):
     """Collects elements in ``items`` (values, or dicts for record streams) and the
     batches, with event times, in ``frame()``. Thread-safe; survives several runs."""
 
-    def __init__(self) -> None:
-        self.items: list[Any] = []
+    def __init__(self, items: list[Any] | None = None) -> None:
+        self.items: list[Any] = items if items is not None else []  # sink(a_list) fills that list
         self.frames: list[pl.DataFrame] = []
         self._lock = threading.Lock()
 
@@ -199,9 +199,9 @@ def as_sink(target: Any, name: str | None = None) -> Sink:
     if isinstance(target, (str, Path)):
         return FileSink(target)
     if isinstance(target, list):
-        raise TypeError("sink(list) cannot share a plain list safely; use volga.stream.ListSink() and read .items")
+        return ListSink(target)
     if hasattr(target, "get_latest") or hasattr(target, "scan"):
         return StoreSink(target, name or "stream")
     if callable(target):
         return CallableSink(target)
-    raise TypeError(f"sink: expected a callable, a ListSink, a store or a file path, got {type(target).__name__}")
+    raise TypeError(f"sink: expected a callable, a list, a ListSink, a store or a file path, got {type(target).__name__}")
