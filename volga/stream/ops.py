@@ -28,6 +28,7 @@ from volga.api import nodes as api
 from volga.api.aggregates import Aggregate
 from volga.api.entity import Schema
 from volga.errors import Rejected
+from volga.ops.frames import assemble, epoch_us
 from volga.ops.join import AsOfJoinOp, take_before
 from volga.ops.stateless import StatelessChain
 from volga.ops.window import WindowAggregateOp
@@ -208,19 +209,21 @@ class RowChain(_Calls):
             if loop.emits_keys:
                 keys = new_keys
         last = run[-1]
+
+        def take(col: str) -> pl.Series:
+            return batch[col] if idx is None else batch[col].gather(idx)
+
         if not changed:
-            out = batch if idx is None else batch[idx]
+            columns = {c.name: c for c in (batch if idx is None else batch[idx]).iter_columns()}
         else:
-            ts = batch[source_schema.timestamp]
-            ts = (ts if idx is None else ts.gather(idx)).alias(sn.TS)
             output = next(s.output for s in reversed(run) if s.op in ("map", "flat_map"))
-            out = frame_of(items, last.schema, output).with_columns(ts)
+            columns = {c.name: c for c in frame_of(items, last.schema, output).iter_columns()}
+            columns[sn.TS] = take(source_schema.timestamp)
         if keys is not None:
-            out = out.with_columns(pl.Series(sn.KEY, keys, dtype=sn.OBJECT))
-        if SEQ in batch.columns and SEQ not in out.columns:
-            seq = batch[SEQ]
-            out = out.with_columns(seq if idx is None else seq.gather(idx))
-        return out.select(with_seq(last.schema.names, batch))
+            columns[sn.KEY] = pl.Series(sn.KEY, keys, dtype=sn.OBJECT)
+        if SEQ in batch.columns and SEQ not in columns:
+            columns[SEQ] = take(SEQ)
+        return assemble(columns, with_seq(last.schema.names, batch))
 
     def _columnar(self, step: sn.BatchNode, batch: pl.DataFrame) -> pl.DataFrame:
         if step.op == "key_by":
@@ -339,12 +342,13 @@ class FusedKeyedReduce(_Calls):
             return batch[col] if idx is None else batch[col].gather(idx)
 
         out = frame_of(values, self.schema, "value" if sn.is_value_stream(self.schema) else "records")
-        extra = [pl.Series(sn.KEY, keys, dtype=sn.OBJECT)]
-        if self.schema.timestamp not in out.columns:
-            extra.append(take(in_schema.timestamp).alias(self.schema.timestamp))
+        columns = {c.name: c for c in out.iter_columns()}
+        columns[sn.KEY] = pl.Series(sn.KEY, keys, dtype=sn.OBJECT)
+        if self.schema.timestamp not in columns:
+            columns[self.schema.timestamp] = take(in_schema.timestamp)
         if SEQ in batch.columns:
-            extra.append(take(SEQ))
-        return out.with_columns(extra).select(with_seq(self.schema.names, batch))
+            columns[SEQ] = take(SEQ)
+        return assemble(columns, with_seq(self.schema.names, batch))
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": dict(self.state)}
@@ -419,7 +423,7 @@ def _sort_by_time(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
     ts = rows[ts_col]
     if ts.is_sorted():
         return rows
-    return rows[np.argsort(ts.dt.epoch("us").to_numpy(), kind="stable")]
+    return rows[np.argsort(epoch_us(ts), kind="stable")]
 
 
 class UnionOp:
@@ -530,7 +534,7 @@ class EventWindowOp(_Calls):
     def push(self, side: int, batch: pl.DataFrame) -> None:
         if not batch.height:
             return
-        ts = batch[self.ts].dt.epoch("us").to_numpy()
+        ts = epoch_us(batch[self.ts])
         last = (ts // self.slide) * self.slide
         n_windows = -((ts - last - self.size) // self.slide)  # windows holding ts: ceil((size - (ts - last)) / slide)
         row = np.repeat(np.arange(ts.shape[0]), n_windows)

@@ -23,6 +23,7 @@ import polars as pl
 from volga.api.entity import Schema
 from volga.api.types import TIMESTAMP_DTYPE, datetime_to_us
 from volga.errors import Rejected
+from volga.ops.frames import pick
 from volga.sources.base import Source, SourceMode, SourceReader
 from volga.sources.memory import MemoryReader
 from volga.stream import nodes as sn
@@ -218,13 +219,13 @@ class StreamReader(SourceReader):
         self.rows_read += batch.height
         if self.base_ts not in batch.columns:  # ingestion time, never decreasing
             self.last_us = max(self.last_us, time.time_ns() // 1000)
-            batch = batch.with_columns(pl.lit(self.last_us).cast(pl.Int64).cast(TIMESTAMP_DTYPE).alias(sn.TS))
+            batch = batch.hstack([pl.Series(sn.TS, np.full(batch.height, self.last_us, dtype=np.int64)).cast(TIMESTAMP_DTYPE)])
         if self.prelude is not None:
             batch = self.prelude.apply(batch)
         spec = self.node.timestamps
         if spec is not None and batch.height:
             batch = self._assign(batch, spec)
-        return batch.select(self.node.schema.names)
+        return pick(batch, self.node.schema.names)
 
     def _assign(self, batch: pl.DataFrame, spec: sn.TimestampSpec) -> pl.DataFrame:
         unit = _UNIT_US[spec.unit]

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from volga.errors import Rejected
+from volga.ops.frames import epoch_us
 from volga.ops.join import AsOfJoinOp
 from volga.ops.stateless import StatelessChain
 from volga.ops.window import WindowAggregateOp
@@ -81,7 +82,7 @@ def sort_by_time(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
     ts = rows[ts_col]
     if ts.is_sorted():
         return rows
-    return rows[np.argsort(ts.dt.epoch("us").to_numpy(), kind="stable")]
+    return rows[np.argsort(epoch_us(ts), kind="stable")]
 
 
 def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metrics: Metrics, batch_size: int = 1_000_000) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from volga.api.decorators import SourceDef
+from volga.ops.frames import epoch_us
 
 log = logging.getLogger("volga.stream")
 
@@ -88,7 +89,7 @@ class SourceStage:
         return self._release()
 
     def _drop_late(self, batch: pl.DataFrame) -> pl.DataFrame:
-        ts = batch[self.ts_col].dt.epoch("us").to_numpy()
+        ts = epoch_us(batch[self.ts_col])
         running_max = np.maximum.accumulate(ts)
         seen_before = np.empty_like(ts)
         seen_before[0] = self.max_seen
@@ -115,7 +116,7 @@ class SourceStage:
         if self.done or self.lateness_us == 0:
             out, self.buffer = self.buffer, None
             return out
-        cut = int(self.buffer[self.ts_col].dt.epoch("us").search_sorted(self.watermark, side="right"))
+        cut = int(np.searchsorted(epoch_us(self.buffer[self.ts_col]), self.watermark, side="right"))
         out = self.buffer.slice(0, cut)
         self.buffer = self.buffer.slice(cut)
         return out if out.height else None
