@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 
 def pick(frame: pl.DataFrame, names: Iterable[str]) -> pl.DataFrame:
@@ -30,3 +31,24 @@ def epoch_us(times: pl.Series) -> np.ndarray:
     if isinstance(dtype, pl.Datetime) and dtype.time_unit == "us":
         return times.cast(pl.Int64).to_numpy()  # the physical value; to_physical() goes through the lazy engine
     return times.dt.epoch("us").to_numpy()
+
+
+def masked(values: np.ndarray, valid: np.ndarray) -> pl.Series:
+    """``values`` with nulls where ``valid`` is false (``pl.when(valid).then(values)``)."""
+    if valid.all():
+        return pl.Series(values)
+    return pl.from_arrow(pa.array(values, mask=~valid))  # type: ignore[return-value]
+
+
+def not_null_mask(series: pl.Series) -> np.ndarray:
+    """``series.is_not_null()`` as a numpy bool array (free when there are no nulls)."""
+    if series.null_count() == 0:
+        return np.ones(len(series), dtype=bool)
+    return series.is_not_null().to_numpy()
+
+
+def take(series: pl.Series, idx: np.ndarray) -> pl.Series:
+    """``series.gather(idx)``; a negative index gives null."""
+    if idx.size and idx.min() < 0:
+        return series.gather(masked(idx, idx >= 0))
+    return series[idx]

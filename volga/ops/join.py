@@ -9,9 +9,11 @@ right row per key.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from volga.api import nodes
+from volga.ops.frames import epoch_us, pick
 
 _RTS = "__volga_right_ts"
 _MATCH = "__volga_matched"
@@ -81,7 +83,7 @@ class AsOfJoinOp:
         """Keep only the latest right row per key among rows no future left row can miss."""
         cut = self.latest.height
         if bound_us is not None:
-            cut = int(self.latest[_RTS].dt.epoch("us").search_sorted(bound_us, side="left"))
+            cut = int(np.searchsorted(epoch_us(self.latest[_RTS]), bound_us, side="left"))
         old = self.latest.slice(0, cut).unique(subset=self.right_keys, keep="last", maintain_order=True)
         recent = self.latest.slice(cut)
         self.latest = pl.concat([old.sort(_RTS, maintain_order=True), recent])
@@ -105,7 +107,7 @@ class AsOfJoinOp:
         )
         if self.node.how == "inner":
             joined = joined.filter(pl.col(_MATCH).is_not_null())
-        return joined.select(self.node.schema.names)
+        return pick(joined, self.node.schema.names)
 
 
 def take_before(buffer: list[pl.DataFrame], ts_col: str, bound_us: int | None) -> pl.DataFrame | None:
@@ -116,7 +118,7 @@ def take_before(buffer: list[pl.DataFrame], ts_col: str, bound_us: int | None) -
     buffer.clear()
     if bound_us is None:
         return rows
-    cut = int(rows[ts_col].dt.epoch("us").search_sorted(bound_us, side="left"))
+    cut = int(np.searchsorted(epoch_us(rows[ts_col]), bound_us, side="left"))
     if cut < rows.height:
         buffer.append(rows.slice(cut))
     return rows.slice(0, cut)

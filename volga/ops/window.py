@@ -21,6 +21,7 @@ import pyarrow as pa
 from volga.api.aggregates import Aggregate
 from volga.api.entity import Schema
 from volga.ops import kernels
+from volga.ops.frames import assemble, epoch_us, masked, not_null_mask, pick, take
 from volga.ops.keys import KeyIndex, OrderLabels
 
 _SUM_KINDS = ("sum", "avg")
@@ -180,13 +181,14 @@ class WindowAggregateOp:
         self._append(batch[order], kids[order])
         rows, keys = self.rows, self.per_key
         kernels.link_rows(r0, n, rows["kid"], rows["prev"], rows["nxt"], keys["last_row"])
-        back = pl.Series(np.argsort(order))
+        back = np.argsort(order)
         columns = [
-            self._aggregate(i, a, r0, n).gather(back).alias(a.into).cast(self.output_schema.field(a.into).dtype)
+            take(self._aggregate(i, a, r0, n), back).alias(a.into).cast(self.output_schema.field(a.into).dtype)
             for i, a in enumerate(self.aggregates)
         ]
-        out = batch.select([*self.keys, self.ts_col])
-        return out.with_columns(columns).select(self.output_schema.names)
+        out = {c: batch.get_column(c) for c in (*self.keys, self.ts_col)}
+        out.update((c.name, c) for c in columns)
+        return assemble(out, self.output_schema.names)
 
     def _append(self, batch: pl.DataFrame, kids: np.ndarray) -> None:
         n, r0 = batch.height, self.size
@@ -194,22 +196,24 @@ class WindowAggregateOp:
         self.rows.ensure(r0 + n)
         rows = self.rows
         rows["kid"][r0 : r0 + n] = kids
-        rows["ts"][r0 : r0 + n] = batch[self.ts_col].dt.epoch("us").to_numpy()
+        rows["ts"][r0 : r0 + n] = epoch_us(batch[self.ts_col])
         for col in self.value_cols:
             series = batch[col]
             self.values[col].append(series)
-            rows[f"valid:{col}"][r0 : r0 + n] = series.is_not_null().to_numpy()
+            rows[f"valid:{col}"][r0 : r0 + n] = not_null_mask(series)
+            nulls = series.null_count() > 0
             if series.dtype == pl.Float64:
-                rows[f"val:{col}"][r0 : r0 + n] = series.fill_null(0.0).to_numpy()
+                rows[f"val:{col}"][r0 : r0 + n] = (series.fill_null(0.0) if nulls else series).to_numpy()
             elif series.dtype in (pl.Int64, pl.Boolean) or series.dtype.is_temporal():
-                rows[f"val:{col}"][r0 : r0 + n] = series.cast(pl.Int64).fill_null(0).to_numpy()
+                ints = series.cast(pl.Int64)
+                rows[f"val:{col}"][r0 : r0 + n] = (ints.fill_null(0) if nulls else ints).to_numpy()
             elif col in self.order_labels:
                 labels = self.order_labels[col]
                 rows[f"val:{col}"][r0 : r0 + n] = labels.label(series)
                 if labels.relabelled:  # every stored label moved: recompute them from the value log
                     rows[f"val:{col}"][:r0] = labels.label(self._value_log(col).head(r0))
             if col in self.value_index:
-                ids = self.value_index[col].ids(batch.select(col))
+                ids = self.value_index[col].ids(pick(batch, [col]))
                 valid = rows[f"valid:{col}"][r0 : r0 + n]
                 rows[f"vid:{col}"][r0 : r0 + n] = np.where(valid, ids, -1)
         self.size += n
@@ -225,16 +229,14 @@ class WindowAggregateOp:
             sums, counts = np.empty(n), np.empty(n, dtype=np.int64)
             kernels.sliding_sum(*common, rows["prev"], rows["nxt"], val, valid, w, lo, keys[f"f_end:{i}"],
                                 keys[f"b_sum:{i}"], keys[f"b_cnt:{i}"], rows[f"f_sum:{i}"], rows[f"f_cnt:{i}"], sums, counts)
-            has = pl.Series(counts) > 0
-            value = pl.Series(sums / np.maximum(counts, 1)) if agg.kind == "avg" else pl.Series(sums)
-            return pl.select(pl.when(has).then(value)).to_series()
+            return masked(sums / np.maximum(counts, 1) if agg.kind == "avg" else sums, counts > 0)
         if agg.kind == "stddev":
             counts, m2 = np.empty(n, dtype=np.int64), np.empty(n)
             kernels.sliding_moments(*common, rows["prev"], rows["nxt"], val, valid, w, lo, keys[f"f_end:{i}"],
                                     keys[f"b_n:{i}"], keys[f"b_mean:{i}"], keys[f"b_m2:{i}"],
                                     rows[f"f_n:{i}"], rows[f"f_mean:{i}"], rows[f"f_m2:{i}"], counts, m2)
             std = np.sqrt(np.maximum(m2, 0.0) / np.maximum(counts - 1, 1))
-            return pl.select(pl.when(pl.Series(counts) >= 2).then(pl.Series(std))).to_series()
+            return masked(std, counts >= 2)
         if agg.kind == "count":
             out = np.empty(n, dtype=np.int64)
             kernels.sliding_count(*common, rows["nxt"], valid, w, lo, keys[f"cnt:{i}"], out)
@@ -263,10 +265,7 @@ class WindowAggregateOp:
         raise AssertionError(f"unknown aggregate kind {agg.kind}")
 
     def _gather(self, col: str, idx: np.ndarray) -> pl.Series:
-        indices = pl.Series(idx)
-        if (idx < 0).any():
-            indices = pl.select(pl.when(indices >= 0).then(indices)).to_series()
-        return self._value_log(col).gather(indices)
+        return take(self._value_log(col), idx)
 
     # -- compaction ------------------------------------------------------------------
     def _compact(self) -> None:
