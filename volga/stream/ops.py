@@ -196,14 +196,13 @@ class RowChain(_Calls):
                 changed, keys = True, None
                 continue
             loop = self._loop(segment)
-            values, new_keys, positions = loop.run(items, {}, lambda i, e, x, seg=segment: self._reject(seg[i].label(), e, x))  # type: ignore[misc]
-            if len(positions) != len(items):
-                at = np.asarray(positions, dtype=np.int64)
-                idx = at if idx is None else idx[at]
+            values, new_keys, kept = loop.run(items, {}, lambda i, e, x, seg=segment: self._reject(seg[i].label(), e, x))  # type: ignore[misc]
+            if kept is not None:
+                idx = kept if idx is None else idx[kept]
                 if not loop.changes_values:
-                    items = [items[p] for p in positions]
+                    items = [items[p] for p in kept]
                 if keys is not None and not loop.emits_keys:
-                    keys = [keys[p] for p in positions]
+                    keys = [keys[p] for p in kept]
             if loop.changes_values:
                 items, changed, keys = values, True, None
             if loop.emits_keys:
@@ -335,8 +334,7 @@ class FusedKeyedReduce(_Calls):
         if batch.height == 0:
             return empty(self.schema)
         in_schema = self.tail[0].input.schema
-        values, keys, positions = self.loop.run(items_of(batch, in_schema), self.state, self._reject_step)
-        idx = None if len(positions) == batch.height else np.asarray(positions, dtype=np.int64)
+        values, keys, idx = self.loop.run(items_of(batch, in_schema), self.state, self._reject_step)
 
         def take(col: str) -> pl.Series:
             return batch[col] if idx is None else batch[col].gather(idx)
