@@ -93,7 +93,7 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
             fused = fuse_reduce(steps[upstream], node) if fuse_keyed and consumers.get(id(node.input), 0) <= 1 else None
             if fused is not None:
                 prev = steps[upstream]
-                steps[upstream] = Step(upstream, "window", prev.inputs, node.schema, fused, None)
+                steps[upstream] = Step(upstream, "window", prev.inputs, node.schema, fused, None)  # type: ignore[arg-type]
                 labels[upstream] += " -> " + node.label()
                 parallelism[upstream] = node.parallelism or 1
                 result = upstream

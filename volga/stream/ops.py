@@ -315,7 +315,7 @@ class FusedKeyedReduce(_Calls):
     def __init__(self, prefix: RowChain | None, tail: list[sn.RowNode], node: sn.ReduceNode, where: str) -> None:
         super().__init__(where)
         self.prefix, self.tail, self.node = prefix, tail, node
-        self.loop = RowLoop([*((s.op, s.fn) for s in tail), ("reduce", node.fn)])  # type: ignore[misc]
+        self.loop = RowLoop([*((s.op, s.fn) for s in tail), ("reduce", node.fn)])  # type: ignore[list-item]  # tail holds no flat_map
         self.labels = [*(s.label() for s in tail), node.label()]
         self.state: dict[Any, Any] = {}
 
