@@ -136,3 +136,43 @@ def test_a_raising_reduce_keeps_the_keys_state() -> None:
     assert out.items == [3, 7, 14]  # 3; 3*10//0 raises (state stays 3); 30//4 = 7; 70//5 = 14
     ((where, reason, record),) = [(r.source, r.reason, r.record) for r in job.rejected]
     assert (where, reason, record) == ("stream reduce(<lambda>)", "ZeroDivisionError: integer division or modulo by zero", {"value": 0})
+
+
+def test_row_callables_get_the_collections_own_objects() -> None:
+    words = ["alpha", "beta", "alpha", "gamma"]
+    ctx = StreamingContext(batch_size=3)
+    seen, counts = ListSink(), ListSink()
+    ctx.from_collection(words).filter(lambda w: True).map(id).sink(seen)
+    ctx.from_collection(words).key_by(lambda w: w).reduce(lambda a, b: a + "!").sink(counts)
+    ctx.execute()
+    assert seen.items == [id(w) for w in words]  # the very objects, not copies rebuilt from Arrow
+    assert counts.items == ["alpha", "beta", "alpha!", "gamma"]
+
+
+def test_the_collections_objects_never_reach_sinks_late_rows_or_columnar_steps(tmp_path) -> None:
+    from volga import Count
+
+    ctx = StreamingContext(batch_size=1)
+    direct, columnar, late = ListSink(), ListSink(), ListSink()
+    source = ctx.from_collection([3, 1, 2, 5]).timestamp_assigner(lambda t: t).with_lateness("0s", late_sink=late)
+    source.sink(direct)
+    source.sink(tmp_path / "out.parquet")
+    source.key_by("value").aggregate([Count(into="n")]).sink(columnar)
+    source.map(lambda t: t * 10).sink(ListSink())
+    job = ctx.execute()
+    assert direct.items == [3, 5] and late.items == [1, 2]
+    assert [c for c in direct.frame().columns if c.startswith("__volga")] == []
+    assert pl.read_parquet(tmp_path / "out.parquet")["value"].to_list() == [3, 5]
+    assert [r["n"] for r in columnar.items] == [1, 1]
+    assert job.late_events("collection_1").columns == ["value", "__ts"]
+
+
+def test_late_rows_of_a_source_read_only_by_row_steps_carry_no_objects(tmp_path) -> None:
+    ctx = StreamingContext(batch_size=1)
+    out, late = ListSink(), ListSink()
+    (ctx.from_collection([3, 1, 2, 5]).timestamp_assigner(lambda t: t).with_lateness("0s", late_sink=late)
+        .map(lambda t: t * 10).sink(out))
+    job = ctx.execute()
+    assert ctx.compile().plan.steps[0].source.keep_objects  # only a row step reads this source
+    assert out.items == [30, 50] and late.items == [1, 2]
+    assert late.frame().columns == job.late_events("collection_1").columns == ["value", "__ts"]

@@ -121,6 +121,7 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
     for i, sink in enumerate(sinks):
         outputs[f"sink{i}"] = visit(sink.input)
         sink_objects[f"sink{i}"] = sink.sink
+    keep_objects_for_row_steps(steps, set(outputs.values()))
     return StreamPlan(PhysicalPlan(steps, outputs, {}), sink_objects, labels, parallelism, explicit)
 
 
@@ -158,3 +159,25 @@ def route_late_rows(window: sn.WindowNode, steps: list[Step]) -> None:
         if step.kind == "source" and isinstance(step.source, SourceSpec) and step.source.node is node:
             chain = ops.RowChain(path, "late rows") if path else None
             step.source.late_routes.append((chain, window.late_sink, window.input.schema))
+
+
+def keep_objects_for_row_steps(steps: list[Step], outputs: set[int]) -> None:
+    """A collection source hands its own Python objects (``sn.OBJECTS``) to the row
+    callables that read it, when row callables are all that read it: every consumer
+    starts with a row step (whose output no longer carries them) and no sink reads it."""
+
+    def starts_with_row_step(step: Step) -> bool:
+        op = step.op
+        if isinstance(op, ops.FusedKeyedReduce):
+            first = op.prefix.steps[0] if op.prefix is not None else op.tail[0]
+        elif isinstance(op, ops.RowChain):
+            first = op.steps[0]
+        else:
+            return False
+        return isinstance(first, sn.RowNode)
+
+    for source in steps:
+        if source.kind != "source" or source.id in outputs or not isinstance(source.source, SourceSpec):
+            continue
+        consumers = [s for s in steps if source.id in s.inputs]
+        source.source.keep_objects = bool(consumers) and all(starts_with_row_step(s) for s in consumers)

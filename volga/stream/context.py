@@ -88,7 +88,7 @@ class StreamJob:
 
     def late_events(self, source: str) -> pl.DataFrame:
         """Rows of ``source`` that arrived later than its lateness allowed (streaming mode)."""
-        return self.job.late_events(source)
+        return self.job.late_events(source).drop(sn.OBJECTS, strict=False)
 
     def explain(self) -> str:
         return self.plan.explain()

@@ -22,6 +22,10 @@ from volga.api.types import TIMESTAMP_DTYPE, dtype_of
 TS = "__ts"
 KEY = "__key"
 VALUE = "value"
+# The Python objects a collection was given (same rows as its typed ``value`` column), so
+# that row callables get those very objects instead of copies rebuilt from Arrow. Only
+# read by the row steps right after the source; never in a schema.
+OBJECTS = "__volga_objects"
 OBJECT = pl.Object()
 
 

@@ -57,7 +57,7 @@ def empty(schema: Schema) -> pl.DataFrame:
 def items_of(batch: pl.DataFrame, schema: Schema) -> list[Any]:
     """What user callables see: bare values of a value stream, dicts of a record stream."""
     if sn.is_value_stream(schema):
-        return batch[sn.VALUE].to_list()
+        return batch[sn.OBJECTS if sn.OBJECTS in batch.columns else sn.VALUE].to_list()
     return batch.select(sn.data_columns(schema)).to_dicts()
 
 

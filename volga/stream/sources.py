@@ -32,7 +32,11 @@ _UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 
 def collection_frame(items: Any) -> tuple[pl.DataFrame, Schema]:
-    """A list of values, a list of dicts (records) or a polars DataFrame, as one frame."""
+    """A list of values, a list of dicts (records) or a polars DataFrame, as one frame.
+
+    A list of str/int/float/bool values also keeps the values themselves (``sn.OBJECTS``):
+    row callables get the objects they were given, not copies rebuilt from Arrow."""
+    objects = None
     if isinstance(items, pl.DataFrame):
         frame = items
     else:
@@ -47,13 +51,16 @@ def collection_frame(items: Any) -> tuple[pl.DataFrame, Schema]:
                 series = pl.Series(sn.VALUE, items, strict=True)
                 if series.dtype == pl.Null or isinstance(series.dtype, (pl.List, pl.Array, pl.Struct)):
                     raise TypeError("keep containers as Python objects")
+                if series.dtype in (pl.String, pl.Int64, pl.Float64, pl.Boolean):  # immutable: safe to hand out
+                    objects = pl.Series(sn.OBJECTS, items, dtype=sn.OBJECT)
             except Exception:
                 series = pl.Series(sn.VALUE, items, dtype=sn.OBJECT)
             frame = pl.DataFrame([series])
     bad = [c for c in frame.columns if c.startswith("__")]
     if bad:
         raise ValueError(f"from_collection: column names starting with '__' are reserved: {bad}")
-    return frame, sn.make_schema("collection", dict(frame.schema))
+    schema = sn.make_schema("collection", dict(frame.schema))
+    return (frame if objects is None else frame.hstack([objects])), schema
 
 
 class FrameSource(Source):
@@ -184,8 +191,8 @@ class _TextReader(SourceReader):
 class StreamSource(Source):
     """A connector plus what the stream adds before the watermark: prelude steps and event time."""
 
-    def __init__(self, node: sn.SourceNode, params: Any) -> None:
-        self.node = node
+    def __init__(self, node: sn.SourceNode, params: Any, keep_objects: bool = False) -> None:
+        self.node, self.keep_objects = node, keep_objects
         self.inner, self.inner_schema = node.make_source(params)
 
     @property
@@ -197,16 +204,17 @@ class StreamSource(Source):
 
         reader = self.inner.open(self.inner_schema, name=name, mode=mode)
         prelude = RowChain(list(self.node.prelude), f"source {name}") if self.node.prelude else None
-        return StreamReader(self.node, reader, prelude)
+        return StreamReader(self.node, reader, prelude, self.keep_objects)
 
     def describe(self) -> str:
         return f"{self.node.kind}({self.node.description})"
 
 
 class StreamReader(SourceReader):
-    def __init__(self, node: sn.SourceNode, reader: SourceReader, prelude: Any) -> None:
+    def __init__(self, node: sn.SourceNode, reader: SourceReader, prelude: Any, keep_objects: bool = False) -> None:
         super().__init__()
         self.node, self.reader, self.prelude = node, reader, prelude
+        self.names = [*node.schema.names, sn.OBJECTS] if keep_objects else node.schema.names
         self.base_ts = node.base_schema.timestamp
         self.last_us = 0
         self.calls_rejected: list[Rejected] = []
@@ -225,7 +233,7 @@ class StreamReader(SourceReader):
         spec = self.node.timestamps
         if spec is not None and batch.height:
             batch = self._assign(batch, spec)
-        return pick(batch, self.node.schema.names)
+        return pick(batch, self.names if sn.OBJECTS in batch.columns else self.node.schema.names)
 
     def _assign(self, batch: pl.DataFrame, spec: sn.TimestampSpec) -> pl.DataFrame:
         unit = _UNIT_US[spec.unit]
@@ -283,6 +291,7 @@ class SourceSpec:
     # (stateless steps from this source to a window, the window's late sink): the rows this
     # source sets aside as late never reach that window, so they go to its late sink too
     late_routes: list[tuple[Any, Any, Schema]] = dataclasses.field(default_factory=list)
+    keep_objects: bool = False  # batches carry sn.OBJECTS for the row steps reading them next
 
     @property
     def name(self) -> str:
@@ -305,9 +314,10 @@ class SourceSpec:
         return type(self.node.kind, (), {})
 
     def call(self, params: Any = None) -> StreamSource:
-        return StreamSource(self.node, params)
+        return StreamSource(self.node, params, self.keep_objects)
 
     def on_late(self, rows: pl.DataFrame) -> None:
+        rows = rows.drop(sn.OBJECTS, strict=False)
         if self.node.late_sink is not None:
             self.node.late_sink.write(rows, self.node.schema)
         for chain, sink, schema in self.late_routes:
