@@ -135,7 +135,8 @@ def fuse_reduce(prev: Step, node: sn.ReduceNode) -> ops.FusedKeyedReduce | None:
     while start > 0 and isinstance(chain[start - 1], sn.RowNode) and chain[start - 1].op in ("map", "filter", "key_by"):
         start -= 1
     kinds = [s.op for s in chain[start:]]  # type: ignore[attr-defined]
-    if "key_by" not in kinds or any(k != "filter" for k in kinds[len(kinds) - kinds[::-1].index("key_by"):]):
+    keyed_at = [i for i, kind in enumerate(kinds) if kind == "key_by"]
+    if not keyed_at or any(kind != "filter" for kind in kinds[keyed_at[-1] + 1 :]):
         return None  # the key comes from an earlier step (a column, or before a map)
     prefix = None
     if start:
