@@ -1,16 +1,16 @@
 """Physical operators of the DataStream layer, on polars micro-batches.
 
 They plug into the embedded executors beside the Entity API's operators: one-input
-operators offer ``apply(batch)`` (``RowChain``, ``KeyedReduceOp``, ``AggregateOp`` which
-wraps the engine's ``WindowAggregateOp``); operators driven by watermarks offer
+operators offer ``apply(batch)`` (``RowChain``, ``KeyedReduceOp``, ``FusedKeyedReduce``,
+``AggregateOp`` which wraps the engine's ``WindowAggregateOp``); operators driven by watermarks offer
 ``push(input, rows)`` / ``release(bound)`` / ``buffered_rows`` like the engine's
 ``AsOfJoinOp`` (``UnionOp``, ``EventWindowOp``, ``IntervalJoinOp``, ``AsOfJoin`` which
 wraps ``AsOfJoinOp``). ``release(bound)`` hands out what is final for every event time
 < bound (``None``: everything, the inputs are finished).
 
-Python callables are the slow path: one call per element in a tight loop. A callable
-that raises does not kill the job: its element is set aside (``job.rejected``) with the
-error as the reason.
+Python callables are the slow path: one call per element, from one generated loop per
+run of row steps (``volga/stream/rowloop.py``). A callable that raises does not kill the
+job: its element is set aside (``job.rejected``) with the error as the reason.
 """
 
 from __future__ import annotations
@@ -89,24 +89,6 @@ class _Calls:
     def _reject(self, what: str, e: Exception, item: Any) -> None:
         row = item if isinstance(item, dict) else {"value": item}
         self.rejected.append(Rejected(f"{self.where} {what}", f"{type(e).__name__}: {e}", row))
-
-    def call(self, what: str, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], list[int]]:
-        """``[fn(x) for x in items]`` minus failures, and the failed positions."""
-        out: list[Any] = []
-        failed: list[int] = []
-        start = 0
-        while True:
-            before = len(out)
-            try:
-                # list.extend over map() calls fn from C; on an exception the results so far
-                # stay in ``out``, so its length says which element raised
-                out.extend(map(fn, items if start == 0 else itertools.islice(items, start, None)))
-                return out, failed
-            except Exception as e:  # a user function's bug must not kill the stream
-                pos = start + len(out) - before
-                failed.append(pos)
-                self._reject(what, e, items[pos])
-                start = pos + 1
 
     def flat(self, what: str, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], list[int]]:
         """Flattened ``fn(x)`` results and how many each element produced (0 if it failed)."""
