@@ -516,3 +516,19 @@ def test_a_plain_list_is_a_sink(run: Run) -> None:
     ctx.from_collection(["a b", "c"]).flat_map(str.split).map(str.upper).sink(out)
     run.execute(ctx)
     assert out == ["A", "B", "C"]
+
+
+def test_window_shorthands() -> None:
+    rows = [{"k": "a", "t": t} for t in (1, 5, 12, 13, 25)]
+    results = []
+    for spec, kw in [(TumblingWindow("10s"), {}), ("10s", {}), (None, {"size": "10s"}),
+                     (HoppingWindow("10s", "5s"), {}), ("10s", {"slide": "5s"}), (None, {"size": "10s", "slide": "5s"})]:
+        ctx = StreamingContext()
+        out = ListSink()
+        events(ctx, rows).key_by("k").window(spec, **kw).aggregate([Count(into="n")]).sink(out)
+        ctx.execute()
+        results.append([(r["window_start"], r["n"]) for r in out.items])
+    assert results[0] == results[1] == results[2] == [(at(0), 2), (at(10), 2), (at(20), 1)]
+    assert results[3] == results[4] == results[5] == [(at(-5), 1), (at(0), 2), (at(5), 3), (at(10), 2), (at(20), 1), (at(25), 1)]
+    with pytest.raises(TypeError, match="not both"):
+        StreamingContext().from_collection(rows).key_by("k").window("10s", size="10s")

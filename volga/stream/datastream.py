@@ -389,9 +389,24 @@ class KeyedStream(DataStream):
         schema = sn.make_schema(self.schema.name, {**keys, self.schema.timestamp: self.schema.field(self.schema.timestamp).dtype, **self._agg_columns(aggs)}, tuple(keys), self.schema.timestamp)
         return KeyedStream(self._ctx, sn.AggregateNode(schema=schema, input=self._node, aggregates=aggs, key_alias=self._key_alias()))
 
-    def window(self, spec: WindowSpec, *, late_sink: Any = None) -> WindowedStream:
+    def window(
+        self, spec: WindowSpec | Duration | None = None, *, size: Duration | None = None, slide: Duration | None = None,
+        late_sink: Any = None,
+    ) -> WindowedStream:
         """Keyed event-time windows: ``TumblingWindow``, ``HoppingWindow`` (emitted when the
-        watermark passes their end) or ``SlidingWindow`` (one output per event)."""
+        watermark passes their end) or ``SlidingWindow`` (one output per event).
+
+        Shorthands: ``window("1m")`` or ``window(size="1m")`` is ``TumblingWindow("1m")``;
+        ``window("1m", slide="10s")`` or ``window(size="1m", slide="10s")`` is
+        ``HoppingWindow("1m", "10s")``."""
+        if spec is None and size is not None:
+            spec = size
+        elif size is not None:
+            raise TypeError(f"{self._where('window')}: give the window once (a spec or size=), not both")
+        if isinstance(spec, (str, datetime.timedelta)):
+            spec = TumblingWindow(spec) if slide is None or slide == spec else HoppingWindow(spec, slide)
+        elif slide is not None:
+            raise TypeError(f"{self._where('window')}: slide= goes with a size, e.g. window('1m', slide='10s')")
         if not isinstance(spec, (TumblingWindow, HoppingWindow, SlidingWindow)):
             raise TypeError(f"{self._where('window')}: expected TumblingWindow, HoppingWindow or SlidingWindow, got {spec!r}")
         return WindowedStream(self, spec, None if late_sink is None else as_sink(late_sink))
