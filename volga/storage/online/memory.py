@@ -155,17 +155,15 @@ class MemoryOnlineStore(OnlineStore):
     def _insert(self, name: str, schema: Schema, feature: "_Feature", batch: pl.DataFrame) -> None:
         keys, rows = feature.to_rows(batch)
         history, stored = self.history, feature.rows
-        get = stored.get
         with self._lock:
             if self._features.get(name) is not feature:  # cleared meanwhile: start afresh
                 feature = self._features.setdefault(name, _Feature(name, schema))
                 stored = feature.rows
-                get = stored.get
             for key, row in zip(keys, rows):
-                recent = get(key)
-                if recent is None:
-                    recent = stored[key] = deque(maxlen=history)
-                recent.append(row)
+                try:  # a known key is the common case: no lookup-then-branch per row
+                    stored[key].append(row)
+                except KeyError:
+                    stored[key] = deque((row,), maxlen=history)
 
     def clear(self, name: str) -> None:
         with self._lock:
