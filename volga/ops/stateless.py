@@ -1,8 +1,10 @@
 """Row-local operators on columnar batches: filter, transform, assign, rename, select, dropnull.
 
 Polars expressions run vectorised (the fast path). Python row functions get one dict
-per row (the slow path, as Volga users write them). A row function that raises does not
-kill the job: the row is set aside with the error as its reason.
+per row (the slow path, as Volga users write them), except simple filter predicates,
+which run as the equivalent polars expression (``volga.ops.row_predicates``). A row
+function that raises does not kill the job: the row is set aside with the error as its
+reason.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import polars as pl
 
 from volga.api import nodes
 from volga.errors import Rejected
+from volga.ops.row_predicates import RowPredicate, translate
 
 StatelessNode = (
     nodes.FilterNode,
@@ -31,6 +34,7 @@ class StatelessChain:
         self.steps = steps
         self.where = where
         self.rejected: list[Rejected] = []
+        self._predicates: dict[int, RowPredicate | None] = {}  # FilterNode id -> its expression, if simple
 
     @property
     def schema(self) -> Any:
@@ -47,6 +51,9 @@ class StatelessChain:
         if isinstance(step, nodes.FilterNode):
             if isinstance(step.predicate, pl.Expr):
                 return batch.filter(step.predicate)
+            predicate = self._predicate(step)
+            if predicate is not None and predicate.applies_to(batch):
+                return batch.filter(predicate.expr)
             batch, mask = self._row_values(step, batch, step.predicate)
             return batch.filter(pl.Series(mask, dtype=pl.Boolean).fill_null(False))
         if isinstance(step, nodes.TransformNode):
@@ -68,6 +75,11 @@ class StatelessChain:
         if isinstance(step, nodes.DropNullNode):
             return batch.drop_nulls(list(step.columns))
         raise AssertionError(f"not a stateless node: {step!r}")
+
+    def _predicate(self, step: nodes.FilterNode) -> RowPredicate | None:
+        if id(step) not in self._predicates:
+            self._predicates[id(step)] = translate(step.predicate, step.schema.polars_schema())
+        return self._predicates[id(step)]
 
     def _row_values(self, step: nodes.UnaryNode, batch: pl.DataFrame, fn: Callable[[dict[str, Any]], Any]) -> tuple[pl.DataFrame, list[Any]]:
         """Apply ``fn`` to every row; rows where it raises (or, for ``transform``, returns
