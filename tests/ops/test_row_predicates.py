@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import sys
 
 import polars as pl
 from polars.testing import assert_frame_equal
@@ -63,7 +64,8 @@ def test_translated_predicates_keep_the_rows_the_function_keeps(source: str, dat
 def test_simple_predicates_translate_and_others_do_not() -> None:
     threshold = 3
     simple = [lambda r: r["s"] == "a", lambda r: r["i"] > 1 and r["s"] != "b", lambda r: not r["b"], lambda r: r["i"] in (1, 2)]
-    assert all(translate(fn, DTYPES) is not None for fn in simple)
+    on_311 = sys.version_info[:2] == (3, 11)  # the bytecode read is CPython 3.11's; elsewhere all stay row functions
+    assert [translate(fn, DTYPES) is not None for fn in simple] == [on_311] * len(simple)
     others = [
         lambda r: r["i"] > threshold,  # a closure variable can change
         lambda r: len(r["s"]) > 1,  # a call
@@ -115,7 +117,8 @@ def test_a_filter_lambda_runs_columnar_in_a_pipeline_and_as_rows_where_nulls_are
     def buys(events: volga.Entity) -> volga.Entity:
         return events.filter(lambda e: e["kind"] == "buy").group_by(keys=["user"]).aggregate([Count(window="forever", into="n")])
 
-    for batch_size, expected_calls in ((2, 2), (5, 5)):  # only a batch holding the null calls is_buy, once per row
+    translated = sys.version_info[:2] == (3, 11)
+    for batch_size, expected_calls in ((2, 2 if translated else 5), (5, 5)):  # only a batch holding the null runs the function
         calls["n"] = 0
         client = volga.Client()
         client.materialize([buys], mode="online", batch_size=batch_size)
