@@ -176,3 +176,26 @@ def test_late_rows_of_a_source_read_only_by_row_steps_carry_no_objects(tmp_path)
     assert ctx.compile().plan.steps[0].source.keep_objects  # only a row step reads this source
     assert out.items == [30, 50] and late.items == [1, 2]
     assert late.frame().columns == job.late_events("collection_1").columns == ["value", "__ts"]
+
+
+def test_simple_record_filters_run_columnar_and_others_as_rows(monkeypatch) -> None:
+    import sys
+
+    from volga.stream.rowloop import RowLoop
+
+    rows_through_loops = {"n": 0}
+    run = RowLoop.run
+
+    def counting(self, items, state, reject):  # type: ignore[no-untyped-def]
+        rows_through_loops["n"] += len(items)
+        return run(self, items, state, reject)
+
+    monkeypatch.setattr(RowLoop, "run", counting)
+    rows = [{"k": "a", "n": 1}, {"k": "b", "n": 5}, {"k": None, "n": 7}, {"k": "a", "n": 9}]
+    ctx = StreamingContext(batch_size=2)
+    out = ListSink()
+    ctx.from_collection(rows).filter(lambda r: r["k"] == "a").filter(lambda r: r["n"] > 3).sink(out)
+    job = ctx.execute()
+    assert out.items == [{"k": "a", "n": 9}] and not job.rejected
+    # batch 1 (no nulls) filtered columnar; batch 2 holds k=None: both filters run as rows there
+    assert rows_through_loops["n"] == (2 if sys.version_info[:2] == (3, 11) else 4)

@@ -30,6 +30,7 @@ from volga.api.entity import Schema
 from volga.errors import Rejected
 from volga.ops.frames import assemble, epoch_us
 from volga.ops.join import AsOfJoinOp, take_before
+from volga.ops.row_predicates import RowPredicate, translate
 from volga.ops.stateless import StatelessChain
 from volga.ops.window import WindowAggregateOp
 from volga.runtime.local.stage import FINISHED_WM, NO_WM
@@ -137,6 +138,7 @@ class RowChain(_Calls):
         self.steps = steps
         self.entity_ops = {id(s): StatelessChain([s.payload], where) for s in steps if isinstance(s, sn.BatchNode) and s.op == "entity"}
         self.loops: dict[tuple[int, ...], RowLoop] = {}
+        self.predicates: dict[int, RowPredicate | None] = {}
 
     @property
     def schema(self) -> Schema:
@@ -151,12 +153,27 @@ class RowChain(_Calls):
                 j = i
                 while j < len(steps) and isinstance(steps[j], sn.RowNode):
                     j += 1
-                batch = self._rows(steps[i:j], batch)  # type: ignore[arg-type]
+                run: list[sn.RowNode] = steps[i:j]  # type: ignore[assignment]
+                while run and (expr := self._filter_expr(run[0], batch)) is not None:
+                    batch, run = batch.filter(expr), run[1:]  # a simple predicate on records: columnar
+                if run:
+                    batch = self._rows(run, batch)
                 i = j
             else:
                 batch = self._columnar(steps[i], batch)  # type: ignore[arg-type]
                 i += 1
         return batch
+
+    def _filter_expr(self, step: sn.RowNode, batch: pl.DataFrame) -> pl.Expr | None:
+        """A record-stream filter's predicate as a polars expression, when it is a simple
+        one (``volga.ops.row_predicates``) and this batch lets it keep the same rows."""
+        if step.op != "filter" or sn.is_value_stream(step.input.schema):
+            return None
+        if id(step) not in self.predicates:
+            dtypes = {n: step.input.schema.field(n).dtype for n in sn.data_columns(step.input.schema)}
+            self.predicates[id(step)] = translate(step.fn, dtypes)
+        predicate = self.predicates[id(step)]
+        return predicate.expr if predicate is not None and predicate.applies_to(batch) else None
 
     def _loop(self, segment: list[sn.RowNode]) -> RowLoop:
         ident = tuple(id(s) for s in segment)
