@@ -56,20 +56,32 @@ def _hashable(col: pl.Series) -> pl.Series:
 _PICKLED = b"volga:pickled"
 
 
-def to_wire(rows: pl.DataFrame) -> Any:
-    """An Arrow table of ``rows``. Python-object columns (which Arrow cannot hold) travel
-    in the table's metadata, each pickled as one list (one ``pickle`` call per column)."""
+def to_wire(rows: pl.DataFrame) -> bytes:
+    """``rows`` as one Arrow IPC stream (``bytes``: Ray passes it as is; an Arrow table
+    would go through Ray's own per-column Arrow reducer, about ten times slower for a
+    small batch). Python-object columns (which Arrow cannot hold) travel in the schema's
+    metadata, each pickled as one list (one ``pickle`` call per column)."""
+    import pyarrow as pa  # type: ignore[import-untyped]
+
     objects = [c for c, dt in rows.schema.items() if dt == pl.Object]
-    if not objects:
-        return rows.to_arrow()
-    payload = {"order": rows.columns, "columns": {c: rows[c].to_list() for c in objects}}
-    table = rows.drop(objects).to_arrow()
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), _PICKLED: pickle.dumps(payload, protocol=5)})
+    table = rows.drop(objects).to_arrow() if objects else rows.to_arrow()
+    if objects:
+        payload = {"order": rows.columns, "columns": {c: rows[c].to_list() for c in objects}}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _PICKLED: pickle.dumps(payload, protocol=5)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
 
 
 def from_wire(table: Any) -> pl.DataFrame | None:
+    """The rows ``to_wire`` sent (an Arrow table is read as well); ``None`` stays ``None``."""
     if table is None:
         return None
+    if isinstance(table, (bytes, bytearray, memoryview)):
+        import pyarrow as pa
+
+        table = pa.ipc.open_stream(table).read_all()
     meta = table.schema.metadata or {}
     if _PICKLED in meta:  # polars reads metadata values as UTF-8: take ours off first
         table = table.replace_schema_metadata({k: v for k, v in meta.items() if k != _PICKLED})

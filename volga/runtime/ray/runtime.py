@@ -11,8 +11,9 @@ one actor (offline, a partitioned source such as a multi-row-group Parquet file:
 runtime (an actor costs about a second to start; jobs reuse them). The driver (the job's
 thread in the calling process) asks each source actor for one micro-batch at a time
 (online) or the whole bounded history (offline); the actor pushes rows downstream over
-bounded edges (:mod:`.actor`). Rows leave the last stage through one bounded Ray queue
-to the driver.
+bounded edges (:mod:`.actor`). Rows leave the last stage through one bounded outbox
+actor to the driver, which waits on its source calls and on one outbox ``take`` at a
+time together, so it reacts as soon as either finishes (no polling timeouts).
 
 **Sinks: the driver writes the stores.** Output batches return to the driver, which
 merges the partitions by watermark into the embedded runtime's exact row order and
@@ -52,7 +53,7 @@ from volga.runtime.local.executors import Metrics, Sink, StreamOptions
 from volga.runtime.local.job import Job
 from volga.runtime.local.runtime import make_sources
 from volga.runtime.local.stage import FINISHED_WM, NO_WM
-from volga.runtime.ray.actor import remote_worker_class
+from volga.runtime.ray.actor import remote_outbox_class, remote_worker_class
 from volga.runtime.ray.exchange import SEQ, InputMerger, from_wire
 from volga.runtime.ray.task import TaskMetrics
 from volga.runtime.ray.topology import Topology, portable, split_plan
@@ -117,9 +118,7 @@ class RayRuntime:
         worker = remote_worker_class()
         actors += [worker.remote() for _ in range(n - len(actors))]
         if outbox is None:
-            from ray.util.queue import Queue
-
-            outbox = Queue(maxsize=_OUTBOX_ITEMS, actor_options={"num_cpus": 0})
+            outbox = remote_outbox_class().remote(_OUTBOX_ITEMS)
         return actors, outbox
 
     def _release(self, actors: list[Any], outbox: Any, healthy: bool) -> None:
@@ -129,7 +128,7 @@ class RayRuntime:
             except Exception:  # a worker that cannot reset is not reused
                 healthy = False
         if not healthy:
-            for actor in [*actors, outbox.actor]:
+            for actor in [*actors, outbox]:
                 self.ray.kill(actor)
             return
         _POOL.give(self.ray, actors, outbox)
@@ -162,6 +161,8 @@ class RayRuntime:
 
 
 _OUTBOX_ITEMS = 16  # output batches waiting for the driver, over all of a job's last-stage actors
+_TAKE_WAIT_S = 0.05  # an outbox take returns (maybe empty) after this long without outputs
+_LOOP_WAIT_S = 0.05  # the driver loop looks at ``stop`` at least this often
 
 
 class _Pool:
@@ -199,7 +200,7 @@ class _Pool:
         with self.lock:
             actors, outboxes, self.actors, self.outboxes = self.actors, self.outboxes, [], []
         if ray.is_initialized():
-            for actor in [*actors, *(q.actor for q in outboxes)]:
+            for actor in [*actors, *outboxes]:
                 ray.kill(actor)
 
 
@@ -279,6 +280,7 @@ class _Driver:
         self.rejected: list[Rejected] = []
         self.metrics: Metrics | None = None
         self.healthy = True
+        self.take: Any = None  # the outstanding ``outbox.take`` call, if any
 
     # -- setup and teardown ------------------------------------------------------------
     def _start(self) -> None:
@@ -287,7 +289,7 @@ class _Driver:
         for stage in stages:
             self.actors[stage.id], actors = actors[: stage.parallelism], actors[stage.parallelism :]
         topology_ref = self.ray.put(portable(self.topology))
-        calls = []
+        calls = [self.outbox.reset.remote()]
         for stage in stages:
             source = self.sources[stage.steps[0]] if stage.kind == "source" else None
             for partition, actor in enumerate(self.actors[stage.id]):
@@ -344,7 +346,6 @@ class _Driver:
         stopping = False
         next_health = time.perf_counter() + self.health_every_s
         while True:
-            self._drain(outputs, collected, metrics)
             # Outputs can finish before the sources do: an idle input lets a union or join
             # release everything. The job still reads its sources to the end, as the embedded
             # runtime does (their later rows may be late for windows already emitted).
@@ -362,12 +363,11 @@ class _Driver:
                         call = (actor.read_all.remote(self.batch_size) if self.mode == "offline"
                                 else actor.poll_source.remote(self.batch_size, self.max_batch_delay_s))
                         pending[call] = actor
-            if pending:
-                ready, _ = self.ray.wait(list(pending), num_returns=len(pending), timeout=0.002)
-                for ref in ready:
-                    actor = pending.pop(ref)
-                    if self._get_from(ref, actor, "reading its source"):
-                        done.add(actor)
+            wait_s = min(_LOOP_WAIT_S, max(0.0, next_health - time.perf_counter()))
+            for ref in self._wait(list(pending), wait_s, outputs, collected, metrics):
+                actor = pending.pop(ref)
+                if self._get_from(ref, actor, "reading its source"):
+                    done.add(actor)
                 metrics.batches += 1
             if time.perf_counter() >= next_health:
                 self._check_health(health)
@@ -382,17 +382,42 @@ class _Driver:
     def _settle(self, outputs: dict[str, InputMerger], collected: dict[str, list[pl.DataFrame]], metrics: Metrics) -> None:
         """Wait until every row sent between actors has been processed, stage by stage in
         topological order (edges only lead to later stages), draining outputs meanwhile (an
-        actor may wait for room in the output queue). Rows that change no output (late rows
+        actor may wait for room in the outbox). Rows that change no output (late rows
         of a window whose output already finished) are then counted before ``_finish``."""
         for stage in self.topology.stages:
             refs = {actor.flush.remote(): actor for actor in self.actors[stage.id]}
             while refs:
-                ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=0.002)
-                for ref in ready:
+                for ref in self._wait(list(refs), _LOOP_WAIT_S, outputs, collected, metrics):
                     self._get_from(ref, refs.pop(ref), "passing rows on")
-                self._drain(outputs, collected, metrics)
-        while self.outbox.qsize():
-            self._drain(outputs, collected, metrics)
+        # Every put has returned: what is left is queued. Take it, leaving no call behind.
+        if self.take is not None:
+            self.outbox.wake.remote()
+            self._drain(self._take_result(), outputs, collected, metrics)
+        self.take = self.outbox.take.remote(0.0)
+        self._drain(self._take_result(), outputs, collected, metrics)
+
+    def _wait(self, refs: list[Any], wait_s: float, outputs: dict[str, InputMerger],
+              collected: dict[str, list[pl.DataFrame]], metrics: Metrics) -> list[Any]:
+        """Wait up to ``wait_s`` for any of ``refs`` or for outputs (one outbox ``take`` is
+        always outstanding), drain the outputs that came, and return the ``refs`` done."""
+        if self.take is None:
+            self.take = self.outbox.take.remote(_TAKE_WAIT_S)
+        every = [*refs, self.take]
+        ready, _ = self.ray.wait(every, num_returns=1, timeout=wait_s)
+        if ready and len(every) > 1:  # and whatever else is done already
+            ready, _ = self.ray.wait(every, num_returns=len(every), timeout=0)
+        done = set(ready)
+        if self.take in done:
+            self._drain(self._take_result(), outputs, collected, metrics)
+        return [ref for ref in refs if ref in done]
+
+    def _take_result(self) -> list[Any]:
+        ref, self.take = self.take, None
+        try:
+            return self.ray.get(ref)
+        except Exception as e:
+            self.healthy = False
+            raise JobFailed(f"Ray job failed reading outputs: {type(e).__name__}: {e}") from e
 
     def _get_from(self, ref: Any, actor: Any, what: str) -> Any:
         try:
@@ -411,19 +436,10 @@ class _Driver:
         for ref in ready:
             self._get_from(ref, health.pop(ref), "passing rows on")
 
-    def _drain(self, outputs: dict[str, InputMerger], collected: dict[str, list[pl.DataFrame]], metrics: Metrics) -> None:
-        from ray.util.queue import Empty
-
-        try:
-            items = [self.outbox.get(block=True, timeout=0.001)]
-        except Empty:
+    def _drain(self, items: list[Any], outputs: dict[str, InputMerger], collected: dict[str, list[pl.DataFrame]], metrics: Metrics) -> None:
+        """Merge output batches taken from the outbox and write what they release."""
+        if not items:
             return
-        except Exception as e:
-            self.healthy = False
-            raise JobFailed(f"Ray job failed reading outputs: {type(e).__name__}: {e}") from e
-        size = self.outbox.qsize()
-        if size:
-            items += self.outbox.get_nowait_batch(size)
         touched = set()
         for name, partition, table, watermark, idle in items:
             outputs[name].push(partition, from_wire(table), watermark, idle)
