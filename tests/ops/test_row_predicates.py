@@ -125,3 +125,13 @@ def test_a_filter_lambda_runs_columnar_in_a_pipeline_and_as_rows_where_nulls_are
         history = client.get_last_n("buys", keys=[{"user": "u"}], n=5)[0]
         assert [((r.at - t0).seconds, r.n) for r in history] == [(0, 1), (2, 2), (4, 3)]  # oldest first
         assert calls["n"] == expected_calls
+
+
+def test_a_constant_the_column_type_cannot_hold_keeps_the_row_function() -> None:
+    small = {"v": pl.Int8()}
+    assert translate(lambda r: r["v"] in (1, 300), small) is None
+    frame = pl.DataFrame({"v": [1, 2]}, schema=small)
+    predicate = translate(lambda r: r["v"] < 300, small)  # a comparison widens: fine
+    assert (predicate is not None) == (sys.version_info[:2] == (3, 11))
+    if predicate is not None:
+        assert frame.filter(predicate.expr)["v"].to_list() == [1, 2]

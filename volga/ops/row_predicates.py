@@ -83,7 +83,7 @@ def translate(fn: Callable[..., Any], dtypes: Mapping[str, pl.DataType]) -> RowP
         return None
     try:
         result = _run(list(dis.get_instructions(code)), code.co_varnames[0], dtypes)
-    except _NotSimple:
+    except Exception:  # _NotSimple, or a constant polars cannot hold in the column's type
         return None
     expr = _as_bool(result)
     read = sorted(_columns_of(result))
