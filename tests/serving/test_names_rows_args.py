@@ -14,16 +14,15 @@ import textwrap
 import types
 from typing import Optional
 
-import polars as pl
 import pytest
 from serving_defs import ORDERS, START, USERS, CountingStore, UserSpentInfo
 
 import volga
-from volga import Avg, Count, Entity, Max, entity, field, on_demand, pipeline, source
+from volga import entity, field, on_demand
 from volga.api.on_demand import DEFAULT_LAST_N
 from volga.serving import BadRequest, FeatureNotFound
 from volga.sources import MemorySource
-from volga.testing.quickstart import Order, User
+from volga.testing.quickstart import quickstart
 
 UTC = datetime.timezone.utc
 
@@ -58,23 +57,7 @@ class Moments:
 def define() -> types.SimpleNamespace:
     """The issue's definitions, made now (so they are the latest of their names)."""
 
-    @source(User)
-    def user_source() -> volga.Source:
-        return MemorySource(USERS)
-
-    @source(Order)
-    def order_source() -> volga.Source:
-        return MemorySource(ORDERS)
-
-    @pipeline(dependencies=[user_source, order_source], output=UserSpentInfo)
-    def user_spent(users: Entity, orders: Entity) -> Entity:
-        on_sale = orders.filter(pl.col("product_type") == "ON_SALE")
-        per_user = on_sale.join(users, left_on=["buyer_id"], right_on=["user_id"], how="left")
-        return per_user.group_by(keys=["buyer_id"]).aggregate([
-            Avg(on="product_price", window="7d", into="avg_spent_7d"),
-            Count(window="1h", into="num_purchases_1h"),
-            Max(on="product_price", window="1d", into="max_price_1d"),
-        ]).rename(columns={"purchased_at": "timestamp", "buyer_id": "user_id"})
+    user_spent = quickstart(lambda online: MemorySource(ORDERS), idle_timeout=None, users=USERS)
 
     @on_demand(dependencies=[(user_spent, "latest")])
     def user_stats(spent: UserSpentInfo) -> Stats:

@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 
 import volga
-from volga import Avg, Count, Entity, Max, entity, field, on_demand, pipeline, source
+from volga import entity, field, on_demand
 from volga.errors import UnknownFeature
 from volga.sources import MemorySource
 from volga.testing.data import make_orders, make_users
-from volga.testing.quickstart import Order, User, UserSpentInfo
+from volga.testing.quickstart import UserSpentInfo, quickstart
 from volga.training import get_historical_features
 from volga.training.lookup import OfflineDataMissing
 
@@ -43,23 +43,7 @@ class Trend:
 
 
 def define() -> types.SimpleNamespace:
-    @source(User)
-    def user_source() -> volga.Source:
-        return MemorySource(USERS)
-
-    @source(Order)
-    def order_source() -> volga.Source:
-        return MemorySource(ORDERS)
-
-    @pipeline(dependencies=[user_source, order_source], output=UserSpentInfo)
-    def user_spent(users: Entity, orders: Entity) -> Entity:
-        on_sale = orders.filter(pl.col("product_type") == "ON_SALE")
-        per_user = on_sale.join(users, left_on=["buyer_id"], right_on=["user_id"], how="left")
-        return per_user.group_by(keys=["buyer_id"]).aggregate([
-            Avg(on="product_price", window="7d", into="avg_spent_7d"),
-            Count(window="1h", into="num_purchases_1h"),
-            Max(on="product_price", window="1d", into="max_price_1d"),
-        ]).rename(columns={"purchased_at": "timestamp", "buyer_id": "user_id"})
+    user_spent = quickstart(lambda online: MemorySource(ORDERS), idle_timeout=None, users=USERS)
 
     @on_demand(dependencies=[(user_spent, "latest")])
     def user_stats(spent: UserSpentInfo) -> Stats:

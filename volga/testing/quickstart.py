@@ -78,8 +78,11 @@ USERS = [{"user_id": str(i), "registered_at": T0, "name": f"u{i}"} for i in rang
 OrderSourceFactory = Callable[[bool], volga.Source]
 
 
-def quickstart(order_source_factory: OrderSourceFactory, *, idle_timeout: str | None = "200ms") -> Any:
-    """The quickstart pipeline (issue 2) with orders from ``order_source_factory(online)``.
+def quickstart(
+    order_source_factory: OrderSourceFactory, *, idle_timeout: str | None = "200ms", users: Any = USERS
+) -> Any:
+    """The quickstart pipeline (issue 2) with orders from ``order_source_factory(online)``
+    and ``users`` (records or a polars frame of ``User``).
 
     The order source's ``idle_timeout`` lets a following source's last events out: the join
     releases an order once every input's watermark has passed it, and with no later order
@@ -88,7 +91,7 @@ def quickstart(order_source_factory: OrderSourceFactory, *, idle_timeout: str | 
 
     @source(User)
     def user_source() -> volga.Source:
-        return MemorySource(USERS)
+        return MemorySource(users)
 
     @source(Order, idle_timeout=idle_timeout)
     def order_source(online: bool = False) -> volga.Source:
