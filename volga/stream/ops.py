@@ -123,6 +123,11 @@ def _segments(run: list[sn.RowNode]) -> list[list[sn.RowNode]]:
     return out
 
 
+def _rows_of(batch: pl.DataFrame, col: str, idx: np.ndarray | None) -> pl.Series:
+    """Column ``col`` at rows ``idx`` (None: every row, in order)."""
+    return batch[col] if idx is None else batch[col].gather(idx)
+
+
 def _keep(n: int, failed: list[int]) -> np.ndarray:
     mask = np.ones(n, dtype=bool)
     mask[failed] = False
@@ -207,20 +212,16 @@ class RowChain(_Calls):
             if loop.emits_keys:
                 keys = new_keys
         last = run[-1]
-
-        def take(col: str) -> pl.Series:
-            return batch[col] if idx is None else batch[col].gather(idx)
-
         if not changed:
             columns = {c.name: c for c in (batch if idx is None else batch[idx]).iter_columns()}
         else:
             output = next(s.output for s in reversed(run) if s.op in ("map", "flat_map"))
             columns = {c.name: c for c in frame_of(items, last.schema, output).iter_columns()}
-            columns[sn.TS] = take(source_schema.timestamp)
+            columns[sn.TS] = _rows_of(batch, source_schema.timestamp, idx)
         if keys is not None:
             columns[sn.KEY] = pl.Series(sn.KEY, keys, dtype=sn.OBJECT)
         if SEQ in batch.columns and SEQ not in columns:
-            columns[SEQ] = take(SEQ)
+            columns[SEQ] = _rows_of(batch, SEQ, idx)
         return assemble(columns, with_seq(last.schema.names, batch))
 
     def _columnar(self, step: sn.BatchNode, batch: pl.DataFrame) -> pl.DataFrame:
@@ -335,16 +336,13 @@ class FusedKeyedReduce(_Calls):
         in_schema = self.tail[0].input.schema
         values, keys, idx = self.loop.run(items_of(batch, in_schema), self.state, self._reject_step)
 
-        def take(col: str) -> pl.Series:
-            return batch[col] if idx is None else batch[col].gather(idx)
-
         out = frame_of(values, self.schema, "value" if sn.is_value_stream(self.schema) else "records")
         columns = {c.name: c for c in out.iter_columns()}
         columns[sn.KEY] = pl.Series(sn.KEY, keys, dtype=sn.OBJECT)
         if self.schema.timestamp not in columns:
-            columns[self.schema.timestamp] = take(in_schema.timestamp)
+            columns[self.schema.timestamp] = _rows_of(batch, in_schema.timestamp, idx)
         if SEQ in batch.columns:
-            columns[SEQ] = take(SEQ)
+            columns[SEQ] = _rows_of(batch, SEQ, idx)
         return assemble(columns, with_seq(self.schema.names, batch))
 
     def snapshot(self) -> dict[str, Any]:
