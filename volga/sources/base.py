@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
 from volga.api.entity import Schema
@@ -37,6 +38,41 @@ class SourceReader(abc.ABC):
         # Arrival position of this reader's first row within its whole source (non-zero
         # only for a reader of one partition, see ``Source.open_partition``).
         self.first_position = 0
+        # For a partitioned reader (``partition_ids`` not None): the partition and offset
+        # of each row of the last ``poll``, aligned with its rows. The engine keeps a
+        # watermark per partition and breaks event-time ties by (partition, offset).
+        self.last_partitions: np.ndarray | None = None
+        self.last_offsets: np.ndarray | None = None
+
+    @property
+    def partition_ids(self) -> tuple[int, ...] | None:
+        """The partitions this reader reads (Kafka partitions), or None if it is not partitioned."""
+        return None
+
+    def caught_up(self, partition: int) -> bool:
+        """True when ``partition`` has handed out everything available right now.
+
+        Only a caught-up partition can be idle (``idle_timeout``): one with rows waiting
+        to be fetched keeps holding the source's watermark back. Default: always.
+        """
+        return True
+
+    def partition_finished(self, partition: int) -> bool:
+        """True once a bounded read of ``partition`` has handed out its last row."""
+        return False
+
+    def position(self) -> dict[str, int] | None:
+        """Where the next row comes from, per partition (``{"0": offset}``), for checkpoints.
+
+        None: the reader has no position of its own; a restored job then re-reads the
+        source from its start and skips the rows it had already handed out (so only
+        deterministic sources can be restored that way).
+        """
+        return None
+
+    def seek(self, position: dict[str, int]) -> None:
+        """Continue from ``position`` (as returned by :meth:`position`), before any poll."""
+        raise NotImplementedError(f"{type(self).__name__} cannot seek")
 
     @abc.abstractmethod
     def poll(self, max_rows: int) -> pl.DataFrame | None:

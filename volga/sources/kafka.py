@@ -11,10 +11,12 @@ Two ways to read, chosen by ``follow`` or, when it is None, by the job's mode:
   offsets of every message handed out so far: at-least-once delivery.
 
 Partitions are assigned to this one reader (``assign``, no group rebalancing) and fetched
-in parallel by librdkafka's threads; each partition's order is kept. Rows of different
-partitions interleave in arrival order, so with several partitions in online mode give the
-``@source`` a ``lateness`` covering the skew between partitions, or their early events
-count as late.
+in parallel by librdkafka's threads; each partition's order is kept. The reader tells the
+engine each row's partition and offset: the engine keeps a watermark per partition (the
+source's is the minimum over partitions that are not idle), judges lateness per partition
+and orders rows by event time, ties by (partition, offset), in both modes. A partition is
+idle only once it has handed out everything the broker holds (end of partition) and sent
+no row for the source's ``idle_timeout``.
 
 A message is one JSON object (or what ``deserializer(bytes)`` returns). ``format`` names the
 message encoding; ``"json"`` is the only one built (any other, e.g. ``"avro"``, is refused
@@ -49,6 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from volga.api.entity import Schema
@@ -188,12 +191,16 @@ class KafkaReader(SourceReader):
         self._end: dict[int, int] = {}  # bounded: partition -> end offset, while still reading it
         self._frozen: set[int] = set()  # bounded: partitions whose end is fixed
         self._end_reached: set[int] = set()
+        self._eof: dict[int, int] = {}  # partition -> offset of its last end-of-partition event
+        self._partition_ids: tuple[int, ...] = ()
+        self._start: dict[int, int] = {}
         self._consumer: Any = None
         self._producer: Any = None
         sinks: list[DeadLetter] = []
         try:
             self._consumer = ck.Consumer(self._consumer_config())
             partitions = self._partitions()
+            self._partition_ids = tuple(partitions)
             self._assign(partitions)
             if source.dead_letter_topic:
                 self._producer = ck.Producer({**source.consumer_config(), "logger": self._librdkafka_log})
@@ -220,7 +227,9 @@ class KafkaReader(SourceReader):
             "error_cb": self._on_error,
             "on_commit": self._on_commit,
             "logger": self._librdkafka_log,
-            "enable.partition.eof": not self._follow,
+            # End-of-partition events tell a bounded read where to stop and a following
+            # one which partitions are caught up (only those may be idle).
+            "enable.partition.eof": True,
             **source.config,
         }
 
@@ -268,6 +277,7 @@ class KafkaReader(SourceReader):
                 except ck.KafkaException as e:
                     raise ConnectionError(f"{self._where()}: could not read offsets ({self._reason(e)})") from None
                 start[p], self._end[p] = ck.OFFSET_BEGINNING, high
+        self._start = start
         self._consumer.assign([ck.TopicPartition(self._topic, p, offset) for p, offset in start.items()])
 
     # -- callbacks (run inside consume()) --------------------------------------------------
@@ -297,6 +307,8 @@ class KafkaReader(SourceReader):
             return None
         values: list[bytes | None] = []
         kept: list[Any] = []
+        parts: list[int] = []
+        offsets: list[int] = []
         bounded, end, nxt = not self._follow, self._end, self._next
         eof: list[tuple[int, int]] = []
         for m in messages:
@@ -316,16 +328,60 @@ class KafkaReader(SourceReader):
             nxt[p] = offset + 1
             values.append(m.value())
             kept.append(m)
+            parts.append(p)
+            offsets.append(offset)
+        for p, offset in eof:
+            self._eof[p] = offset
         if bounded:
             self._stop_finished_partitions(eof)
         if not values:
             return None
         self.entered_at = time.perf_counter()
         df, bad = self._decoder.decode(values)
+        part_arr, off_arr = np.asarray(parts, dtype=np.int32), np.asarray(offsets, dtype=np.int64)
         if bad:
             self._set_aside([(kept[i], reason) for i, reason in bad])
+            good = np.ones(len(values), dtype=bool)
+            good[[i for i, _ in bad]] = False
+            part_arr, off_arr = part_arr[good], off_arr[good]
+        self.last_partitions, self.last_offsets = part_arr, off_arr
         self.rows_read += df.height
         return df if df.height else None
+
+    @property
+    def partition_ids(self) -> tuple[int, ...]:
+        return self._partition_ids
+
+    def caught_up(self, partition: int) -> bool:
+        if not self._follow and partition not in self._end:
+            return True
+        return self._eof.get(partition, -1) >= self._next.get(partition, 0)
+
+    def partition_finished(self, partition: int) -> bool:
+        return not self._follow and partition not in self._end
+
+    def position(self) -> dict[str, int]:
+        """Per partition, the offset of the next message to hand out (only partitions read so far)."""
+        return {str(p): offset for p, offset in self._next.items()}
+
+    def seek(self, position: dict[str, int]) -> None:
+        """Re-assign every partition at its offset in ``position`` (others keep their start)."""
+        ck = self._ck
+        wanted = {int(p): int(o) for p, o in position.items()}
+        unknown = sorted(set(wanted) - set(self._partition_ids))
+        if unknown:
+            raise ValueError(f"{self._where()}: cannot resume topic {self._topic!r} at partitions {unknown}: it has {list(self._partition_ids)}")
+        self._next.update(wanted)
+        assigned = []
+        for p in self._partition_ids:
+            if not self._follow:
+                if p not in self._end:
+                    continue
+                if wanted.get(p, 0) >= self._end[p]:
+                    del self._end[p]  # this partition's bounded read was already complete
+                    continue
+            assigned.append(ck.TopicPartition(self._topic, p, wanted.get(p, self._start[p])))
+        self._consumer.assign(assigned)
 
     def _freeze_end(self, p: int) -> None:
         """Fix partition ``p``'s end when its first fetch answers: the high-water mark then.

@@ -85,6 +85,14 @@ def sort_by_time(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
     return rows[np.argsort(epoch_us(ts), kind="stable")]
 
 
+def sort_by_position(rows: pl.DataFrame, ts_col: str, positions: list[tuple[np.ndarray, np.ndarray]]) -> pl.DataFrame:
+    """A partitioned source's rows by event time, ties by (partition, offset): the order a
+    streaming run releases them in, whatever order the partitions were fetched in."""
+    parts = np.concatenate([p for p, _ in positions])
+    offsets = np.concatenate([o for _, o in positions])
+    return rows[np.lexsort((offsets, parts, epoch_us(rows[ts_col])))]
+
+
 def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metrics: Metrics, batch_size: int = 1_000_000) -> None:
     """Read every bounded source fully, then run each step once over all its input."""
     results: dict[int, pl.DataFrame] = {}
@@ -94,15 +102,22 @@ def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metric
             assert step.source is not None
             reader = readers[step.id]
             parts = []
+            positions: list[tuple[np.ndarray, np.ndarray]] = []
+            partitioned = reader.partition_ids is not None  # type: ignore[attr-defined]
             while not reader.finished:  # type: ignore[attr-defined]
                 part = reader.poll(batch_size)  # type: ignore[attr-defined]
                 if part is not None and part.height:
                     parts.append(part)
+                    if partitioned:
+                        positions.append((reader.last_partitions, reader.last_offsets))  # type: ignore[attr-defined]
                 elif not reader.finished:  # type: ignore[attr-defined]
                     time.sleep(0.001)  # a paced source read in batch mode: wait for due rows
             rows = pl.concat(parts) if parts else pl.DataFrame(schema=step.schema.polars_schema())
             metrics.rows_in[step.source.name] = rows.height
-            out = sort_by_time(rows, step.schema.timestamp)
+            if partitioned and positions:
+                out = sort_by_position(rows, step.schema.timestamp, positions)
+            else:
+                out = sort_by_time(rows, step.schema.timestamp)
         elif step.kind == "join":
             # AsOfJoinOp, or any operator with push(input, rows)/release(bound)/buffered_rows
             # (the DataStream layer's union, interval join, tumbling/hopping windows)

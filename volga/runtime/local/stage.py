@@ -5,6 +5,13 @@ Watermark = max event time seen - lateness. A row older than the watermark at it
 arrival is late: it goes to the late sink and nowhere else. The rest wait in a buffer
 until the watermark reaches them, then leave in (ts, arrival) order. Lateness is
 decided row by row in arrival order, so it does not depend on micro-batch sizes.
+
+A partitioned reader (``reader.partition_ids``, e.g. Kafka) gets a watermark per
+partition: each partition's is its own max event time - lateness, a row is late when it
+is older than its partition's watermark (or older than rows already released), and the
+source's watermark is the minimum over the partitions that are not idle. Rows leave in
+(event time, partition, offset) order once that minimum has passed them, so a topic read
+online gives the rows, in the order, that the same topic read offline gives.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ log = logging.getLogger("volga.stream")
 
 FINISHED_WM = 2**62  # watermark of an input that will never send another row
 NO_WM = -(2**62)
+PARTITION = "__volga_partition"  # hidden columns of a partitioned source's buffered rows
+OFFSET = "__volga_offset"
 
 
 class SourceStage:
@@ -43,6 +52,14 @@ class SourceStage:
         self.pending_since = 0.0
         self.pending_entered: float | None = None
         self.done = False
+        self.skip_rows = 0  # rows a restored job re-reads from a source without positions
+        parts = reader.partition_ids
+        self.partitions: tuple[int, ...] | None = tuple(parts) if parts is not None else None
+        if self.partitions is not None:
+            now = time.perf_counter()
+            self.part_max: dict[int, int] = dict.fromkeys(self.partitions, NO_WM)
+            self.part_last_row_at: dict[int, float] = dict.fromkeys(self.partitions, now)
+            self.released_to = NO_WM  # every row with ts < this has left the stage
 
     def _pending_rows(self) -> int:
         return sum(b.height for b in self.pending)
@@ -51,13 +68,32 @@ class SourceStage:
     def watermark(self) -> int:
         if self.done:
             return FINISHED_WM
+        if self.partitions is not None:
+            active = self._active_partitions()
+            if not active:
+                return self.released_to
+            low = min(self.part_max[p] for p in active)
+            return max(low - self.lateness_us if low != NO_WM else NO_WM, self.released_to)
         return self.max_seen - self.lateness_us if self.max_seen != NO_WM else NO_WM
 
     @property
     def idle(self) -> bool:
         if self.done or self.idle_timeout_s is None:
             return False
+        if self.partitions is not None:
+            return not self._active_partitions()
         return time.perf_counter() - self.last_row_at >= self.idle_timeout_s
+
+    def _active_partitions(self) -> list[int]:
+        """Partitions whose watermark counts: not finished, and not idle (an idle partition
+        is caught up with its broker and sent no row for ``idle_timeout``)."""
+        assert self.partitions is not None
+        reader, timeout, now = self.reader, self.idle_timeout_s, time.perf_counter()
+        return [
+            p for p in self.partitions
+            if not reader.partition_finished(p)
+            and (timeout is None or now - self.part_last_row_at[p] < timeout or not reader.caught_up(p))
+        ]
 
     def poll(self, max_rows: int, max_delay_s: float = 0.0) -> pl.DataFrame | None:
         """Rows released by this poll, in event-time order (None if none).
@@ -65,6 +101,12 @@ class SourceStage:
         With ``max_delay_s`` > 0, polled rows are held until ``max_rows`` are collected or
         the oldest has waited that long (fewer, larger micro-batches)."""
         batch = None if self.done else self.reader.poll(max_rows - self._pending_rows())
+        if batch is not None and batch.height and self.partitions is not None:
+            batch = self._with_positions(batch)
+        if batch is not None and batch.height and self.skip_rows:
+            skip = min(self.skip_rows, batch.height)
+            self.skip_rows -= skip
+            batch = batch.slice(skip)
         if batch is not None and batch.height:
             if not self.pending:
                 self.pending_since = time.perf_counter()
@@ -80,13 +122,69 @@ class SourceStage:
         if batch is not None and batch.height:
             self.rows_in += batch.height
             self.last_row_at = time.perf_counter()
-            batch = self._drop_late(batch)
-            self.buffer = batch if self.buffer is None else pl.concat([self.buffer, batch])
-            if self.lateness_us:
-                self.buffer = self.buffer.sort(self.ts_col, maintain_order=True)
+            if self.partitions is not None:
+                batch = self._drop_late_partitioned(batch)
+                self.buffer = batch if self.buffer is None else pl.concat([self.buffer, batch])
+                self.buffer = self.buffer.sort([self.ts_col, PARTITION, OFFSET])
+            else:
+                batch = self._drop_late(batch)
+                self.buffer = batch if self.buffer is None else pl.concat([self.buffer, batch])
+                if self.lateness_us:
+                    self.buffer = self.buffer.sort(self.ts_col, maintain_order=True)
         if not self.done and self.reader.finished:
             self.done = True
+        if self.partitions is not None:
+            return self._release_partitioned()
         return self._release()
+
+    def _with_positions(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The batch with its rows' partition and offset as two hidden columns."""
+        parts, offsets = self.reader.last_partitions, self.reader.last_offsets
+        if parts is None or offsets is None or len(parts) != batch.height:
+            raise RuntimeError(
+                f"source {self.source.name}: a partitioned reader must give each polled row's partition "
+                f"and offset (got {None if parts is None else len(parts)} for {batch.height} rows)"
+            )
+        return batch.with_columns(pl.Series(PARTITION, parts, dtype=pl.Int32), pl.Series(OFFSET, offsets, dtype=pl.Int64))
+
+    def _drop_late_partitioned(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Lateness per partition: a row is late when older than its own partition's max
+        event time so far minus lateness, or older than rows already released."""
+        ts = epoch_us(batch[self.ts_col])
+        parts = batch[PARTITION].to_numpy()
+        late = ts < self.released_to
+        now = time.perf_counter()
+        for p in np.unique(parts):
+            idx = np.flatnonzero(parts == p)
+            pts = ts[idx]
+            running = np.maximum.accumulate(pts)
+            before = np.empty_like(pts)
+            before[0] = self.part_max.get(int(p), NO_WM)
+            before[1:] = np.maximum(running[:-1], before[0])
+            late[idx] |= pts < before - self.lateness_us
+            self.part_max[int(p)] = max(int(before[0]), int(running[-1]))
+            self.part_last_row_at[int(p)] = now
+        if not late.any():
+            return batch
+        return self._set_aside(batch, late)
+
+    def _release_partitioned(self) -> pl.DataFrame | None:
+        if self.buffer is None or self.buffer.height == 0:
+            return None
+        active = self._active_partitions()
+        ts = epoch_us(self.buffer[self.ts_col])
+        if self.done or not active:
+            cut = self.buffer.height  # nothing can come before these any more (or idle: let them out)
+        else:
+            bound = self.watermark
+            # With one partition, rows at the watermark can go: later ties come after them.
+            cut = int(np.searchsorted(ts, bound, side="right" if len(self.partitions or ()) == 1 else "left"))
+        if cut == 0:
+            return None
+        self.released_to = max(self.released_to, int(ts[cut - 1]))
+        out = self.buffer.slice(0, cut).drop(PARTITION, OFFSET)
+        self.buffer = self.buffer.slice(cut)
+        return out
 
     def _drop_late(self, batch: pl.DataFrame) -> pl.DataFrame:
         ts = epoch_us(batch[self.ts_col])
@@ -98,8 +196,11 @@ class SourceStage:
         late = ts < seen_before - self.lateness_us
         if not late.any():
             return batch
+        return self._set_aside(batch, late)
+
+    def _set_aside(self, batch: pl.DataFrame, late: np.ndarray) -> pl.DataFrame:
         mask = pl.Series(late)
-        self.late.append(batch.filter(mask))
+        self.late.append(batch.filter(mask).drop(PARTITION, OFFSET, strict=False))
         on_late = getattr(self.source, "on_late", None)  # a DataStream source's late sink
         if on_late is not None:
             on_late(self.late[-1])
