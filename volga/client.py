@@ -167,6 +167,9 @@ class Client:
         write_offline: bool = False,
         batch_size: int = 10_000,
         max_batch_delay: Duration = "0ms",
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_interval: Duration = "10s",
+        on_definition_change: Literal["refuse", "rebuild"] = "refuse",
     ) -> Job:
         """Run pipelines over their sources.
 
@@ -178,6 +181,14 @@ class Client:
         store; with ``write_offline=True`` the job's output rows also replace the
         pipeline's offline rows (cleared at job start, appended as they come).
         ``block=False`` returns a running :class:`Job` (``wait()``/``stop()``).
+
+        ``checkpoint_dir`` (online mode, embedded runtime; a path or an S3-compatible URL):
+        every ``checkpoint_interval``, and when the job ends or is stopped, a checkpoint of
+        all operator state, source positions and the stores' write positions is written
+        there; running the same job with the same ``checkpoint_dir`` resumes from the latest
+        one with exactly-once effect on the stores (README, "Durable state"). A checkpoint
+        of a changed definition is refused, unless ``on_definition_change="rebuild"``
+        (outputs dropped, state rebuilt from the sources' history).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -185,6 +196,13 @@ class Client:
             raise ValueError(f"mode must be 'offline' or 'online', not {mode!r}")
         plan = self._plan(pipelines, params)
         schemas = {name: plan.pipelines[name].schema for name in plan.outputs}
+        delay_s = parse_duration_us(max_batch_delay, what="max_batch_delay") / 1e6
+        options = StreamOptions(batch_size=batch_size, max_batch_delay_s=delay_s)
+        if checkpoint_dir is not None:
+            return self._materialize_checkpointed(
+                plan, params, schemas, options, block=block, write_offline=write_offline, mode=mode,
+                checkpoint_dir=checkpoint_dir, interval=checkpoint_interval, on_change=on_definition_change,
+            )
         if mode == "offline":
             def sink(name: str, rows: pl.DataFrame) -> None:
                 self.offline_store.replace(name, schemas[name], rows)
@@ -200,10 +218,41 @@ class Client:
                 if write_offline:
                     self.offline_store.append(name, schemas[name], rows)
 
-        delay_s = parse_duration_us(max_batch_delay, what="max_batch_delay") / 1e6
-        options = StreamOptions(batch_size=batch_size, max_batch_delay_s=delay_s)
         runtime = self.runtime if self.runtime is not None else LocalRuntime()
         job = runtime.start(plan, mode, params, sink, block=block, options=options)
+        self.jobs.append(job)
+        return job
+
+    def _materialize_checkpointed(
+        self,
+        plan: PhysicalPlan,
+        params: Params | None,
+        schemas: dict[str, Schema],
+        options: StreamOptions,
+        *,
+        block: bool,
+        write_offline: bool,
+        mode: Mode,
+        checkpoint_dir: str | Path,
+        interval: Duration,
+        on_change: str,
+    ) -> Job:
+        # Imported here: only checkpointed jobs need them.
+        from volga.runtime.checkpoint import CheckpointStore
+        from volga.runtime.local.checkpointing import CheckpointOptions
+        from volga.storage.checkpointed import CheckpointedSink
+
+        names = "+".join(plan.outputs)
+        if mode != "online":
+            raise ValueError(f"materialize({names}): checkpoint_dir is for mode='online' jobs (an offline job reruns from its sources)")
+        if on_change not in ("refuse", "rebuild"):
+            raise ValueError(f"materialize({names}): on_definition_change must be 'refuse' or 'rebuild', not {on_change!r}")
+        if self.runtime is not None and not isinstance(self.runtime, LocalRuntime):
+            raise ValueError(f"materialize({names}): checkpoint_dir is built for the embedded runtime only, not {self.runtime!r}")
+        interval_s = parse_duration_us(interval, what=f"materialize({names}): checkpoint_interval") / 1e6
+        sink = CheckpointedSink(self.online_store, self.offline_store if write_offline else None, schemas)
+        checkpoint = CheckpointOptions(CheckpointStore(checkpoint_dir), interval_s, sink, on_change)  # type: ignore[arg-type]
+        job = LocalRuntime().start(plan, mode, params, sink, block=block, options=options, checkpoint=checkpoint)
         self.jobs.append(job)
         return job
 

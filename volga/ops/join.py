@@ -37,18 +37,19 @@ class AsOfJoinOp:
             (self.left_buffer if side == 0 else self.right_buffer).append(batch)
 
     def snapshot(self) -> dict[str, object]:
+        """Frames only (``ops.protocol``): the right-side state and each side's buffered rows."""
         return {
-            "latest": self.latest.clone(),
+            "latest": self.latest,
             "uncollapsed": self.uncollapsed,
-            "left": [b.clone() for b in self.left_buffer],
-            "right": [b.clone() for b in self.right_buffer],
+            "left": pl.concat(self.left_buffer) if self.left_buffer else None,
+            "right": pl.concat(self.right_buffer) if self.right_buffer else None,
         }
 
     def restore(self, snap: dict[str, object]) -> None:
-        self.latest = snap["latest"].clone()  # type: ignore[attr-defined]
+        self.latest = snap["latest"]  # type: ignore[assignment]  # frames are never changed in place
         self.uncollapsed = bool(snap["uncollapsed"])
-        self.left_buffer = [b.clone() for b in snap["left"]]  # type: ignore[attr-defined]
-        self.right_buffer = [b.clone() for b in snap["right"]]  # type: ignore[attr-defined]
+        self.left_buffer = [snap["left"]] if snap["left"] is not None else []  # type: ignore[list-item]
+        self.right_buffer = [snap["right"]] if snap["right"] is not None else []  # type: ignore[list-item]
 
     @property
     def buffered_rows(self) -> int:

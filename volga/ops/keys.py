@@ -70,11 +70,13 @@ class KeyIndex:
         frame = pl.DataFrame(columns, schema=self.dtypes)
         return frame.with_columns(pl.Series(_ID, list(self._ids.values()), dtype=pl.Int64))
 
-    def snapshot(self) -> dict[Any, int]:
-        return dict(self._ids)
+    def snapshot(self) -> pl.DataFrame:
+        """Every key (one column per key column) with its id, in id order."""
+        return self._build_table()
 
-    def restore(self, ids: dict[Any, int]) -> None:
-        self._ids = dict(ids)
+    def restore(self, table: pl.DataFrame) -> None:
+        ids = table[_ID].to_list()
+        self._ids = dict(zip(self._key_values(table), ids))
         self._table = None
 
 

@@ -40,6 +40,13 @@ class StatelessChain:
     def schema(self) -> Any:
         return self.steps[-1].schema
 
+    def snapshot(self) -> dict[str, Any]:
+        """Stateless: nothing to keep (``ops.protocol``)."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
     def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
         for step in self.steps:
             if batch.height == 0:

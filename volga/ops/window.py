@@ -11,7 +11,6 @@ whenever the log has doubled since the last compaction.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -131,32 +130,41 @@ class WindowAggregateOp:
         return self.size
 
     def snapshot(self) -> dict[str, Any]:
-        return copy.deepcopy(
-            {
-                "keys": self.key_index.snapshot(),
-                "values_index": {c: v.snapshot() for c, v in self.value_index.items()},
-                "order_labels": self.order_labels,
-                "rows": {n: a[: self.size].copy() for n, a in self.rows.arrays.items()},
-                "per_key": {n: a[: self.key_index.size].copy() for n, a in self.per_key.arrays.items()},
-                "counts": {i: dict(d) for i, d in self.counts.items()},
-                "values": {c: self._value_log(c) for c in self.value_cols},
-                "size": self.size,
-            }
-        )
+        """The whole state in the columnar form of ``ops.protocol``: the key and value
+        indexes as frames, the row log and per-key arrays, count-distinct tables, the
+        value log as series; only sizes are plain metadata."""
+        return {
+            "keys": self.key_index.snapshot(),
+            "values_index": {c: v.snapshot() for c, v in self.value_index.items()},
+            "order_labels": {
+                c: {"values": pl.Series(lab.values, dtype=pl.String), "labels": np.asarray(lab.labels, dtype=np.float64)}
+                for c, lab in self.order_labels.items()
+            },
+            "rows": {n: a[: self.size].copy() for n, a in self.rows.arrays.items()},
+            "per_key": {n: a[: self.key_index.size].copy() for n, a in self.per_key.arrays.items()},
+            "counts": {
+                str(i): {"slots": np.fromiter(d.keys(), dtype=np.int64, count=len(d)), "counts": np.fromiter(d.values(), dtype=np.int64, count=len(d))}
+                for i, d in self.counts.items()
+            },
+            "values": {c: self._value_log(c) for c in self.value_cols},
+            "size": self.size,
+        }
 
     def restore(self, snap: dict[str, Any]) -> None:
         self.key_index.restore(snap["keys"])
         for c, v in snap["values_index"].items():
             self.value_index[c].restore(v)
-        self.order_labels = copy.deepcopy(snap["order_labels"])
+        for c, saved in snap["order_labels"].items():
+            self.order_labels[c].values = saved["values"].to_list()
+            self.order_labels[c].labels = saved["labels"].tolist()
         for saved, arrays in ((snap["rows"], self.rows), (snap["per_key"], self.per_key)):
             for name, values in saved.items():
-                arrays.arrays[name] = values.copy()
-            arrays.capacity = len(next(iter(saved.values())))
+                arrays.arrays[name] = np.array(values, copy=True)
+            arrays.capacity = len(next(iter(saved.values()))) if saved else 0
         for i, saved_counts in snap["counts"].items():
-            self.counts[i] = kernels.empty_counts()
-            for slot, c in saved_counts.items():
-                self.counts[i][slot] = c
+            self.counts[int(i)] = kernels.empty_counts()
+            for slot, c in zip(saved_counts["slots"].tolist(), saved_counts["counts"].tolist()):
+                self.counts[int(i)][slot] = c
         self.values = {c: [s.clone()] for c, s in snap["values"].items()}
         self.size = self.live_after_compaction = snap["size"]
 

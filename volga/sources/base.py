@@ -74,6 +74,11 @@ class SourceReader(abc.ABC):
         """Continue from ``position`` (as returned by :meth:`position`), before any poll."""
         raise NotImplementedError(f"{type(self).__name__} cannot seek")
 
+    def rewind(self) -> None:  # noqa: B027 - optional hook
+        """Read from the source's first row, wherever a consumer group left off (a job
+        rebuilding its state from the source's history). Default: nothing to do, for
+        readers that always start at the beginning."""
+
     @abc.abstractmethod
     def poll(self, max_rows: int) -> pl.DataFrame | None:
         """Up to ``max_rows`` new valid rows, or None when nothing is ready right now."""

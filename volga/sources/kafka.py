@@ -364,6 +364,11 @@ class KafkaReader(SourceReader):
         """Per partition, the offset of the next message to hand out (only partitions read so far)."""
         return {str(p): offset for p, offset in self._next.items()}
 
+    def rewind(self) -> None:
+        """Every partition from its earliest offset (ignoring committed group offsets)."""
+        self.seek({str(p): self._ck.OFFSET_BEGINNING for p in self._partition_ids})
+        self._next.clear()
+
     def seek(self, position: dict[str, int]) -> None:
         """Re-assign every partition at its offset in ``position`` (others keep their start)."""
         ck = self._ck

@@ -153,9 +153,15 @@ def run_streaming(
     metrics: Metrics,
     stop: threading.Event,
     options: StreamOptions,
+    checkpoint: Callable[[Metrics, bool], bool] | None = None,
 ) -> None:
     """Poll sources in micro-batches and push them through the plan until every source
-    is exhausted (bounded) or ``stop`` is set."""
+    is exhausted (bounded) or ``stop`` is set.
+
+    ``checkpoint(metrics, final)`` is called between micro-batches (and once at the end,
+    ``final=True``); it returns True when it took a checkpoint, after which the sources
+    commit their positions. Without it, sources commit after every written micro-batch.
+    """
     while not stop.is_set():
         outputs: dict[int, pl.DataFrame | None] = {}
         watermarks: dict[int, tuple[int, bool]] = {}
@@ -200,15 +206,26 @@ def run_streaming(
                 written += rows.height
         if written and entered:
             metrics.latency_samples.append((time.perf_counter() - min(entered), written))
-        _commit_sources(plan, stages)
         metrics.batches += 1
         for stage in stages.values():
             metrics.rows_in[stage.source.name] = stage.rows_in
             metrics.late[stage.source.name] = stage.late_count
+        if checkpoint is None:
+            _commit_sources(plan, stages)
+        elif checkpoint(metrics, False):
+            _commit_readers(stages)
         if all(stage.done for stage in stages.values()):
             break
         if not any(outputs[s.id] is not None for s in plan.source_steps()):
             time.sleep(options.idle_sleep_s)
+    if checkpoint is not None and checkpoint(metrics, True):
+        _commit_readers(stages)
+
+
+def _commit_readers(stages: dict[int, SourceStage]) -> None:
+    """After a checkpoint: positions committed for lag monitoring (held rows are in the checkpoint)."""
+    for stage in stages.values():
+        stage.reader.commit()
 
 
 def _commit_sources(plan: PhysicalPlan, stages: dict[int, SourceStage]) -> None:
@@ -224,7 +241,4 @@ def _commit_sources(plan: PhysicalPlan, stages: dict[int, SourceStage]) -> None:
         return
     if any(step.kind == "join" and getattr(step.op, "buffered_rows", 0) for step in plan.steps):
         return
-    for stage in stages.values():
-        commit = getattr(stage.reader, "commit", None)
-        if commit is not None:
-            commit()
+    _commit_readers(stages)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from volga.plan.compile import PhysicalPlan
 from volga.runtime.local.executors import Metrics, Sink, StreamOptions, collect_rejected, run_batch, run_streaming
+from volga.runtime.local.checkpointing import Checkpointer, CheckpointOptions
 from volga.runtime.local.job import Job
 from volga.runtime.local.stage import SourceStage
 
@@ -57,13 +58,24 @@ def open_sources(plan: PhysicalPlan, mode: Mode, params: Any) -> dict[int, Any]:
 class LocalRuntime:
     """Everything in this process: no servers, nothing to install."""
 
-    def start(self, plan: PhysicalPlan, mode: Mode, params: Any, sink: Sink, *, block: bool, options: StreamOptions) -> Job:
+    def start(
+        self,
+        plan: PhysicalPlan,
+        mode: Mode,
+        params: Any,
+        sink: Sink,
+        *,
+        block: bool,
+        options: StreamOptions,
+        checkpoint: CheckpointOptions | None = None,
+    ) -> Job:
         readers = open_sources(plan, mode, params)
 
         def cleanup() -> None:
             for reader in readers.values():
                 reader.close()
 
+        checkpointer: Checkpointer | None = None
         if mode == "offline":
             stages: dict[int, SourceStage] = {}
 
@@ -71,11 +83,33 @@ class LocalRuntime:
                 run_batch(plan, readers, sink, metrics)
         else:
             stages = {s.id: SourceStage(s.source, readers[s.id]) for s in plan.source_steps() if s.source}
+            if checkpoint is not None:
+                try:
+                    checkpointer = Checkpointer(plan, stages, checkpoint)
+                except BaseException:
+                    cleanup()
+                    raise
 
             def work(stop: threading.Event, metrics: Metrics) -> None:
-                run_streaming(plan, stages, sink, metrics, stop, options)
+                if checkpointer is None:
+                    run_streaming(plan, stages, sink, metrics, stop, options)
+                    return
+
+                def at_boundary(metrics: Metrics, final: bool) -> bool:
+                    if final or checkpointer.due():
+                        checkpointer.take(metrics)
+                        return True
+                    return False
+
+                run_streaming(plan, stages, sink, metrics, stop, options, at_boundary)
 
         by_name = {stage.source.name: stage for stage in stages.values()}
         job = Job(mode, list(plan.outputs), work, by_name, lambda: collect_rejected(plan, readers), cleanup)
+        if mode == "online" and checkpointer is not None:
+            try:  # before the job starts: a refused definition change is raised here
+                checkpointer.resume(job.metrics)
+            except BaseException:
+                cleanup()
+                raise
         return job.start(block)
 

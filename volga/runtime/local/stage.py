@@ -53,6 +53,7 @@ class SourceStage:
         self.pending_entered: float | None = None
         self.done = False
         self.skip_rows = 0  # rows a restored job re-reads from a source without positions
+        self.polled = 0  # rows the reader handed out (restoring a source without positions skips them)
         parts = reader.partition_ids
         self.partitions: tuple[int, ...] | None = tuple(parts) if parts is not None else None
         if self.partitions is not None:
@@ -101,6 +102,8 @@ class SourceStage:
         With ``max_delay_s`` > 0, polled rows are held until ``max_rows`` are collected or
         the oldest has waited that long (fewer, larger micro-batches)."""
         batch = None if self.done else self.reader.poll(max_rows - self._pending_rows())
+        if batch is not None:
+            self.polled += batch.height
         if batch is not None and batch.height and self.partitions is not None:
             batch = self._with_positions(batch)
         if batch is not None and batch.height and self.skip_rows:
@@ -221,6 +224,44 @@ class SourceStage:
         out = self.buffer.slice(0, cut)
         self.buffer = self.buffer.slice(cut)
         return out if out.height else None
+
+    # -- checkpoints (ops.protocol State) ------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Rows polled but not yet released, the watermark's inputs, counters and the
+        reader's position (None for a reader without one: ``polled`` rows are skipped)."""
+        state: dict[str, Any] = {
+            "buffer": self.buffer,
+            "pending": pl.concat(self.pending) if self.pending else None,
+            "late": pl.concat(self.late) if self.late else None,
+            "max_seen": self.max_seen,
+            "late_count": self.late_count,
+            "rows_in": self.rows_in,
+            "polled": self.polled + self.skip_rows,  # rows still to skip were handed out before
+            "done": self.done,
+            "position": self.reader.position(),
+        }
+        if self.partitions is not None:
+            state["part_max"] = {str(p): m for p, m in self.part_max.items()}
+            state["released_to"] = self.released_to
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue as the snapshotted stage would: the reader seeks to the saved position
+        (or skips the rows handed out before), held rows are held again."""
+        self.buffer = state["buffer"]
+        self.pending = [state["pending"]] if state["pending"] is not None else []
+        self.pending_since = time.perf_counter()
+        self.late = [state["late"]] if state["late"] is not None else []
+        self.max_seen, self.late_count, self.rows_in = state["max_seen"], state["late_count"], state["rows_in"]
+        position = state["position"]
+        if position is not None:
+            self.reader.seek(position)
+            self.polled = state["polled"]
+        else:  # re-read from the start: the skipped rows are counted again as they pass
+            self.skip_rows, self.polled = state["polled"], 0
+        if self.partitions is not None and "part_max" in state:
+            self.part_max.update({int(p): m for p, m in state["part_max"].items()})
+            self.released_to = state["released_to"]
 
     def late_events(self) -> pl.DataFrame:
         if not self.late:

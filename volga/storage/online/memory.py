@@ -217,6 +217,35 @@ class MemoryOnlineStore(OnlineStore):
             raise KeyError(f"online store has no feature {name!r} (nothing was written under that name)")
         return feature
 
+    # -- checkpoints: the store's contents go into a job's checkpoint ---------------------
+    def snapshot(self, names: Iterable[str]) -> dict[str, Any]:
+        """Every stored row of the features ``names`` (each key's history, oldest first)
+        as one frame per feature, with the schema as JSON (``ops.protocol`` State)."""
+        from volga.storage.schema_json import schema_to_json
+
+        out: dict[str, Any] = {}
+        for name in names:
+            feature = self._features.get(name)
+            if feature is None:
+                continue
+            schema = feature.schema
+            with self._lock:
+                keys = list(feature.rows)
+            columns = [keys] if len(schema.keys) == 1 else [list(c) for c in zip(*keys)] if keys else [[] for _ in schema.keys]
+            # key values as held (a datetime key may be held as its integer microseconds)
+            request = pl.DataFrame([pl.Series(k, col).cast(schema.field(k).dtype) for k, col in zip(schema.keys, columns)])
+            rows = self.get_range(name, request, None, None).drop(KEY_INDEX)
+            out[name] = {"schema": schema_to_json(schema), "rows": rows}
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the features in ``state`` with the rows it holds (see :meth:`snapshot`)."""
+        from volga.storage.schema_json import schema_from_json
+
+        for name, saved in state.items():
+            self.clear(name)
+            self.write(name, schema_from_json(saved["schema"]), saved["rows"])
+
 
 def _tail(recent: deque[Row], n: int) -> tuple[Row, ...]:
     if n >= len(recent):

@@ -82,6 +82,23 @@ end
 return (#KEYS - 1) / 2
 """ % (_RPUSH_CHUNK, _RPUSH_CHUNK - 1)
 
+# The write script for a contiguous range of a checkpointed job's rows: the last KEYS entry
+# is the feature's row counter, the last two ARGV entries the range (first row, count).
+# Applied only if the counter is at the range's start; the counter moves with the rows.
+_SEQ_SCRIPT = (
+    """
+local nkeys = #KEYS - 1
+local seq_key = KEYS[#KEYS]
+local seq_first, seq_n = tonumber(ARGV[#ARGV - 1]), tonumber(ARGV[#ARGV])
+local applied = tonumber(redis.call('GET', seq_key) or '0')
+if applied >= seq_first + seq_n then return 0 end
+if applied ~= seq_first then return redis.error_reply('VOLGA_SEQ counter at ' .. applied .. ', write starts at ' .. seq_first) end
+"""
+    + _WRITE_SCRIPT.replace("#KEYS", "nkeys").replace(
+        "return (nkeys - 1) / 2", "redis.call('SET', seq_key, seq_first + seq_n)\nreturn (nkeys - 1) / 2"
+    )
+)
+
 
 class _Feature:
     """A stored feature's schema and how to convert rows and keys to and from Redis values."""
@@ -370,6 +387,77 @@ class RedisOnlineStore(OnlineStore):
 
     def close(self) -> None:
         self._client.close()
+
+    # -- checkpointed jobs: sequenced, idempotent writes ----------------------------------
+    # A checkpointed job numbers its output rows per pipeline (deterministic on replay).
+    # ``{ns}:{feature}:seq`` counts the rows applied; each Lua call applies a contiguous
+    # range of rows together with the counter, so after a crash at any instant the
+    # counter says exactly which replayed rows are already in Redis.
+
+    def applied_rows(self, name: str) -> int:
+        """How many rows of ``name`` sequenced writes have applied (0 if none)."""
+        value = self._client.get(self._prefix(name) + b"seq")
+        return int(value) if value is not None else 0
+
+    def reset_applied(self, name: str) -> None:
+        """Number ``name``'s sequenced rows from 0 again (a job starting without a checkpoint)."""
+        self._client.delete(self._prefix(name) + b"seq")
+
+    def write_at(self, name: str, schema: Schema, batch: pl.DataFrame, first_row: int) -> None:
+        """Write ``batch`` as rows ``first_row ..`` of ``name``'s sequence (atomically per
+        call, with the counter). Rows already applied are skipped; a gap is an error."""
+        applied = self.applied_rows(name)
+        if applied > first_row:
+            skip = min(applied - first_row, batch.height)
+            batch, first_row = batch.slice(skip), first_row + skip
+        if batch.height == 0:
+            return
+        if applied < first_row:
+            raise RuntimeError(
+                f"online store feature {name!r}: sequenced write of rows from {first_row}, but Redis has "
+                f"applied only {applied} rows (was the store cleared while the job ran?)"
+            )
+        script = getattr(self, "_write_seq", None)
+        if script is None:
+            script = self._write_seq = self._client.register_script(_SEQ_SCRIPT)
+        frame = conform_batch(batch, schema, what=f"online store feature {name!r}")
+        feature = _Feature(self._prefix(name), schema, schema_to_json(schema))
+        shape = _shape_json(schema)
+        seq_key = self._prefix(name) + b"seq"
+        for start in range(0, frame.height, _ROWS_PER_CALL):
+            chunk = frame.slice(start, _ROWS_PER_CALL)
+            keys, rows = self._grouped_args(feature, chunk)
+            args = [feature.schema_json, shape, self.history, self.ttl_ms, *rows, first_row + start, chunk.height]
+            try:
+                script(keys=[feature.meta_key, *keys, seq_key], args=args)
+            except self._redis.ResponseError as e:
+                if "VOLGA_SEQ" in str(e):
+                    raise RuntimeError(f"online store feature {name!r}: another writer moved its row sequence ({e})") from None
+                if "VOLGA_SHAPE" not in str(e):
+                    raise
+                raise ValueError(f"online store feature {name!r} holds rows of another schema; call clear({name!r}) first") from None
+        with self._lock:
+            self._features[name] = feature
+
+    def _grouped_args(self, feature: _Feature, frame: pl.DataFrame) -> tuple[list[bytes], list[Any]]:
+        encode = self._encode
+        columns = [(s.cast(pl.Int64) if s.name in feature.int_cols else s).to_list() for s in frame.iter_columns()]
+        rows = [encode(row) for row in zip(*columns)]
+        if len(feature.key_pos) == 1:
+            keys = [encode(k) for k in columns[feature.key_pos[0]]]
+        else:
+            keys = [encode(list(k)) for k in zip(*(columns[i] for i in feature.key_pos))]
+        per_key: dict[bytes, list[bytes]] = {}
+        for key, row in zip(keys, rows):
+            per_key.setdefault(key, []).append(row)
+        key_args: list[bytes] = []
+        row_args: list[Any] = []
+        for key, recent in per_key.items():
+            recent = recent[-self.history :]
+            key_args += [feature.latest_prefix + key, feature.history_prefix + key]
+            row_args.append(len(recent))
+            row_args += recent
+        return key_args, row_args
 
 
 def _indexed_frame(feature: _Feature, per_key: Sequence[Sequence[Any]]) -> pl.DataFrame:

@@ -1,0 +1,152 @@
+"""Checkpoints of the embedded runtime: what is written, resuming, changed definitions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from volga.errors import JobFailed
+from volga.ops.join import AsOfJoinOp
+from volga.ops.window import WindowAggregateOp
+from volga.runtime.checkpoint import CheckpointStore, DefinitionChanged
+from volga.sources import MemorySource
+
+from .helpers import ORDERS, run, stores
+
+
+def test_checkpoints_are_arrow_files_and_a_json_manifest_and_the_last_three_are_kept(tmp_path: Path) -> None:
+    run(tmp_path)
+    root = tmp_path / "checkpoints"
+    manifests = sorted(p.name for p in root.glob("chk-*.json"))
+    assert len(manifests) == 3
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert folders == [m.removesuffix(".json") for m in manifests]
+    files = {p.suffix for p in (root / folders[-1]).iterdir()}
+    assert files == {".arrow"}
+    manifest = json.loads((root / manifests[-1]).read_text())
+    assert manifest["fingerprint"]["pipeline user_spent"].startswith("output of step")
+    state = CheckpointStore(root).latest()
+    assert state is not None and state.id == int(manifests[-1][4:10])
+    window = next(v for v in state.state["operators"].values() if "per_key" in v)
+    assert window["keys"]["buyer_id"].n_unique() == window["keys"].height > 0
+    assert state.state["sink"]["written"]["user_spent"] == pl.read_parquet(list((tmp_path / "offline").rglob("*.parquet"))).height
+
+
+def test_a_job_rerun_on_a_finished_checkpoint_writes_nothing_twice(tmp_path: Path) -> None:
+    client, _ = run(tmp_path)
+    first = stores(client)
+    again, job = run(tmp_path)  # a new process: empty memory store, restored from the checkpoint
+    offline, history = stores(again)
+    assert offline.equals(first[0])
+    assert history.equals(first[1])
+    assert job.metrics.rows_out["user_spent"] == first[0].height
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _crash_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Make the ``call``-th operator call of the next run raise (windows, joins, sink writes)."""
+    seen = [0]
+
+    def wrap(cls: Any, method: str) -> None:
+        original = getattr(cls, method)
+
+        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            seen[0] += 1
+            if seen[0] == call:
+                raise Crash(f"simulated crash at operator call {call}")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, counted)
+
+    wrap(WindowAggregateOp, "apply")
+    wrap(AsOfJoinOp, "release")
+    wrap(CheckpointStore, "write")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.DataFrame, pl.DataFrame]:
+    client, _ = run(tmp_path_factory.mktemp("uninterrupted"))
+    return stores(client)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(crashes=st.lists(st.integers(min_value=1, max_value=80), min_size=1, max_size=3), interval=st.sampled_from(["0s", "50ms"]))
+def test_crashes_at_random_operator_calls_then_restarts_end_with_the_uninterrupted_stores(
+    tmp_path_factory: pytest.TempPathFactory, uninterrupted: tuple[pl.DataFrame, pl.DataFrame], crashes: list[int], interval: str
+) -> None:
+    root = tmp_path_factory.mktemp("crashing")
+    for call in crashes:
+        with pytest.MonkeyPatch.context() as mp:
+            _crash_at(mp, call)
+            try:
+                run(root, checkpoint_interval=interval)
+            except JobFailed as e:
+                assert isinstance(e.__cause__, Crash)
+    client, _ = run(root, checkpoint_interval=interval)  # the last restart runs to the end
+    offline, history = stores(client)
+    assert offline.equals(uninterrupted[0]), f"offline rows differ after crashes at {crashes}"
+    assert history.equals(uninterrupted[1]), f"online history differs after crashes at {crashes}"
+
+
+def test_a_changed_definition_is_refused_naming_what_changed(tmp_path: Path) -> None:
+    run(tmp_path)
+    with pytest.raises(DefinitionChanged) as err:
+        run(tmp_path, pipe=quickstart_with_count_window("2h"))
+    message = str(err.value)
+    assert "step 4 (window): was \"aggregates (" in message
+    assert "Count(on=None, window='1h'" in message and "Count(on=None, window='2h'" in message
+    assert "schema" not in message  # only what differs is named
+    assert "on_definition_change='rebuild'" in message
+
+
+def test_rebuild_recomputes_the_changed_definition_from_the_sources_history(tmp_path: Path) -> None:
+    run(tmp_path / "job")
+    client, _ = run(tmp_path / "job", pipe=quickstart_with_count_window("2h"), on_definition_change="rebuild")
+    fresh, _ = run(tmp_path / "fresh", pipe=quickstart_with_count_window("2h"))
+    assert stores(client)[0].equals(stores(fresh)[0])
+    assert stores(client)[1].equals(stores(fresh)[1])
+    # and the next run resumes from the rebuilt job's checkpoints without complaint
+    again, _ = run(tmp_path / "job", pipe=quickstart_with_count_window("2h"))
+    assert stores(again)[1].equals(stores(fresh)[1])
+
+
+def quickstart_with_count_window(window: str) -> Any:
+    """The quickstart pipeline, its ``num_purchases_1h`` counted over ``window`` instead of 1h."""
+    import volga.testing.quickstart as q
+    from volga import Entity, pipeline, source
+    from volga.api.aggregates import Avg, Count, Max
+
+    @source(q.User)
+    def user_source() -> Any:
+        return MemorySource(q.USERS)
+
+    @source(q.Order, idle_timeout="200ms")
+    def order_source(online: bool = False) -> Any:
+        return MemorySource(ORDERS)
+
+    @pipeline(dependencies=[user_source, order_source], output=q.UserSpentInfo)
+    def user_spent(users: Entity, orders: Entity) -> Entity:
+        on_sale = orders.filter(lambda o: o["product_type"] == "ON_SALE")
+        per_user = on_sale.join(users, left_on=["buyer_id"], right_on=["user_id"], how="left")
+        return (
+            per_user.group_by(keys=["buyer_id"])
+            .aggregate(
+                [
+                    Avg(on="product_price", window="7d", into="avg_spent_7d"),
+                    Count(window=window, into="num_purchases_1h"),
+                    Max(on="product_price", window="1d", into="max_price_1d"),
+                ]
+            )
+            .rename(columns={"purchased_at": "timestamp", "buyer_id": "user_id"})
+        )
+
+    return user_spent

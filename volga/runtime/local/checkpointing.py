@@ -1,0 +1,149 @@
+"""Checkpoints of an embedded streaming job: when to take them, what goes in, how a job
+resumes from one.
+
+A checkpoint is taken between two micro-batches (every operator is then between calls,
+the sink has written everything produced so far), once ``interval_s`` has passed since
+the last one, and when the job ends or is stopped. It holds every operator's
+``snapshot()``, each source stage's held rows, watermark inputs and reader position,
+the job's counters, and what the sink reports (``SinkState``: rows written per pipeline,
+the in-memory store's contents). Consumer-group offsets are committed only after a
+checkpoint: with checkpoints, they are for lag monitoring, not for resuming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from typing import Any, Literal, Protocol
+
+from volga.ops.protocol import State, Stateful
+from volga.plan.compile import PhysicalPlan
+from volga.runtime.checkpoint import CheckpointStore, DefinitionChanged, describe_changes
+from volga.runtime.local.executors import Metrics
+from volga.runtime.local.stage import SourceStage
+
+log = logging.getLogger("volga.checkpoint")
+
+OnDefinitionChange = Literal["refuse", "rebuild"]
+
+
+class SinkState(Protocol):
+    """The stores' side of a checkpoint (implemented by the client's sink)."""
+
+    def snapshot(self) -> State: ...
+
+    def restore(self, state: State) -> None: ...
+
+    def reset(self) -> None:
+        """Drop the job's outputs (before rebuilding them from the sources' history)."""
+
+    def start_fresh(self) -> None:
+        """Prepare the outputs of a job that starts without a checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointOptions:
+    store: CheckpointStore
+    interval_s: float
+    sink: SinkState
+    on_definition_change: OnDefinitionChange = "refuse"
+
+
+def _code_digest(fn: Any) -> str:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return repr(fn)
+    return hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+
+
+def _step_detail(step: Any) -> str:
+    op = step.op
+    parts = [step.describe(), f"inputs {step.inputs}", f"schema {step.schema.describe()}"]
+    if step.source is not None:
+        parts.append(f"lateness {step.source.lateness_us}us")
+    for attr in ("keys", "aggregates", "left_keys", "right_keys"):
+        if hasattr(op, attr):
+            parts.append(f"{attr} {getattr(op, attr)!r}")
+    node = getattr(op, "node", None)
+    if node is not None and hasattr(node, "how"):
+        parts.append(f"how {node.how}")
+    for s in getattr(op, "steps", ()):  # a stateless chain: row functions by their code
+        fn = getattr(s, "fn", None) or getattr(s, "predicate", None)
+        if fn is not None:
+            parts.append(f"{s.label()} code {_code_digest(fn)}")
+    return "; ".join(parts)
+
+
+def plan_fingerprint(plan: PhysicalPlan) -> dict[str, str]:
+    """One line per pipeline output and per step: what a checkpoint's state belongs to."""
+    fp = {f"pipeline {name}": f"output of step {sid}" for name, sid in plan.outputs.items()}
+    fp.update({f"step {s.id}": _step_detail(s) for s in plan.steps})
+    return fp
+
+
+class Checkpointer:
+    def __init__(self, plan: PhysicalPlan, stages: dict[int, SourceStage], options: CheckpointOptions) -> None:
+        self.plan, self.stages, self.options = plan, stages, options
+        self.fingerprint = plan_fingerprint(plan)
+        self.last_at = time.monotonic()
+        self.taken = 0
+        for step in plan.steps:
+            if step.op is not None and not isinstance(step.op, Stateful):
+                raise TypeError(f"checkpoints: operator {type(step.op).__name__} of step [{step.id}] {step.describe()} cannot snapshot its state")
+
+    def resume(self, metrics: Metrics) -> int | None:
+        """Restore the latest checkpoint into the plan, stages, counters and stores.
+
+        Returns its id (None: there was none, or the definition changed and
+        ``on_definition_change="rebuild"`` made the job start over from the sources' history).
+        """
+        latest = self.options.store.latest()
+        if latest is None:
+            self.options.sink.start_fresh()
+            return None
+        if latest.fingerprint != self.fingerprint:
+            changes = describe_changes(latest.fingerprint, self.fingerprint)
+            if self.options.on_definition_change != "rebuild":
+                raise DefinitionChanged(
+                    f"checkpoint {latest.id} in {self.options.store.url} was taken of a different definition: "
+                    + "; ".join(changes)
+                    + ". Pass on_definition_change='rebuild' to rebuild the state from the sources' history, "
+                    "or use a new checkpoint_dir"
+                )
+            log.warning("definition changed since checkpoint %d (%s): rebuilding from the sources' history", latest.id, "; ".join(changes))
+            self.options.sink.reset()
+            self.options.sink.start_fresh()
+            for stage in self.stages.values():
+                stage.reader.rewind()
+            return None
+        state = latest.state
+        for step in self.plan.steps:
+            if step.op is not None:
+                step.op.restore(state["operators"].get(str(step.id), {}))
+        for step_id, stage in self.stages.items():
+            stage.restore(state["sources"][str(step_id)])
+        counters = state["counters"]
+        metrics.rows_out.update(counters.get("rows_out", {}))
+        metrics.late.update(counters.get("late", {}))
+        metrics.batches = counters.get("batches", 0)
+        self.options.sink.restore(state["sink"])
+        log.info("resumed from checkpoint %d of %s", latest.id, self.options.store.url)
+        return latest.id
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_at >= self.options.interval_s
+
+    def take(self, metrics: Metrics) -> int:
+        """Snapshot everything now (between micro-batches) and write it."""
+        state: State = {
+            "operators": {str(s.id): s.op.snapshot() for s in self.plan.steps if s.op is not None},
+            "sources": {str(sid): stage.snapshot() for sid, stage in self.stages.items()},
+            "counters": {"rows_out": dict(metrics.rows_out), "late": dict(metrics.late), "batches": metrics.batches},
+            "sink": self.options.sink.snapshot(),
+        }
+        ckpt = self.options.store.write(state, self.fingerprint)
+        self.last_at = time.monotonic()
+        self.taken += 1
+        return ckpt
