@@ -1,0 +1,70 @@
+"""The job the SIGKILL test runs in a subprocess: quickstart from a Kafka topic into Redis
+and the offline store, checkpointed every ``--interval``, until ``--expect`` rows are out.
+
+It prints ``running`` once the job is started and ``checkpointing`` just before each
+checkpoint's manifest is written (after its data files), pausing ``--pause`` seconds there
+so that the test can kill it mid-checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import volga
+from volga.runtime import checkpoint as checkpoint_module
+from volga.sources import KafkaSource
+from volga.storage import ParquetOfflineStore
+from volga.storage.online.redis import RedisOnlineStore
+from volga.testing.quickstart import offline_rows, quickstart
+
+
+def run_job(bootstrap: str, topic: str, redis_url: str, root: Path, expect: int, interval: str = "100ms") -> volga.Client:
+    store = RedisOnlineStore(redis_url, namespace=topic)
+    client = volga.Client(store, ParquetOfflineStore(root / "offline"))
+    pipe = quickstart(lambda online: KafkaSource(topic, bootstrap, group_id=topic, follow=online))
+    job = client.materialize(
+        [pipe], mode="online", params={"online": True}, block=False, write_offline=True, batch_size=25,
+        checkpoint_dir=root / "checkpoints", checkpoint_interval=interval,
+    )
+    print("running", flush=True)
+    deadline = time.monotonic() + 120
+    while offline_rows(client) < expect:
+        if not job.running:
+            job.wait()  # raises the job's error
+            raise RuntimeError("job ended early")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{offline_rows(client)} of {expect} rows after 120 s")
+        time.sleep(0.01)
+    job.stop()
+    return client
+
+
+def _pause_before_manifests(pause_s: float) -> None:
+    original = checkpoint_module._encode
+
+    def encode(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        print("checkpointing", flush=True)
+        time.sleep(pause_s)
+        return out
+
+    checkpoint_module._encode = encode  # type: ignore[assignment]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    for name in ("bootstrap", "topic", "redis_url", "root"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--expect", type=int, required=True)
+    parser.add_argument("--interval", default="100ms")
+    parser.add_argument("--pause", type=float, default=0.0)
+    args = parser.parse_args()
+    if args.pause:
+        _pause_before_manifests(args.pause)
+    run_job(args.bootstrap, args.topic, args.redis_url, Path(args.root), args.expect, args.interval)
+    print("done", flush=True)
+    sys.exit(0)
