@@ -1,7 +1,8 @@
 """The job the SIGKILL test runs in a subprocess: quickstart from a Kafka topic into Redis
 and the offline store, checkpointed every ``--interval``, until ``--expect`` rows are out.
 
-It prints ``running`` once the job is started and ``checkpointing`` just before each
+It prints ``rows <n>`` whenever the job's count of output rows changes (so the test can
+kill it at a chosen point of its progress) and ``checkpointing`` just before each
 checkpoint's manifest is written (after its data files), pausing ``--pause`` seconds there
 so that the test can kill it mid-checkpoint.
 """
@@ -30,15 +31,19 @@ def run_job(bootstrap: str, topic: str, redis_url: str, root: Path, expect: int,
         [pipe], mode="online", params={"online": True}, block=False, write_offline=True, batch_size=25,
         checkpoint_dir=root / "checkpoints", checkpoint_interval=interval,
     )
-    print("running", flush=True)
     deadline = time.monotonic() + 120
+    shown = -1
     while offline_rows(client) < expect:
+        out = job.metrics.rows_out.get("user_spent", 0)
+        if out != shown:
+            print(f"rows {out}", flush=True)
+            shown = out
         if not job.running:
             job.wait()  # raises the job's error
             raise RuntimeError("job ended early")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{offline_rows(client)} of {expect} rows after 120 s")
-        time.sleep(0.01)
+        time.sleep(0.002)
     job.stop()
     return client
 

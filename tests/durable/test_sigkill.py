@@ -64,17 +64,24 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for(proc: subprocess.Popen[str], marker: str, timeout_s: float = 30.0) -> bool:
-    """True once ``proc`` printed ``marker``; False if it exited first."""
-    deadline = time.monotonic() + timeout_s
+def _kill_at(proc: subprocess.Popen[str], target: int, *, mid_checkpoint: bool) -> int | None:
+    """SIGKILL ``proc`` once it reports ``target`` output rows (then, with ``mid_checkpoint``,
+    at its next checkpoint, between data files and manifest). Returns the row count it
+    reported last, or None if it exited first."""
     assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            return False
-        if line.strip() == marker:
-            return True
-    raise AssertionError(f"no {marker!r} from the job within {timeout_s} s")
+    progress, armed = 0, False
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if time.monotonic() > deadline:
+            raise AssertionError("the job made no progress for 60 s")
+        word, _, number = line.strip().partition(" ")
+        if word == "rows":
+            progress = int(number)
+            armed = armed or progress >= target
+        if armed and (not mid_checkpoint or word == "checkpointing"):
+            proc.send_signal(signal.SIGKILL)
+            return progress
+    return None
 
 
 def test_sigkill_at_random_points_then_restart_ends_with_the_uninterrupted_stores(
@@ -96,24 +103,20 @@ def test_sigkill_at_random_points_then_restart_ends_with_the_uninterrupted_store
     rng = random.Random(13)
     root = tmp_path / "killed"
     args = ["--bootstrap", bootstrap, "--topic", unique, "--redis_url", redis_server.url, "--root", str(root), "--expect", str(expect)]
+    targets = sorted(rng.sample(range(1, expect - 1), 20))  # kill points spread over the whole run
     kills = mid_checkpoint = 0
-    while kills < 20:
+    for target in targets:
         during_checkpoint = kills % 3 == 0
         proc = _start([*args, "--pause", "0.05"] if during_checkpoint else args)
         try:
-            alive = _wait_for(proc, "running")
-            if alive and during_checkpoint:
-                alive = _wait_for(proc, "checkpointing")
-                mid_checkpoint += alive
-            elif alive:
-                time.sleep(rng.uniform(0.0, 0.4))
-            if proc.poll() is not None:
-                break  # it finished before this kill: the stores are complete
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
+            reached = _kill_at(proc, target, mid_checkpoint=during_checkpoint)
         finally:
             proc.wait(30)
-    assert kills == 20 and mid_checkpoint >= 5, f"{kills} kills, {mid_checkpoint} mid-checkpoint: the job ran out of work too early"
+        if reached is None:
+            break  # it finished before this kill
+        kills += 1
+        mid_checkpoint += during_checkpoint
+    assert kills == 20, f"only {kills} kills: the job finished too early"
 
     last = _start(args)
     out, err = last.communicate(timeout=120)

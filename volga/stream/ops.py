@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -148,6 +149,12 @@ class RowChain(_Calls):
     @property
     def schema(self) -> Schema:
         return self.steps[-1].schema
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}  # stateless (ops.protocol)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        pass
 
     def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
         i, steps = 0, self.steps
@@ -300,10 +307,11 @@ class KeyedReduceOp(_Calls):
         return batch.with_columns(data).select(with_seq(self.node.schema.names, batch))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"state": dict(self.state)}
+        # keys and accumulators are the user's Python objects: the one pickled state
+        return {"state": pickle.dumps(self.state)}
 
     def restore(self, snap: dict[str, Any]) -> None:
-        self.state = dict(snap["state"])
+        self.state = pickle.loads(snap["state"])
 
 
 class FusedKeyedReduce(_Calls):
@@ -346,10 +354,11 @@ class FusedKeyedReduce(_Calls):
         return assemble(columns, with_seq(self.schema.names, batch))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"state": dict(self.state)}
+        # keys and accumulators are the user's Python objects: the one pickled state
+        return {"state": pickle.dumps(self.state)}
 
     def restore(self, snap: dict[str, Any]) -> None:
-        self.state = dict(snap["state"])
+        self.state = pickle.loads(snap["state"])
 
 
 def _prepare_values(schema: Schema, aggregates: tuple[Aggregate, ...], where: str) -> tuple[Schema, list[pl.Expr]]:
@@ -414,6 +423,15 @@ class AggregateOp:
 
 
 
+def _frame_or_none(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
+    """A list of buffered frames as one frame for a snapshot (None if empty)."""
+    return pl.concat(frames, how="vertical_relaxed") if frames else None
+
+
+def _frames(frame: pl.DataFrame | None) -> list[pl.DataFrame]:
+    return [] if frame is None else [frame]
+
+
 def _sort_by_time(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
     ts = rows[ts_col]
     if ts.is_sorted():
@@ -454,6 +472,12 @@ class UnionOp:
     @property
     def buffered_rows(self) -> int:
         return sum(b.height for buffer in self.buffers for b in buffer)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"buffers": {str(i): _frame_or_none(b) for i, b in enumerate(self.buffers)}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.buffers = [_frames(state["buffers"][str(i)]) for i in range(len(self.buffers))]
 
     def release(self, bound_us: int | None) -> pl.DataFrame:
         parts = [p for buffer in self.buffers if (p := take_before(buffer, self.ts, bound_us)) is not None and p.height]
@@ -525,6 +549,16 @@ class EventWindowOp(_Calls):
     @property
     def buffered_rows(self) -> int:
         return sum(b.height for b in self.buffer)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "buffer": _frame_or_none(self.buffer), "late": _frame_or_none(self.late),
+            "emitted_until": self.emitted_until, "seq": self.seq, "late_count": self.late_count,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.buffer, self.late = _frames(state["buffer"]), _frames(state["late"])
+        self.emitted_until, self.seq, self.late_count = state["emitted_until"], state["seq"], state["late_count"]
 
     def push(self, side: int, batch: pl.DataFrame) -> None:
         if not batch.height:
@@ -649,6 +683,14 @@ class _JoinInputs:
             batch = batch.drop(SEQ, strict=False)  # output rows keep their left row's
         return batch
 
+    def snapshot(self) -> bytes | None:
+        """Object key ids (Python objects: pickled), or None without ``key_by(fn)`` keys."""
+        return None if self.ids is None else pickle.dumps(self.ids.ids)
+
+    def restore(self, state: bytes | None) -> None:
+        if self.ids is not None and state is not None:
+            self.ids.ids = pickle.loads(state)
+
     def finish(self, joined: pl.DataFrame) -> pl.DataFrame:
         if self.pairs:
             pairs = list(zip(joined[sn.VALUE].to_list(), joined["__right_value"].to_list()))
@@ -691,6 +733,13 @@ class AsOfJoin:
     def buffered_rows(self) -> int:
         return self.op.buffered_rows
 
+    def snapshot(self) -> dict[str, Any]:
+        return {"op": self.op.snapshot(), "ids": self.inputs.snapshot()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.op.restore(state["op"])
+        self.inputs.restore(state["ids"])
+
     def push(self, side: int, batch: pl.DataFrame) -> None:
         self.op.push(side, self.inputs.prepare(side, batch))
 
@@ -722,6 +771,17 @@ class IntervalJoinOp:
     def push(self, side: int, batch: pl.DataFrame) -> None:
         if batch.height:
             (self.left if side == 0 else self.right_new).append(self.inputs.prepare(side, batch))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "left": _frame_or_none(self.left), "right_new": _frame_or_none(self.right_new),
+            "right": self.right, "ids": self.inputs.snapshot(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.left, self.right_new = _frames(state["left"]), _frames(state["right_new"])
+        self.right = state["right"]
+        self.inputs.restore(state["ids"])
 
     def output_watermark(self, bound: int) -> int:
         return bound if bound >= FINISHED_WM else bound - max(self.upper, 0)
