@@ -119,7 +119,7 @@ def test_sigkill_at_random_points_then_restart_ends_with_the_uninterrupted_store
     assert kills == 20, f"only {kills} kills: the job finished too early"
 
     last = _start(args)
-    out, err = last.communicate(timeout=120)
+    _, err = last.communicate(timeout=120)
     assert last.returncode == 0, err[-3000:]
     got = contents(redis_server.url, unique, root)
     assert got[0].equals(want[0]), "latest rows in Redis differ"

@@ -12,8 +12,8 @@ import threading
 from typing import Any, Literal
 
 from volga.plan.compile import PhysicalPlan
-from volga.runtime.local.executors import Metrics, Sink, StreamOptions, collect_rejected, run_batch, run_streaming
 from volga.runtime.local.checkpointing import Checkpointer, CheckpointOptions
+from volga.runtime.local.executors import Metrics, Sink, StreamOptions, collect_rejected, run_batch, run_streaming
 from volga.runtime.local.job import Job
 from volga.runtime.local.stage import SourceStage
 

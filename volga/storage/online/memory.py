@@ -228,14 +228,13 @@ class MemoryOnlineStore(OnlineStore):
             feature = self._features.get(name)
             if feature is None:
                 continue
+            with self._lock:  # row tuples are immutable: copying the references is enough
+                rows = [row for recent in feature.rows.values() for row in recent]
             schema = feature.schema
-            with self._lock:
-                keys = list(feature.rows)
-            columns = [keys] if len(schema.keys) == 1 else [list(c) for c in zip(*keys)] if keys else [[] for _ in schema.keys]
-            # key values as held (a datetime key may be held as its integer microseconds)
-            request = pl.DataFrame([pl.Series(k, col).cast(schema.field(k).dtype) for k, col in zip(schema.keys, columns)])
-            rows = self.get_range(name, request, None, None).drop(KEY_INDEX)
-            out[name] = {"schema": schema_to_json(schema), "rows": rows}
+            # datetimes are held as integer microseconds (see the module docstring)
+            held = {c: (pl.Int64 if c in feature.int_cols else t) for c, t in feature.out_schema.items()}
+            frame = pl.DataFrame(rows, schema=held, orient="row").cast(feature.out_schema)  # type: ignore[arg-type]
+            out[name] = {"schema": schema_to_json(schema), "rows": frame}
         return out
 
     def restore(self, state: dict[str, Any]) -> None:

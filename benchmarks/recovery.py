@@ -1,0 +1,178 @@
+"""Checkpoint benchmark: what checkpoints cost an online quickstart job, and recovery time.
+
+    .venv/bin/python benchmarks/recovery.py [--orders 3000000] [--users 10000] [--keys 1000000]
+
+1. Throughput of the online quickstart job (embedded runtime, MemorySource, micro-batches
+   of 10k rows, in-memory online store) without checkpoints, with ``checkpoint_interval``
+   10 s and 1 s (each run in a fresh process; the last checkpoint, taken when the job ends,
+   is inside the measured time).
+2. State of ``--keys`` users (two orders each): duration and size of one checkpoint of
+   the job's state (operators + the in-memory store's contents), split by part.
+3. Recovery: the same job started again on that checkpoint directory: time to load and
+   restore the latest checkpoint.
+
+Prints one line per figure. Not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def orders_frame(n: int, n_users: int, *, seed: int = 1) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "buyer_id": pl.Series(rng.integers(0, n_users, n)).cast(pl.String),
+            "product_id": pl.Series(rng.integers(0, 50, n)).cast(pl.String),
+            "product_type": np.where(rng.random(n) < 0.5, "ON_SALE", "REGULAR"),
+            "purchased_at": pl.Series(T0.timestamp() * 1e6 + np.arange(n) * 1000, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+            "product_price": np.round(rng.random(n) * 100, 2),
+        }
+    )
+
+
+def users_frame(n_users: int) -> pl.DataFrame:
+    return pl.DataFrame({"user_id": [str(i) for i in range(n_users)], "registered_at": [T0] * n_users, "name": "u"})
+
+
+def _client(root: Path) -> Any:
+    import volga
+    from volga.storage import MemoryOnlineStore, ParquetOfflineStore
+
+    return volga.Client(MemoryOnlineStore(), ParquetOfflineStore(root / "offline"))
+
+
+def _pipeline(orders: pl.DataFrame, users: pl.DataFrame) -> Any:
+    from volga.sources import MemorySource
+    from volga.testing.quickstart import quickstart
+
+    return quickstart(lambda online: MemorySource(orders), users=users)
+
+
+def throughput(n_orders: int, n_users: int, interval: str | None) -> dict[str, Any]:
+    """One run in this process: events per second, checkpoints taken."""
+    from volga.runtime.local.checkpointing import Checkpointer
+
+    orders, users = orders_frame(n_orders, n_users), users_frame(n_users)
+    taken: list[float] = []
+    original = Checkpointer.take
+
+    def timed(self: Checkpointer, metrics: Any) -> int:
+        start = time.perf_counter()
+        out = original(self, metrics)
+        taken.append(time.perf_counter() - start)
+        return out
+
+    Checkpointer.take = timed  # type: ignore[method-assign]
+    with tempfile.TemporaryDirectory() as tmp:
+        client = _client(Path(tmp))
+        extra = {} if interval is None else {"checkpoint_dir": Path(tmp) / "ckpt", "checkpoint_interval": interval}
+        start = time.perf_counter()
+        client.materialize([_pipeline(orders, users)], mode="online", batch_size=10_000, **extra)
+        seconds = time.perf_counter() - start
+    return {"ev_per_s": n_orders / seconds, "seconds": seconds, "checkpoints": len(taken), "checkpoint_s": taken}
+
+
+def state_of_keys(n_keys: int) -> dict[str, Any]:
+    """Checkpoint duration/size for ``n_keys`` users' quickstart state, and recovery time."""
+    from volga.runtime.checkpoint import CheckpointStore
+    from volga.runtime.local.checkpointing import Checkpointer
+
+    orders = orders_frame(2 * n_keys, n_keys, seed=2)
+    users = users_frame(n_keys)
+    timings: dict[str, list[float]] = {"take": [], "resume": []}
+    take, resume = Checkpointer.take, Checkpointer.resume
+
+    def timed_take(self: Checkpointer, metrics: Any) -> int:
+        start = time.perf_counter()
+        out = take(self, metrics)
+        timings["take"].append(time.perf_counter() - start)
+        return out
+
+    def timed_resume(self: Checkpointer, metrics: Any) -> Any:
+        start = time.perf_counter()
+        out = resume(self, metrics)
+        timings["resume"].append(time.perf_counter() - start)
+        return out
+
+    Checkpointer.take, Checkpointer.resume = timed_take, timed_resume  # type: ignore[method-assign]
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "ckpt"
+        pipe = _pipeline(orders, users)
+        client = _client(Path(tmp))
+        client.materialize([pipe], mode="online", batch_size=100_000, checkpoint_dir=ckpt, checkpoint_interval="1h")
+        latest = CheckpointStore(ckpt).latest()
+        assert latest is not None
+        folder = ckpt / f"chk-{latest.id:06d}"
+        size = sum(p.stat().st_size for p in folder.iterdir()) + (ckpt / f"chk-{latest.id:06d}.json").stat().st_size
+        # which part is how big: operators vs the in-memory online store's rows
+        store_rows = latest.state["sink"]["online"]["user_spent"]["rows"]
+        load_start = time.perf_counter()
+        CheckpointStore(ckpt).latest()
+        load_s = time.perf_counter() - load_start
+        again = _client(Path(tmp))  # a restarted process: empty store, same checkpoint_dir
+        again.materialize([pipe], mode="online", batch_size=100_000, checkpoint_dir=ckpt, checkpoint_interval="1h")
+    return {
+        "keys": n_keys,
+        "orders": 2 * n_keys,
+        "checkpoint_s": timings["take"][0],
+        "checkpoint_bytes": size,
+        "store_rows": store_rows.height,
+        "store_bytes_in_memory": store_rows.estimated_size(),
+        "load_s": load_s,
+        "resume_s": timings["resume"][-1],
+    }
+
+
+def _in_subprocess(args: list[str]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=3_000_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--one", choices=["throughput", "state"])
+    parser.add_argument("--interval", default="")
+    args = parser.parse_args()
+    if args.one == "throughput":
+        print(json.dumps(throughput(args.orders, args.users, args.interval or None)))
+        return
+    if args.one == "state":
+        print(json.dumps(state_of_keys(args.keys)))
+        return
+
+    base = ["--orders", str(args.orders), "--users", str(args.users)]
+    runs = {label: _in_subprocess([*base, "--one", "throughput", "--interval", interval]) for label, interval in
+            (("none", ""), ("10s", "10s"), ("1s", "1s"))}
+    none = runs["none"]["ev_per_s"]
+    print(f"online quickstart, {args.orders:,} orders, {args.users:,} users (embedded, batches of 10k):")
+    for label, r in runs.items():
+        took = ", ".join(f"{s * 1000:.0f} ms" for s in r["checkpoint_s"][:6]) or "-"
+        print(f"  checkpoints {label:>4}: {r['ev_per_s']:>12,.0f} ev/s  {r['ev_per_s'] / none:5.2f}x  "
+              f"({r['seconds']:.2f} s, {r['checkpoints']} checkpoint(s): {took})")
+    s = _in_subprocess(["--keys", str(args.keys), "--one", "state"])
+    print(f"state of {s['keys']:,} keys ({s['orders']:,} orders; the store holds {s['store_rows']:,} rows, "
+          f"{s['store_bytes_in_memory'] / 1e6:.0f} MB as a frame):")
+    print(f"  checkpoint: {s['checkpoint_s']:.2f} s to take, {s['checkpoint_bytes'] / 1e6:.1f} MB on disk")
+    print(f"  recovery:   {s['load_s']:.2f} s to load the checkpoint, {s['resume_s']:.2f} s to load and restore it")
+
+
+if __name__ == "__main__":
+    main()
