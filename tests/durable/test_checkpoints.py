@@ -15,7 +15,8 @@ from volga.errors import JobFailed
 from volga.ops.join import AsOfJoinOp
 from volga.ops.window import WindowAggregateOp
 from volga.runtime.checkpoint import CheckpointStore, DefinitionChanged
-from volga.sources import MemorySource
+from volga.sources import MemorySource, Source, SourceReader
+from volga.testing.quickstart import quickstart, wait_until
 
 from .helpers import ORDERS, run, stores
 
@@ -150,3 +151,46 @@ def quickstart_with_count_window(window: str) -> Any:
         )
 
     return user_spent
+
+
+class _Following(Source):
+    """The orders, then nothing more: an unbounded source that has caught up."""
+
+    @property
+    def bounded(self) -> bool:
+        return False
+
+    def open(self, schema: Any, *, name: str, mode: Any = None) -> SourceReader:
+        return _FollowingReader(MemorySource(ORDERS).open(schema, name=name))
+
+
+class _FollowingReader(SourceReader):
+    def __init__(self, inner: SourceReader) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def poll(self, max_rows: int) -> pl.DataFrame | None:
+        return self.inner.poll(max_rows)
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+
+def test_stop_takes_a_final_checkpoint_and_a_restart_after_it_changes_nothing(tmp_path: Path) -> None:
+    pipe = quickstart(lambda online: _Following())
+    client, job = run(tmp_path, pipe=pipe, checkpoint_interval="1h", block=False, params={"online": True})
+    wait_until(lambda: job.metrics.rows_out.get("user_spent", 0) == 759, what="every output row")
+    job.stop()
+    latest = CheckpointStore(tmp_path / "checkpoints").latest()
+    assert latest is not None and latest.state["sink"]["written"]["user_spent"] == 759
+    before = stores(client)
+
+    again, job2 = run(tmp_path, pipe=pipe, checkpoint_interval="1h", block=False, params={"online": True})
+    resumed_at = job2.metrics.batches  # restored from the checkpoint
+    # 1500 orders re-read 60 at a time (and skipped: they were handed out before the stop)
+    wait_until(lambda: job2.metrics.batches >= resumed_at + 30, what="the orders re-read and skipped")
+    job2.stop()
+    assert job2.metrics.rows_out["user_spent"] == 759
+    assert job2.late_events("order_source").height == 0  # re-read rows were skipped, not judged late
+    assert stores(again)[0].equals(before[0]) and stores(again)[1].equals(before[1])
