@@ -25,7 +25,8 @@ def run(root: Path, *, online_store: Any = None, pipe: Any = None, **kwargs: Any
     client = volga.Client(online_store or MemoryOnlineStore(), ParquetOfflineStore(root / "offline"))
     options = {"write_offline": True, "batch_size": 60, "checkpoint_dir": root / "checkpoints", "checkpoint_interval": "0s"}
     options.update(kwargs)
-    job = client.materialize([pipe or pipeline()], mode="online", **options)
+    options.setdefault("mode", "online")
+    job = client.materialize([pipe or pipeline()], **options)
     return client, job
 
 

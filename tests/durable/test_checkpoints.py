@@ -16,6 +16,7 @@ from volga.ops.join import AsOfJoinOp
 from volga.ops.window import WindowAggregateOp
 from volga.runtime.checkpoint import CheckpointStore, DefinitionChanged
 from volga.sources import MemorySource, Source, SourceReader
+from volga.storage import MemoryOnlineStore
 from volga.testing.quickstart import quickstart, wait_until
 
 from .helpers import ORDERS, run, stores
@@ -194,3 +195,18 @@ def test_stop_takes_a_final_checkpoint_and_a_restart_after_it_changes_nothing(tm
     assert job2.metrics.rows_out["user_spent"] == 759
     assert job2.late_events("order_source").height == 0  # re-read rows were skipped, not judged late
     assert stores(again)[0].equals(before[0]) and stores(again)[1].equals(before[1])
+
+
+def test_bad_checkpoint_options_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_dir is for mode='online' jobs"):
+        run(tmp_path, mode="offline")
+    with pytest.raises(ValueError, match="on_definition_change must be 'refuse' or 'rebuild', not 'ignore'"):
+        run(tmp_path, on_definition_change="ignore")
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        run(tmp_path, checkpoint_interval="soon")
+
+    class NoState(MemoryOnlineStore):
+        snapshot = None  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="neither snapshots its contents nor writes sequenced rows"):
+        run(tmp_path, online_store=NoState())
