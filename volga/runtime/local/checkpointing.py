@@ -3,15 +3,18 @@ resumes from one.
 
 A checkpoint is taken between two micro-batches (every operator is then between calls,
 the sink has written everything produced so far), once ``interval_s`` has passed since
-the last one, and when the job ends or is stopped. It holds every operator's
+the last one, and when the job ends or is stopped. The snapshot is taken there; its files
+are written by a background thread while the job goes on (the final one is waited for). It holds every operator's
 ``snapshot()``, each source stage's held rows, watermark inputs and reader position,
 the job's counters, and what the sink reports (``SinkState``: rows written per pipeline,
 the in-memory store's contents). Consumer-group offsets are committed only after a
-checkpoint: with checkpoints, they are for lag monitoring, not for resuming.
+checkpoint's manifest is written: with checkpoints, they are for lag monitoring, not for
+resuming.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import logging
@@ -89,6 +92,8 @@ class Checkpointer:
         self.fingerprint = plan_fingerprint(plan)
         self.last_at = time.monotonic()
         self.taken = 0
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: concurrent.futures.Future[int] | None = None
         for step in plan.steps:
             if step.op is not None and not isinstance(step.op, Stateful):
                 raise TypeError(f"checkpoints: operator {type(step.op).__name__} of step [{step.id}] {step.describe()} cannot snapshot its state")
@@ -135,15 +140,58 @@ class Checkpointer:
     def due(self) -> bool:
         return time.monotonic() - self.last_at >= self.options.interval_s
 
-    def take(self, metrics: Metrics) -> int:
-        """Snapshot everything now (between micro-batches) and write it."""
-        state: State = {
+    def snapshot(self, metrics: Metrics) -> State:
+        """Everything, now (between micro-batches). Snapshots are copies or immutable frames,
+        so the job may go on while they are written."""
+        return {
             "operators": {str(s.id): s.op.snapshot() for s in self.plan.steps if s.op is not None},
             "sources": {str(sid): stage.snapshot() for sid, stage in self.stages.items()},
             "counters": {"rows_out": dict(metrics.rows_out), "late": dict(metrics.late), "batches": metrics.batches},
             "sink": self.options.sink.snapshot(),
         }
-        ckpt = self.options.store.write(state, self.fingerprint)
+
+    def take(self, metrics: Metrics) -> int:
+        """Snapshot and write now, waiting for the write (the final checkpoint)."""
+        self.wait_written()
+        ckpt = self.options.store.write(self.snapshot(metrics), self.fingerprint)
         self.last_at = time.monotonic()
         self.taken += 1
         return ckpt
+
+    def take_in_background(self, metrics: Metrics) -> None:
+        """Snapshot now; write the files in a background thread while the job goes on (Arrow
+        writes release the GIL). One write at a time: a previous one is waited for first."""
+        self.wait_written()
+        state = self.snapshot(metrics)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="volga-checkpoint")
+        self._pending = self._pool.submit(self.options.store.write, state, self.fingerprint)
+        self.last_at = time.monotonic()
+
+    @property
+    def writing(self) -> bool:
+        return self._pending is not None
+
+    def written(self) -> bool:
+        """True if a background write finished since the last call (its error is raised)."""
+        if self._pending is None or not self._pending.done():
+            return False
+        self.wait_written()
+        return True
+
+    def wait_written(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+            self.taken += 1
+
+    def close(self) -> None:
+        """Wait for a write in flight (a failed job's last checkpoint is still consistent)."""
+        try:
+            self.wait_written()
+        except Exception:  # noqa: BLE001 - the job's own error is what gets reported
+            log.exception("checkpoint write failed")
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None

@@ -95,13 +95,21 @@ class LocalRuntime:
                     run_streaming(plan, stages, sink, metrics, stop, options)
                     return
 
-                def at_boundary(metrics: Metrics, final: bool) -> bool:
-                    if final or checkpointer.due():
-                        checkpointer.take(metrics)
-                        return True
-                    return False
+                ckpt = checkpointer
 
-                run_streaming(plan, stages, sink, metrics, stop, options, at_boundary)
+                def at_boundary(metrics: Metrics, final: bool) -> bool:
+                    if final:
+                        ckpt.take(metrics)
+                        return True
+                    done = ckpt.written()
+                    if not ckpt.writing and ckpt.due():
+                        ckpt.take_in_background(metrics)
+                    return done
+
+                try:
+                    run_streaming(plan, stages, sink, metrics, stop, options, at_boundary)
+                finally:
+                    ckpt.close()
 
         by_name = {stage.source.name: stage for stage in stages.values()}
         job = Job(mode, list(plan.outputs), work, by_name, lambda: collect_rejected(plan, readers), cleanup)
