@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,6 +123,8 @@ class Client:
         self.jobs: list[Job] = []
         self.runtime = runtime  # None: embedded; volga.RayRuntime(...): materialize runs on Ray
         self._on_demand = OnDemandExecutor(self.definitions, lambda: self.online_store)
+        # Called with each compiled plan before it runs (volga.metrics times operators this way).
+        self.plan_observers: list[Callable[[PhysicalPlan], None]] = []
 
     # -- definitions -------------------------------------------------------------------
     def register(self, *definitions: Definition) -> None:
@@ -167,6 +169,7 @@ class Client:
         write_offline: bool = False,
         batch_size: int = 10_000,
         max_batch_delay: Duration = "0ms",
+        progress: bool = False,
     ) -> Job:
         """Run pipelines over their sources.
 
@@ -178,12 +181,16 @@ class Client:
         store; with ``write_offline=True`` the job's output rows also replace the
         pipeline's offline rows (cleared at job start, appended as they come).
         ``block=False`` returns a running :class:`Job` (``wait()``/``stop()``).
+        ``progress=True`` reports rows read, rows/s and an ETA (when the sources know
+        their size) on stderr while the job runs (see :mod:`volga.progress`).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if mode not in ("offline", "online"):
             raise ValueError(f"mode must be 'offline' or 'online', not {mode!r}")
         plan = self._plan(pipelines, params)
+        for observe in self.plan_observers:
+            observe(plan)
         schemas = {name: plan.pipelines[name].schema for name in plan.outputs}
         if mode == "offline":
             def sink(name: str, rows: pl.DataFrame) -> None:
@@ -203,8 +210,17 @@ class Client:
         delay_s = parse_duration_us(max_batch_delay, what="max_batch_delay") / 1e6
         options = StreamOptions(batch_size=batch_size, max_batch_delay_s=delay_s)
         runtime = self.runtime if self.runtime is not None else LocalRuntime()
-        job = runtime.start(plan, mode, params, sink, block=block, options=options)
+        job = runtime.start(plan, mode, params, sink, block=block and not progress, options=options)
         self.jobs.append(job)
+        if progress:
+            from volga.progress import ProgressReporter
+
+            reporter = ProgressReporter(job)
+            if not block:
+                reporter.start()
+                return job
+            reporter.follow()
+            job.wait()
         return job
 
     # -- reads -------------------------------------------------------------------------

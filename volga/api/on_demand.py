@@ -56,7 +56,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Literal, Union
 
-from volga.api.decorators import PipelineDef, defined, record
+from volga.api.decorators import PipelineDef, catalog_meta, defined, record
 from volga.api.entity import Schema, entity_schema, is_entity
 from volga.api.types import dtype_name, unwrap_optional
 
@@ -126,6 +126,8 @@ class OnDemandDef:
     dependencies: tuple[OnDemandDependency, ...]
     output: type
     args: tuple[RequestArg, ...]
+    tags: tuple[str, ...] = ()  # catalog metadata (volga list/describe, the console)
+    owner: str | None = None
 
     @property
     def name(self) -> str:
@@ -189,7 +191,9 @@ def dependency_order(targets: Sequence[OnDemandDef], lookup: Mapping[str, Any] |
     return order
 
 
-def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[..., Any]], OnDemandDef]:
+def on_demand(
+    *, dependencies: Sequence[DependencySpec], tags: Sequence[str] = (), owner: str | None = None
+) -> Callable[[Callable[..., Any]], OnDemandDef]:
     """Declare a request-time feature over pipelines and other on-demand features.
 
     ``dependencies`` lists ``@pipeline``/``@on_demand`` definitions (or their names),
@@ -199,8 +203,9 @@ def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[.
     given nowhere reads the last 10 rows (:data:`DEFAULT_LAST_N`). The function's
     parameters take the dependencies in order; parameters after them must have defaults
     and are filled per request. Signatures are checked now, naming the function and
-    parameter at fault.
+    parameter at fault. ``tags`` and ``owner`` are catalog metadata (``volga list``, the console).
     """
+    meta = catalog_meta("@on_demand", tags, owner)
     if isinstance(dependencies, (str, PipelineDef, OnDemandDef)) or not isinstance(dependencies, Sequence):
         raise OnDemandDefinitionError(
             f"@on_demand(dependencies=...) takes a list of @pipeline/@on_demand definitions, got {dependencies!r}"
@@ -256,7 +261,7 @@ def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[.
                 f"on_demand {name}: per-request argument(s) {sorted(clashes)} share a name with query arguments "
                 "of its last_n/range dependencies; rename them"
             )
-        return record(OnDemandDef(fn, tuple(deps), output, tuple(args)))
+        return record(OnDemandDef(fn, tuple(deps), output, tuple(args), *meta))
 
     return wrap
 

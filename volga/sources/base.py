@@ -37,6 +37,9 @@ class SourceReader(abc.ABC):
         # Arrival position of this reader's first row within its whole source (non-zero
         # only for a reader of one partition, see ``Source.open_partition``).
         self.first_position = 0
+        # Rows this reader will hand out in all, when the source knows (a file's row count,
+        # an in-memory frame): progress bars show a percentage and an ETA from it.
+        self.total_rows: int | None = None
 
     @abc.abstractmethod
     def poll(self, max_rows: int) -> pl.DataFrame | None:

@@ -188,10 +188,12 @@ class ParquetReader(ChunkedReader):
         self._file = pq.ParquetFile(file)
         require_columns(self._file.schema_arrow.names, schema, source=name, where=f"Parquet file {str(file)!r}")
         if row_groups is None:
+            self.total_rows = self._file.metadata.num_rows
             self._batches = self._file.iter_batches(batch_size=batch_rows, columns=schema.names)
         else:
             meta = self._file.metadata
             self.first_position = sum(meta.row_group(g).num_rows for g in range(row_groups.start))
+            self.total_rows = sum(meta.row_group(g).num_rows for g in row_groups)
             self._batches = self._file.iter_batches(
                 batch_size=batch_rows, row_groups=list(row_groups), columns=schema.names
             ) if len(row_groups) else iter(())

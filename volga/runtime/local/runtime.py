@@ -77,5 +77,6 @@ class LocalRuntime:
 
         by_name = {stage.source.name: stage for stage in stages.values()}
         job = Job(mode, list(plan.outputs), work, by_name, lambda: collect_rejected(plan, readers), cleanup)
+        job.readers = list(readers.values())  # read-only, for progress reporting
         return job.start(block)
 
