@@ -176,10 +176,11 @@ def materialize(args: argparse.Namespace) -> int:
     start, end = _time(args.start, "--start"), _time(args.end, "--end")
     if start and end and start > end:
         raise UsageError(f"--start {args.start} is after --end {args.end}")
+    params = _params(args.params)
     kept = {p.name: client.offline_store.read(p.name) for p in pipelines} if start or end else {}
     started = time.perf_counter()
     try:
-        job = client.materialize(pipelines, mode="offline", params=_params(args.params), block=False,
+        job = client.materialize(pipelines, mode="offline", params=params, block=False,
                                  write_online=args.write_online)
         ProgressReporter(job, interval_s=args.progress_interval).follow()
         job.wait()

@@ -25,7 +25,7 @@ APP = '''"""A small Volga project: an order log -> per-user spend features.
     volga run app.py                  # the online job: follows data/orders.jsonl (append lines, features move)
     volga materialize app.py          # backfill the offline store from data/orders.jsonl
     volga serve app.py                # on-demand features over HTTP
-    volga historical app.py --spine data/spine.csv --features user_spend spend_profile --out train.parquet --compute
+    volga historical app.py --spine data/spine.csv --features user_spend spend_profile.big_spender --out train.parquet --compute
     volga list app.py                 # the catalog; volga describe app.py user_spend
     volga ui app.py                   # the web console
 """
