@@ -155,11 +155,11 @@ class ConsoleApp:
             items = "".join(f"<li>{escape(w)}</li>" for w in entry.windows + entry.details)
             parts.append(f"<h2>Definition</h2><ul>{items}</ul>")
         parts.append(f"<h2>Lineage</h2>{svg.lineage(related, {e.name: e.kind for e in catalog(self.client)}, entry.name)}")
-        parts.append(f'<h2>Source</h2><p class="muted">{escape(entry.location)}</p><pre>{escape(source_code(defs[entry.name]))}</pre>')
         if entry.kind == "pipeline":
             parts.append(self._offline_section(entry, query))
         elif entry.kind == "on_demand":
             parts.append(f'<p><a href="/ui/lookup?feature={quote(entry.name)}">compute it for a key</a></p>')
+        parts.append(f'<h2>Source</h2><p class="muted">{escape(entry.location)}</p><pre>{escape(source_code(defs[entry.name]))}</pre>')
         return _page(entry.name, "".join(parts), "catalog")
 
     def _offline_section(self, entry: CatalogEntry, query: dict[str, str]) -> str:
@@ -168,11 +168,12 @@ class ConsoleApp:
             return (f'<h2>Offline rows</h2><p class="muted">none stored yet: run <code>volga materialize app.py '
                     f"--pipelines {escape(entry.name)}</code></p>")
         sample = rows.tail(SAMPLE_ROWS)
-        out = [f"<h2>Offline rows</h2><p class=\"muted\">{rows.height:,} rows stored; the last {sample.height}:</p>",
-               _table(sample, "offline-rows")]
+        table = (f"<h2>Offline rows</h2><p class=\"muted\">{rows.height:,} rows stored; the last {sample.height}:</p>"
+                 + _table(sample, "offline-rows"))
+        out: list[str] = []
         numeric = [f.name for f in entry.fields if not f.key and not f.timestamp and f.type in ("int", "float")]
         if not numeric:
-            return "".join(out)
+            return table
         plot_field = query.get("field") if query.get("field") in numeric else numeric[0]
         key = {k: query.get(f"key.{k}") or str(sample[k][-1]) for k in entry.keys}
         chosen = rows
@@ -192,7 +193,7 @@ class ConsoleApp:
             values = [None if v is None else float(v) for v in chosen[plot_field].to_list()]
             label = f"{plot_field} for {', '.join(f'{k}={v}' for k, v in key.items())}"
             out.append(svg.time_series(times, values, label))
-        return "".join(out)
+        return "".join(out) + table
 
     def jobs_fragment(self) -> str:
         jobs = list(self.client.jobs)

@@ -97,6 +97,7 @@ class ServingApp:
             prefix = "/" + path[1:].split("/", 1)[0].split("?", 1)[0]
             if prefix in self.extra_routes:
                 return self.extra_routes[prefix](method, path, headers, body)
+            path = path.split("?", 1)[0]
         if path == "/health":
             if method != "GET":
                 return _not_allowed("GET")
@@ -274,7 +275,7 @@ class HttpProtocol(asyncio.Protocol):
         self.continued = False
         connection = headers.get("connection", "").lower()
         keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        path = target.split("?", 1)[0]
+        path = target if self.app.extra_routes else target.split("?", 1)[0]  # extra routes read the query
         return method, path, headers, body, keep_alive
 
     def _send(self, response: Response, keep_alive: bool) -> None:
