@@ -182,3 +182,29 @@ def test_historical_and_serve_work_on_the_new_project(project):
     finally:
         proc.kill()
     assert proc.returncode == 0
+
+
+def test_ui_serves_the_console_until_stopped(project):
+    import urllib.error
+    import urllib.request
+
+    from volga.testing.servers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "volga", "ui", "app.py", "--port", str(port), "--auth-token", "t0k"],
+                            cwd=project, env=volga_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"the console is at http://127.0.0.1:{port}/ui" in line, line
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ui", timeout=10)
+        assert denied.value.code == 401
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/ui/feature/spend_profile")
+        request.add_header("Authorization", "Bearer t0k")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            page = response.read().decode()
+        assert "Whether the user spent more than `threshold`" in page and "reads user_spend (latest)" in page
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
