@@ -20,7 +20,7 @@ def volga_env() -> dict[str, str]:
 def volga(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python -m volga ARGS`` in ``cwd``; returns the finished process (stdout, stderr, returncode)."""
     return subprocess.run([sys.executable, "-m", "volga", *args], cwd=cwd, env=volga_env(), capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture

@@ -59,7 +59,10 @@ def served(tmp_path_factory):
 
 
 def wait(driver, condition, timeout: float = 20):
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
     # the live page replaces its content every 2s: an element read mid-swap is just read again

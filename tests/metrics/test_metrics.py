@@ -13,11 +13,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import volga
-from volga.console import ConsoleApp
-from volga.testing.servers import free_port
 from tests.cli.conftest import volga_env
 from tests.cli.test_commands import wait_for_line
+from volga.console import ConsoleApp
+from volga.testing.servers import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -28,6 +28,7 @@ import polars as pl
 from volga.catalog import CatalogEntry, catalog, definitions_of, find, source_code
 from volga.console import svg
 from volga.metrics import metrics_for
+from volga.runtime.local.stage import NO_WM
 
 Response = tuple[int, bytes, bytes]
 HTML = b"Content-Type: text/html; charset=utf-8\r\n"
@@ -218,7 +219,7 @@ class ConsoleApp:
                 cards.append((f"freshness {name}", f"{freshness[name]:,.1f}s"))
         now_us = time.time_ns() // 1000
         for name, stage in job._stages.items():
-            if job.running and stage.max_seen > -(2**61):
+            if job.running and stage.max_seen != NO_WM:
                 cards.append((f"lag {name}", f"{(now_us - stage.max_seen) / 1e6:,.1f}s"))
         html = [f'<section class="job"><h2>{job.mode} job: {escape(", ".join(job.pipelines))}</h2><div class="cards">']
         html += [f'<div class="card" data-metric="{escape(label)}">{escape(label)}<b>{escape(value)}</b></div>' for label, value in cards]

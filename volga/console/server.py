@@ -42,7 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
     app: ConsoleApp
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+    def do_GET(self) -> None:
         if self.path == "/health":
             self._answer(200, b"ok", b"Content-Type: text/plain\r\n")
             return
