@@ -152,6 +152,7 @@ class _JobCollector(Collector):
         rows_out = Tally[str]()
         lag: dict[str, float] = {}
         source_wm: dict[str, int] = {}
+        backlog: dict[str, float] = {}
         running = 0
         for job in list(client.jobs):
             rows_in.update(job.metrics.rows_in)
@@ -166,11 +167,19 @@ class _JobCollector(Collector):
                     lag[name] = max(0.0, (now_us - stage.max_seen) / 1e6)
                 if NO_WM < stage.watermark < FINISHED_WM:
                     source_wm[name] = stage.watermark
+                try:
+                    behind = stage.reader.backlog()
+                except Exception:  # a reader closing under us: no figure this scrape
+                    behind = None
+                if behind is not None:
+                    backlog[name] = float(behind)
         families = [
             _counter("volga_source_rows", "Rows read from each source", "source", rows_in),
             _counter("volga_source_rejected", "Rows set aside (invalid, or a row function raised)", "source", rejected),
             _counter("volga_source_late", "Rows older than their source's watermark, set aside", "source", late),
             _gauge("volga_source_event_lag_seconds", "Now minus the newest event time read (running jobs)", "source", lag),
+            _gauge("volga_source_backlog_messages", "Records waiting in the source (Kafka: offsets behind the high-water marks)",
+                   "source", backlog),
             _counter("volga_pipeline_rows", "Rows each pipeline wrote to its stores", "pipeline", rows_out),
         ]
         defs = definitions_of(client) if source_wm or self.metrics.newest_written_us else {}

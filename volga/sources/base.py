@@ -62,6 +62,12 @@ class SourceReader(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections/files."""
 
+    def backlog(self) -> int | None:
+        """Records the source holds that this reader has not handed out yet (Kafka: offsets
+        behind the high-water marks), or None when the source cannot say. Called from the
+        metrics thread: implementations only read what the client already knows."""
+        return None
+
     def drain_rejected(self) -> list[Rejected]:
         out, self.rejected = self.rejected, []
         return out
