@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -207,3 +208,78 @@ def test_ui_serves_the_console_until_stopped(project):
         assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
+
+
+BOOM_APP = '''
+import datetime
+import volga
+from volga import Count, Entity, entity, field, pipeline, source
+from volga.sources.base import Source, SourceReader
+
+
+@entity
+class Tick:
+    key: str = field(key=True)
+    at: datetime.datetime = field(timestamp=True)
+
+
+@entity
+class TickCount:
+    key: str = field(key=True)
+    at: datetime.datetime = field(timestamp=True)
+    n: int
+
+
+class BrokenReader(SourceReader):
+    polls = 0
+
+    def poll(self, max_rows):
+        self.polls += 1
+        if self.polls > 3:
+            raise RuntimeError("the disk is on fire\\nsecond line of detail")
+        return None
+
+    @property
+    def finished(self):
+        return False
+
+
+class Broken(Source):
+    @property
+    def bounded(self):
+        return False
+
+    def open(self, schema, *, name, mode=None):
+        return BrokenReader()
+
+
+@source(Tick)
+def ticks() -> volga.Source:
+    return Broken()
+
+
+@pipeline(dependencies=[ticks], output=TickCount)
+def tick_count(t: Entity) -> Entity:
+    return t.group_by(keys=["key"]).aggregate([Count(window="1h", into="n")])
+
+
+client = volga.Client()
+'''
+
+
+def test_run_exits_1_with_one_line_when_the_job_fails(tmp_path):
+    (tmp_path / "boom.py").write_text(BOOM_APP)
+    done = volga("run", "boom.py", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == "volga run: job failed: RuntimeError: the disk is on fire second line of detail"
+
+
+def test_the_installed_volga_script_runs(tmp_path):
+    script = Path(sys.executable).parent / "volga"
+    assert script.exists(), f"no {script}: install the package into this venv (pip install -e .)"
+    done = subprocess.run([str(script), "init", "demo"], cwd=tmp_path, env=volga_env(), capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    listed = subprocess.run([str(script), "list", "app.py"], cwd=tmp_path / "demo", env=volga_env(), capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert listed.returncode == 0 and "user_spend" in listed.stdout
