@@ -19,17 +19,20 @@ import polars as pl
 from volga.api.decorators import Params, PipelineDef, SourceDef, defined
 from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.entity import Schema, make_instance
-from volga.api.types import Duration, datetime_to_us, dtype_name, parse_duration_us
+from volga.api.types import Duration, datetime_to_us, dtype_name, moment_us, parse_duration_us
 from volga.errors import KeyMismatch, UnknownFeature
 from volga.plan.compile import PhysicalPlan, compile_plan
+from volga.plan.request_time import is_hidden, request_time_shape
 from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
 from volga.runtime.local.runtime import LocalRuntime
 from volga.serving.codec import Row
 from volga.serving.executor import OnDemandExecutor
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
+from volga.storage.request_time import read_at
 
 Mode = Literal["offline", "online"]
+AsOf = Literal["request_time", "last_event"]
 Definition = PipelineDef | SourceDef | OnDemandDef
 _ABSENT: Any = object()
 
@@ -184,19 +187,21 @@ class Client:
         if mode not in ("offline", "online"):
             raise ValueError(f"mode must be 'offline' or 'online', not {mode!r}")
         plan = self._plan(pipelines, params)
-        schemas = {name: plan.pipelines[name].schema for name in plan.outputs}
+        # request-time pipelines' rows carry hidden columns; their stores keep the longest window
+        schemas = {name: plan.stored_schema(name) for name in plan.outputs}
+        retain = {name: shape.longest_window_us for name, shape in plan.request_time.items()}
         if mode == "offline":
             def sink(name: str, rows: pl.DataFrame) -> None:
                 self.offline_store.replace(name, schemas[name], rows)
                 if write_online:
-                    self.online_store.write(name, schemas[name], rows)
+                    self.online_store.write(name, schemas[name], rows, retain_us=retain.get(name))
         else:
             if write_offline:  # the job's output becomes the pipeline's offline rows
                 for name, schema in schemas.items():
                     self.offline_store.replace(name, schema, pl.DataFrame(schema=schema.polars_schema()))
 
             def sink(name: str, rows: pl.DataFrame) -> None:
-                self.online_store.write(name, schemas[name], rows)
+                self.online_store.write(name, schemas[name], rows, retain_us=retain.get(name))
                 if write_offline:
                     self.offline_store.append(name, schemas[name], rows)
 
@@ -213,6 +218,8 @@ class Client:
     ) -> pl.DataFrame:
         """Every stored output row of pipeline ``name`` (``start <= ts <= end``), as polars."""
         rows = self.offline_store.read(name, start, end)
+        if rows is not None:
+            rows = rows.select([c for c in rows.columns if not is_hidden(c)])
         if rows is None:
             raise UnknownFeature(
                 f"no offline rows for '{name}': run client.materialize([{name}], mode='offline') first"
@@ -220,21 +227,51 @@ class Client:
             )
         return rows
 
-    def get_latest(self, name: str, keys: Sequence[Mapping[str, Any]], *, ttl: Duration | None = None) -> list[Any]:
-        """The latest row per key (an instance of the output entity) or None, in key order.
+    def get_latest(
+        self,
+        name: str,
+        keys: Sequence[Mapping[str, Any]],
+        *,
+        at: datetime.datetime | str | None = None,
+        as_of: AsOf = "request_time",
+        ttl: Duration | None = None,
+    ) -> list[Any]:
+        """The pipeline's value per key (an instance of the output entity) or None, in key order.
 
-        ``ttl`` (e.g. ``"1h"``): None also where the latest row is older than that now, as
-        ``get_historical_features(..., ttl=...)`` nulls it at the spine time.
+        Evaluated at request time T: now (UTC), or ``at`` (a datetime, naive means UTC, or
+        an ISO 8601 string). Windowed aggregates cover the key's events with
+        ``T - window <= ts <= T`` and the row's timestamp is its latest event at or before
+        T (None if it has none), as ``get_historical_features`` computes them at a spine
+        time T. Any T at or after a key's last event is exact; an older ``at`` is answered
+        exactly while the store still holds the events its windows need, else refused
+        with :class:`volga.RequestTimeUnavailable`. ``as_of="last_event"`` returns the
+        row written at the key's latest event at or before T (the per-event value).
+        Pipelines with a row filter or a stateful step after their aggregate are always
+        served as of their last event (``client.explain`` says which).
+
+        ``ttl`` (e.g. ``"1h"``): None also where the key's latest event is older than
+        that at T, as ``get_historical_features(..., ttl=...)`` nulls it at the spine time.
         """
         entity_cls, schema = self._feature(name)
-        oldest_us = None if ttl is None else _now_us() - parse_duration_us(ttl, what=f"get_latest('{name}'): ttl")
+        rows = self._rows_at(name, schema, keys, at, as_of, ttl, what="get_latest")
+        return [None if row is None else _instance(entity_cls, row) for row in rows]
+
+    def _rows_at(
+        self, name: str, schema: Schema, keys: Any, at: Any, as_of: Any, ttl: Duration | None, what: str
+    ) -> list[dict[str, Any] | None]:
+        if as_of not in ("request_time", "last_event"):
+            raise ValueError(f"{what}('{name}'): as_of must be 'request_time' or 'last_event', got {as_of!r}")
+        at_us = moment_us(at, what=f"{what}('{name}'): at")
         frame = self._keys_frame(name, schema, keys)
         if self.online_store.schema(name) is None:  # defined, but nothing materialized online yet
             return [None] * frame.height
-        rows = self.online_store.get_latest(name, frame)
+        definition = self.definitions.get(name)
+        shape = request_time_shape(definition, self.definitions) if isinstance(definition, PipelineDef) else None
+        rows = read_at(self.online_store, name, shape if as_of == "request_time" else None, frame, at_us, explicit=at is not None)
+        oldest_us = None if ttl is None else at_us - parse_duration_us(ttl, what=f"{what}('{name}'): ttl")
         ts = schema.timestamp
         return [
-            None if row[ts] is None or (oldest_us is not None and datetime_to_us(row[ts]) < oldest_us) else _instance(entity_cls, row)
+            None if row[ts] is None or (oldest_us is not None and datetime_to_us(row[ts]) < oldest_us) else row
             for row in rows.iter_rows(named=True)
         ]
 
@@ -277,6 +314,7 @@ class Client:
         args: Mapping[str, Any] | None = None,
         full_names: bool = False,
         compute: bool = False,
+        as_of: AsOf = "request_time",
     ) -> Any:
         """A point-in-time correct training set: one row per ``spine`` row, in order.
 
@@ -285,8 +323,10 @@ class Client:
         names pipelines and on-demand features (``"user_spent"``: its value fields) or
         fields (``"user_spent.avg_spent_7d"``); columns are named by field, or
         ``"<feature>.<field>"`` with ``full_names=True``. Each value is what the online path
-        served at the row's time: a pipeline's latest row with ts <= t from the offline
-        store (null before any, or older than ``ttl``: ``"1h"`` or ``{"user_spent": "1h"}``),
+        served at the row's time t: a pipeline's value at t (windowed aggregates over
+        ``[t - window, t]``, as ``get_latest(at=t)``; ``as_of="last_event"``: the row written at
+        the key's latest event at or before t) from the offline store (null before any
+        event, or older than ``ttl``: ``"1h"`` or ``{"user_spent": "1h"}``),
         an on-demand function over its dependencies as of t (``args`` as in
         :meth:`get_on_demand`). ``key_map={"user_id": "spine_column"}`` (or per feature:
         ``{"user_spent": {...}}``) reads keys from differently named spine columns.
@@ -297,12 +337,18 @@ class Client:
 
         return get_historical_features(
             self, spine, features, timestamp_column=timestamp_column, key_map=key_map, ttl=ttl, args=args,
-            full_names=full_names, compute=compute,
+            full_names=full_names, compute=compute, as_of=as_of,
         )
 
     # -- on-demand features and serving ------------------------------------------------
-    def get_on_demand(self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None) -> list[Row | None]:
-        """On-demand feature ``name`` computed now: one row or None per key, in key order.
+    def get_on_demand(
+        self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None, *,
+        at: datetime.datetime | str | None = None,
+    ) -> list[Row | None]:
+        """On-demand feature ``name`` computed at request time: one row or None per key, in key order.
+
+        The request time T is now, or ``at``: pipelines are read as ``get_latest(..., at=T)``
+        reads them, and a function parameter named ``now`` receives T (aware UTC).
 
         A row is a dict of the output entity's fields (a :class:`volga.serving.Row`, whose
         fields also read as attributes), equal to what ``OnDemandClient.request`` returns for
@@ -316,7 +362,7 @@ class Client:
         specific wins. Without any, a read uses the query arguments declared with its
         dependency, and ``last_n`` reads 10 rows. A pipeline name gives its latest row.
         """
-        return self._on_demand.get(name, keys, args)
+        return self._on_demand.get(name, keys, args, at=at)
 
     def serve(
         self, port: int = 0, host: str = "127.0.0.1", *, auth_token: str | None = None, max_body_bytes: int = 1 << 20
@@ -374,11 +420,6 @@ def _matches(value: Any, dtype: pl.DataType) -> bool:
     if allowed is None:
         return isinstance(value, datetime.datetime) if dtype.is_temporal() else True
     return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-
-
-def _now_us() -> int:
-    """Wall-clock now in microseconds since the epoch (the reference time of ``ttl``)."""
-    return time.time_ns() // 1000
 
 
 def _instance(entity_cls: Any, row: dict[str, Any]) -> Any:

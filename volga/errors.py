@@ -28,3 +28,10 @@ class UnknownFeature(KeyError):
 
 class KeyMismatch(ValueError):
     """Lookup keys that do not match the feature's key fields (names or types)."""
+
+
+class RequestTimeUnavailable(LookupError):
+    """An online lookup ``at`` a time older than the events the store still holds for a key."""
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0]) if self.args else "request time unavailable"

@@ -40,10 +40,13 @@ import polars as pl
 from volga.api.decorators import PipelineDef
 from volga.api.entity import Schema, entity_schema
 from volga.api.on_demand import QUERY_ARGS, QUERY_DEFAULTS, OnDemandDef, OnDemandDefinitionError, dependency_order
-from volga.api.types import datetime_to_us, dtype_name, to_utc, unwrap_optional
+from volga.api.types import datetime_to_us, dtype_name, moment_us, to_utc, unwrap_optional, us_to_datetime
+from volga.plan.request_time import RequestTimeShape, request_time_shape
+from volga.serving.calls import Call, call_all
 from volga.serving.codec import Row
 from volga.serving.errors import BadRequest, FeatureFunctionError, FeatureNotFound, InternalError, InvalidKeys
 from volga.storage import KEY_INDEX, MemoryOnlineStore, OnlineStore
+from volga.storage.request_time import read_at
 
 Key = tuple[Any, ...]
 UTC = datetime.timezone.utc
@@ -51,6 +54,24 @@ _MISSING = object()
 
 
 # -- values from requests ------------------------------------------------------------------
+
+def _at_us(value: Any, field: str) -> int:
+    """The request time: now (None), or a datetime / ISO 8601 string."""
+    try:
+        return moment_us(value, what=field)
+    except (TypeError, ValueError) as e:
+        raise BadRequest(str(e), field=field) from None
+
+
+def call_kwargs(node: Any, key: Key, kwargs: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
+    """A call's keyword arguments: request arguments, key fields it names, ``now``."""
+    if not node.key_params and not node.definition.takes_now:
+        return kwargs
+    out = {**kwargs, **{param: key[pos] for param, pos in node.key_params}}
+    if node.definition.takes_now:
+        out["now"] = now
+    return out
+
 
 def parse_datetime(value: Any, field: str) -> datetime.datetime:
     """A datetime, or an ISO 8601 string; naive means UTC. Result is aware UTC."""
@@ -133,6 +154,7 @@ class Read:
     users: list[str]  # on-demand features that read it (for error messages)
     inferable: tuple[bool, ...] = ()  # per key column: polars infers its dtype from validated values
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # query args when the request gives none
+    shape: RequestTimeShape | None = None  # evaluated at request time (None: as of its last event)
 
     def __post_init__(self) -> None:
         simple = (pl.String(), pl.Int64(), pl.Float64(), pl.Boolean())
@@ -252,7 +274,9 @@ class OnDemandExecutor:
         self._pool: ThreadPoolExecutor | None = None
 
     # -- public entry points ---------------------------------------------------------------
-    def get(self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None) -> list[Row | None]:
+    def get(
+        self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None, *, at: Any = None
+    ) -> list[Row | None]:
         """In-process: one row (a dict of the output entity's fields) or None per key, in order,
         equal to what ``OnDemandClient.request`` returns for the same request.
 
@@ -263,7 +287,7 @@ class OnDemandExecutor:
             plan = self.plan([name], field="name")
         key_tuples = [self._keys(plan, 0, keys, "keys")]
         node_kwargs, read_args = self._args(plan, args, args, "args", "args")
-        results = self._execute(plan, key_tuples, node_kwargs, read_args)[0]
+        results = self._execute(plan, key_tuples, node_kwargs, read_args, _at_us(at, "at"), at is not None)[0]
         to_row = plan.row_makers[0]
         return [None if r is None else to_row(r) for r in results]
 
@@ -274,6 +298,7 @@ class OnDemandExecutor:
         keys: Sequence[Mapping[str, Any]] | None = None,
         query_args: Mapping[str, Any] | None = None,
         udf_args: Mapping[str, Any] | None = None,
+        at: Any = None,
     ) -> dict[str, list[Any]]:
         """The ``POST /features`` request: ``{feature: [instance | None, ...]}``.
 
@@ -311,7 +336,7 @@ class OnDemandExecutor:
                 given = [given]
             key_tuples.append(self._keys(plan, i, given, where))
         node_kwargs, read_args = self._args(plan, query_args, udf_args, "query_args", "udf_args")
-        results = self._execute(plan, key_tuples, node_kwargs, read_args)
+        results = self._execute(plan, key_tuples, node_kwargs, read_args, _at_us(at, "at"), at is not None)
         return dict(zip(targets, results))
 
     # -- compiling -------------------------------------------------------------------------
@@ -352,7 +377,8 @@ class OnDemandExecutor:
                 key_schema = {k: schema.field(k).dtype for k in schema.keys}
                 defaults = dep.defaults if dep is not None else dict(QUERY_DEFAULTS[query])
                 read = reads[memo] = Read(
-                    len(reads), pipe, query, schema.keys, key_schema, schema.timestamp, [], defaults=defaults
+                    len(reads), pipe, query, schema.keys, key_schema, schema.timestamp, [], defaults=defaults,
+                    shape=request_time_shape(pipe, self.definitions),
                 )
             if user not in read.users:
                 read.users.append(user)
@@ -501,7 +527,8 @@ class OnDemandExecutor:
 
     # -- running ---------------------------------------------------------------------------
     def _execute(
-        self, plan: Plan, key_tuples: list[list[Key]], node_kwargs: list[dict[str, Any]], read_args: list[tuple[Any, ...]]
+        self, plan: Plan, key_tuples: list[list[Key]], node_kwargs: list[dict[str, Any]], read_args: list[tuple[Any, ...]],
+        at_us: int, explicit_at: bool,
     ) -> list[list[Any]]:
         nodes = plan.nodes
         needed: list[dict[Key, None]] = [{} for _ in nodes]
@@ -520,24 +547,27 @@ class OnDemandExecutor:
                     proj = inp.projection
                     for key in keys_needed:
                         into[tuple(key[i] for i in proj)] = None
-        fetched = self._read_all(plan, read_needed, read_args)
+        fetched = self._read_all(plan, read_needed, read_args, at_us, explicit_at)
         results: list[dict[Key, Any]] = [{} for _ in nodes]
+        now = us_to_datetime(at_us)
         for node in nodes:
             keys_needed = needed[node.index]
             if keys_needed:
-                results[node.index] = self._run_node(node, keys_needed, fetched, results, node_kwargs[node.index] if node_kwargs else {})
+                kwargs = node_kwargs[node.index] if node_kwargs else {}
+                results[node.index] = self._run_node(node, keys_needed, fetched, results, kwargs, now)
         return [[results[t][key] for key in keys] for t, keys in zip(plan.target_nodes, key_tuples)]
 
     def _run_node(
-        self, node: Node, keys: dict[Key, None], fetched: list[dict[Key, Any]], results: list[dict[Key, Any]], kwargs: dict[str, Any]
+        self, node: Node, keys: dict[Key, None], fetched: list[dict[Key, Any]], results: list[dict[Key, Any]],
+        kwargs: dict[str, Any], now: datetime.datetime,
     ) -> dict[Key, Any]:
-        out: dict[Key, Any] = {}
         defn = node.definition
         if defn is None:  # a pipeline target: its latest row
             source = fetched[node.inputs[0].index]
             return {key: source[key] for key in keys}
-        fn, output, name, key_params = defn.fn, defn.output, defn.name, node.key_params
         sources = [(fetched[i.index] if i.read else results[i.index], i.projection, i.many or i.optional) for i in node.inputs]
+        out: dict[Key, Any] = {}
+        calls: list[Call] = []
         for key in keys:
             values = []
             for source, proj, may_be_empty in sources:
@@ -546,23 +576,16 @@ class OnDemandExecutor:
                     break
                 values.append(value)
             else:
-                try:
-                    if key_params:
-                        result = fn(*values, **kwargs, **{param: key[pos] for param, pos in key_params})
-                    else:
-                        result = fn(*values, **kwargs)
-                except Exception as e:  # the user's function: report it, keep serving
-                    raise FeatureFunctionError.wrap(name, e) from e
-                if result is not None and not isinstance(result, output):
-                    raise FeatureFunctionError.wrap(
-                        name, TypeError(f"returned {type(result).__name__}, expected {output.__name__} or None")
-                    )
-                out[key] = result
+                calls.append((key, values, call_kwargs(node, key, kwargs, now)))
                 continue
-            out[key] = None
+            out[key] = None  # a required input is missing: no call
+        for (key, _, _), result in zip(calls, call_all(defn, calls)):
+            out[key] = result
         return out
 
-    def _read_all(self, plan: Plan, needed: list[dict[Key, None]], read_args: list[tuple[Any, ...]]) -> list[dict[Key, Any]]:
+    def _read_all(
+        self, plan: Plan, needed: list[dict[Key, None]], read_args: list[tuple[Any, ...]], at_us: int, explicit_at: bool
+    ) -> list[dict[Key, Any]]:
         store = self.store()
         out: list[dict[Key, Any]] = [{} for _ in plan.reads]
         # One store call per pipeline, query and arguments, whichever features share it.
@@ -577,15 +600,17 @@ class OnDemandExecutor:
         if len(jobs) > 1 and not isinstance(store, MemoryOnlineStore):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="volga-read")
-            answers = list(self._pool.map(lambda job: self._read(store, job[0][0], job[1], job[2]), jobs))
+            answers = list(self._pool.map(lambda job: self._read(store, job[0][0], job[1], job[2], at_us, explicit_at), jobs))
         else:
-            answers = [self._read(store, members[0], keys, args) for members, keys, args in jobs]
+            answers = [self._read(store, members[0], keys, args, at_us, explicit_at) for members, keys, args in jobs]
         for (members, _, _), values in zip(jobs, answers):
             for read in members:
                 out[read.index] = values
         return out
 
-    def _read(self, store: OnlineStore, read: Read, keys: list[Key], args: tuple[Any, ...]) -> dict[Key, Any]:
+    def _read(
+        self, store: OnlineStore, read: Read, keys: list[Key], args: tuple[Any, ...], at_us: int, explicit_at: bool
+    ) -> dict[Key, Any]:
         many = read.query != "latest"
         if store.schema(read.name) is None:  # defined, but nothing materialized yet
             return {key: ([] if many else None) for key in keys}
@@ -597,12 +622,15 @@ class OnDemandExecutor:
         ]
         frame = series[0].to_frame() if len(series) == 1 else pl.DataFrame(series)
         if read.query == "latest":
-            rows = store.get_latest(read.name, frame)
-        elif read.query == "last_n":
+            rows = read_at(store, read.name, read.shape, frame, at_us, explicit=explicit_at)
+        elif read.query == "last_n" and not explicit_at:
             rows = store.get_last_n(read.name, frame, args[0])
+        elif read.query == "last_n":  # the last n rows at or before T
+            rows = store.get_range(read.name, frame, None, at_us)
+            rows = rows.filter(pl.int_range(pl.len()).reverse().over(KEY_INDEX) < args[0])
         else:
             start, end = args
-            rows = store.get_range(read.name, frame, start, end)
+            rows = store.get_range(read.name, frame, start, end if not explicit_at else min(at_us, end if end is not None else at_us))
         columns = rows.columns
         build = self._builder(read, columns)
         if not many:

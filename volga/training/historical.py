@@ -19,6 +19,7 @@ import polars as pl
 
 from volga.api.decorators import PipelineDef
 from volga.api.types import Duration
+from volga.plan.request_time import request_time_shape
 from volga.serving.executor import OnDemandExecutor
 from volga.training.lookup import PipelineRows
 from volga.training.on_demand import OnDemandEvaluator
@@ -44,6 +45,7 @@ def get_historical_features(
     full_names: bool = False,
     compute: bool = False,
     progress: TextIO | None = sys.stderr,
+    as_of: str = "request_time",
 ) -> Any:
     """The training set for ``spine`` and ``features`` from ``client``'s offline store.
 
@@ -51,6 +53,8 @@ def get_historical_features(
     where ``compute=True`` reports on a backfill that takes more than a few seconds
     (None: silent).
     """
+    if as_of not in ("request_time", "last_event"):
+        raise ValueError(f"get_historical_features: as_of must be 'request_time' or 'last_event', got {as_of!r}")
     checked = Spine.of(spine, timestamp_column)
     requests = parse_features(features, client.definitions)
     apply_key_map(requests, key_map)
@@ -80,6 +84,7 @@ def get_historical_features(
             name: pool.submit(
                 PipelineRows.load, client.offline_store, pipe, sorted(columns), " and ".join(dict.fromkeys(users)),
                 until=until, keys=_keys_asked(name, requests, plan, keys),
+                shape=request_time_shape(pipe, client.definitions) if as_of == "request_time" else None,
             )
             for name, (pipe, columns, users) in needed.items()
         }
@@ -150,7 +155,8 @@ def _pipeline_values(request: FeatureRequest, loading: Future[PipelineRows], key
     schema = request.schema
     key_values = [keys(request.key_columns[k], schema.field(k).dtype, _what(request)) for k in schema.keys]
     positions = table.asof(key_values, spine.times)
-    return list(table.values(request.fields, positions, spine.times, request.ttl_us).iter_columns())
+    rows = table.at_times(key_values, spine.times, positions) if table.shape is not None else None
+    return list(table.values(request.fields, positions, spine.times, request.ttl_us, rows).iter_columns())
 
 
 def _on_demand_values(request: FeatureRequest, evaluator: OnDemandEvaluator | None, plan: Any) -> list[pl.Series]:

@@ -1,0 +1,84 @@
+"""Calling an on-demand function: the rules shared by serving and training.
+
+A call gets its dependencies' values positionally, then the per-request arguments, the
+key fields it names, and ``now`` (the request time) if it takes it. Whatever it raises,
+and a result that is not its output entity (or None), becomes a ``FeatureFunctionError``
+naming the feature and the key. ``async def`` functions are awaited on one background
+event loop, the calls of a batch concurrently (at most ``concurrency`` at once), each
+within the function's ``timeout``; a timeout is a ``FeatureFunctionError`` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from volga.api.on_demand import OnDemandDef
+from volga.serving.errors import FeatureFunctionError
+
+Call = tuple[tuple[Any, ...], list[Any], dict[str, Any]]  # (key, positional values, keyword arguments)
+
+
+def call_all(defn: OnDemandDef, calls: Sequence[Call], *, concurrency: int = 256) -> list[Any]:
+    """The function's results for ``calls``, in order."""
+    if not calls:
+        return []
+    if not inspect.iscoroutinefunction(defn.fn):
+        return [_checked(defn, key, _call_sync(defn, key, values, kwargs)) for key, values, kwargs in calls]
+    future = asyncio.run_coroutine_threadsafe(_gather(defn, calls, concurrency), _background_loop())
+    results = future.result()
+    return [_checked(defn, key, r) for (key, _, _), r in zip(calls, results)]
+
+
+def _call_sync(defn: OnDemandDef, key: tuple[Any, ...], values: list[Any], kwargs: dict[str, Any]) -> Any:
+    try:
+        return defn.fn(*values, **kwargs)
+    except Exception as e:  # the user's function: report it with the key
+        raise _wrapped(defn, key, e) from e
+
+
+async def _gather(defn: OnDemandDef, calls: Sequence[Call], concurrency: int) -> list[Any]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(key: tuple[Any, ...], values: list[Any], kwargs: dict[str, Any]) -> Any:
+        async with gate:
+            try:
+                return await asyncio.wait_for(defn.fn(*values, **kwargs), defn.timeout_s)
+            except asyncio.TimeoutError:
+                raise _wrapped(defn, key, TimeoutError(f"no answer within {defn.timeout_s:g}s (timeout=)")) from None
+            except Exception as e:
+                raise _wrapped(defn, key, e) from e
+
+    return list(await asyncio.gather(*(one(*call) for call in calls)))
+
+
+def _checked(defn: OnDemandDef, key: tuple[Any, ...], result: Any) -> Any:
+    if result is not None and not isinstance(result, defn.output):
+        raise _wrapped(defn, key, TypeError(f"returned {type(result).__name__}, expected {defn.output.__name__} or None"))
+    return result
+
+
+def _wrapped(defn: OnDemandDef, key: tuple[Any, ...], error: BaseException) -> FeatureFunctionError:
+    out = FeatureFunctionError.wrap(defn.name, error)
+    names = defn.schema.keys
+    out.message = f"{out.message} (key {dict(zip(names, key))!r})"
+    out.args = (out.message,)
+    return out
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """One event loop thread for every async on-demand call in the process (a sync caller,
+    even one running inside another event loop, waits on it without nesting loops)."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="volga-on-demand-async", daemon=True).start()
+    return _loop
