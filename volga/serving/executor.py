@@ -63,13 +63,14 @@ def _at_us(value: Any, field: str) -> int:
         raise BadRequest(str(e), field=field) from None
 
 
-def call_kwargs(node: Any, key: Key, kwargs: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
-    """A call's keyword arguments: request arguments, key fields it names, ``now``."""
+def call_kwargs(node: Any, key: Key, kwargs: dict[str, Any], now: datetime.datetime | None) -> dict[str, Any]:
+    """A call's keyword arguments: request arguments, key fields it names, ``now`` (the
+    request time, aware UTC with ``datetime.timezone.utc``)."""
     if not node.key_params and not node.definition.takes_now:
         return kwargs
     out = {**kwargs, **{param: key[pos] for param, pos in node.key_params}}
     if node.definition.takes_now:
-        out["now"] = now
+        out["now"] = None if now is None else to_utc(now)
     return out
 
 

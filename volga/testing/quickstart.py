@@ -161,8 +161,9 @@ OUTPUT_COLUMNS = ["user_id", "timestamp", "avg_spent_7d", "num_purchases_1h", "m
 
 
 def online_latest(client: volga.Client, users: list[str]) -> dict[str, tuple[Any, ...]]:
-    """The online store's latest row per user, as tuples in OUTPUT_COLUMNS order."""
-    found = client.get_latest("user_spent", keys=[{"user_id": u} for u in users])
+    """The online store's latest row per user (the row written at its last event), as
+    tuples in OUTPUT_COLUMNS order."""
+    found = client.get_latest("user_spent", keys=[{"user_id": u} for u in users], as_of="last_event")
     return {u: tuple(getattr(row, c) for c in OUTPUT_COLUMNS) for u, row in zip(users, found) if row is not None}
 
 

@@ -135,7 +135,7 @@ class PipelineRows:
         """``fields`` of the as-of rows (or of ``rows``, one per spine row); all null where
         there is none, or it is older than ``ttl_us``."""
         if rows is not None:
-            picked = rows.select(*fields, self.ts)
+            picked = rows.select(*dict.fromkeys([*fields, self.ts]))
         else:
             picked = self.frame.select(pl.col(*fields, self.ts).gather(positions))
         if ttl_us is None:

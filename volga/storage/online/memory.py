@@ -228,6 +228,7 @@ class MemoryOnlineStore(OnlineStore):
         feature = self._feature(name)
         wanted = feature.request_keys(keys)
         get = feature.rows.get
+        n = min(n, self.history)  # rows kept beyond `history` serve request-time windows only
         with self._lock:
             picked = [_tail(recent, n) if (recent := get(key)) else () for key in wanted]
         return _indexed_frame(feature, picked)
@@ -237,7 +238,7 @@ class MemoryOnlineStore(OnlineStore):
         wanted = feature.request_keys(keys)
         get = feature.rows.get
         with self._lock:
-            picked = [tuple(recent) if (recent := get(key)) else () for key in wanted]
+            picked = [_tail(recent, self.history) if (recent := get(key)) else () for key in wanted]
         lo = -(2**63) if start_us is None else start_us
         hi = 2**63 - 1 if end_us is None else end_us
         pos = feature.ts_pos

@@ -379,11 +379,11 @@ class RedisOnlineStore(OnlineStore):
             feature = self._features.get(name) or self._stored(name)
             self._request_keys(name, feature, keys)  # still check the key columns
             return pl.DataFrame(schema=feature.indexed_schema)
-        feature, per_key = self._histories(name, keys, -n, -1)
+        feature, per_key = self._histories(name, keys, -min(n, self.history), -1)  # beyond `history`: windows only
         return _indexed_frame(feature, per_key)
 
     def get_range(self, name: str, keys: pl.DataFrame, start_us: int | None, end_us: int | None) -> pl.DataFrame:
-        feature, per_key = self._histories(name, keys, 0, -1)
+        feature, per_key = self._histories(name, keys, -self.history, -1)
         lo = -(2**63) if start_us is None else start_us
         hi = 2**63 - 1 if end_us is None else end_us
         pos = feature.ts_pos
