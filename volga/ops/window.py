@@ -12,8 +12,8 @@ NaN is missing: a float NaN counts as a null for every aggregate (it is never su
 compared, counted by ``Count(on=...)`` or picked by First/Last/LastN), so a NaN can
 neither poison a window until it leaves nor make Min/Max depend on arrival order.
 
-``carry`` copies columns into the output under other names (the hidden columns of
-request-time pipelines, ``volga.plan.request_time``). A row whose ``PROBE_COLUMN`` is
+``carry`` copies input columns, and ``carry_outputs`` aggregate columns, into the output
+under other names (the hidden columns of request-time pipelines, ``volga.plan.request_time``). A row whose ``PROBE_COLUMN`` is
 true is a request, not an event: it is invisible to every aggregate (its own included)
 and its output row is the window's value at its time (training uses this to evaluate
 windows at spine times with the same kernels).
@@ -71,10 +71,11 @@ class WindowAggregateOp:
 
     def __init__(
         self, input_schema: Schema, output_schema: Schema, keys: tuple[str, ...], aggregates: tuple[Aggregate, ...],
-        carry: dict[str, str] | None = None,
+        carry: dict[str, str] | None = None, carry_outputs: dict[str, str] | None = None,
     ) -> None:
         self.input_schema = input_schema
-        self.carry = dict(carry or {})  # output column -> the input or aggregate column it copies
+        self.carry = dict(carry or {})  # output column -> the input column it copies
+        self.carry_outputs = dict(carry_outputs or {})  # output column -> the aggregate column it copies
         self.output_schema = output_schema
         self.keys = keys
         self.aggregates = aggregates
@@ -203,8 +204,10 @@ class WindowAggregateOp:
         ]
         out = {c: batch.get_column(c) for c in (*self.keys, self.ts_col)}
         out.update((c.name, c) for c in columns)
+        for name, src in self.carry_outputs.items():
+            out[name] = out[src].alias(name)
         for name, src in self.carry.items():
-            out[name] = (out[src] if src in out else batch.get_column(src)).alias(name)
+            out[name] = batch.get_column(src).alias(name)
         return assemble(out, self.output_schema.names)
 
     def _append(self, batch: pl.DataFrame, kids: np.ndarray) -> None:

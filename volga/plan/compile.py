@@ -90,7 +90,7 @@ def compile_plan(
     consumers: dict[int, int] = {}
     roots = []
     shapes: dict[str, RequestTimeShape] = {}
-    carries: dict[int, dict[str, str]] = {}  # aggregate node id -> hidden column -> source column
+    carries: dict[int, tuple[dict[str, str], dict[str, str]]] = {}  # aggregate node id -> hidden columns' sources
     for pipe in pipelines:
         if not isinstance(pipe, PipelineDef):
             raise TypeError(f"materialize expects @pipeline definitions, got {pipe!r}")
@@ -100,8 +100,8 @@ def compile_plan(
         shape = shape_of(root, pipe.schema)
         if shape is not None:
             shapes[pipe.name] = shape
-            new_agg, steps_after, carry = with_hidden_columns(shape)
-            carries[id(new_agg)] = carry
+            new_agg, steps_after, raw, kept = with_hidden_columns(shape)
+            carries[id(new_agg)] = (raw, kept)
             root = steps_after[-1] if steps_after else new_agg
         roots.append((pipe, root))
         for node in nodes.walk(root):
@@ -133,7 +133,8 @@ def compile_plan(
                 result = add("chain", [upstream], node.schema, StatelessChain([node], where))
         elif isinstance(node, nodes.AggregateNode):
             upstream = visit(node.input, where)
-            op = WindowAggregateOp(node.input.schema, node.schema, node.keys, node.aggregates, carry=carries.get(id(node)))
+            raw, kept = carries.get(id(node), ({}, {}))
+            op = WindowAggregateOp(node.input.schema, node.schema, node.keys, node.aggregates, raw, kept)
             result = add("window", [upstream], node.schema, op)
         elif isinstance(node, nodes.JoinNode):
             left = visit(node.left, where)

@@ -7,9 +7,9 @@ that follow the aggregate. That is possible when the pipeline ends in::
     group_by(...).aggregate([...])  [-> rename / select / drop / assign / transform ...]
 
 A row filter (``filter``, ``dropnull``) or a stateful step (join, another aggregate) after
-the aggregate decides which rows exist from the per-event values, and a step that rewrites
-the group keys or the timestamp leaves no way back to the events: such a pipeline is
-served as of its last event only (``RequestTimeShape`` is None for it).
+the aggregate decides which rows exist from the per-event values: such a pipeline is
+served as of its last event only (``RequestTimeShape`` is None for it). A ``transform``
+after the aggregate may rewrite values but must keep each row's keys and event time.
 
 To evaluate windows later, every output row the job writes carries, in hidden columns
 (``__volga_...``: a prefix no user column may have), the raw inputs of the windowed
@@ -161,22 +161,24 @@ def _columns_held(aggregate: nodes.AggregateNode, post: Sequence[nodes.UnaryNode
             holds = {now: pre for now, pre in holds.items() if now in step.columns}
         elif isinstance(step, nodes.AssignNode):
             holds.pop(step.column, None)
-        else:  # a transform may rewrite any column
-            holds = {}
+        else:  # a transform may rewrite any value; it keeps each row's keys and event time
+            kept = {*step.schema.keys, step.schema.timestamp}
+            holds = {now: pre for now, pre in holds.items() if now in kept}
     return holds
 
 
-def with_hidden_columns(shape: RequestTimeShape) -> tuple[nodes.AggregateNode, list[nodes.UnaryNode], dict[str, str]]:
+def with_hidden_columns(
+    shape: RequestTimeShape,
+) -> tuple[nodes.AggregateNode, list[nodes.UnaryNode], dict[str, str], dict[str, str]]:
     """The aggregate and column steps rebuilt to carry the hidden columns to the output.
 
     Returns the new aggregate node (its schema has the hidden columns), the new steps, and
-    what the window operator copies into each hidden column (hidden -> source column:
-    an input column for raw values, an aggregate output column for kept ones).
+    what the window operator copies into the hidden columns: input columns (raw values)
+    and aggregate output columns (kept ones), each as hidden -> source column.
     """
-    carry = dict(shape.raw_columns)
-    carry.update({where: col for col, where in shape.pre_columns.items() if is_hidden(where)})
+    kept = {where: col for col, where in shape.pre_columns.items() if is_hidden(where)}
     new_agg, steps = steps_carrying(shape, shape.hidden_fields)
-    return new_agg, steps, carry
+    return new_agg, steps, dict(shape.raw_columns), kept
 
 
 def steps_carrying(shape: RequestTimeShape, extra: tuple[FieldSpec, ...]) -> tuple[nodes.AggregateNode, list[nodes.UnaryNode]]:

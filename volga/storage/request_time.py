@@ -72,17 +72,17 @@ def lookup_at(store: OnlineStore, name: str, shape: RequestTimeShape, keys: pl.D
     ]
     pre_rows: list[dict[str, Any] | None] = []
     for index, rows in enumerate(found.rows):
-        if not rows or rows[-1][ts_at] > at_us:
-            pre_rows.append(None)
-            continue
         evicted = found.evicted_us[index]
-        if evicted is not None and (evicted >= at_us - shape.longest_window_us or rows[0][ts_at] > at_us):
+        if evicted is not None and (evicted >= at_us - shape.longest_window_us or not rows):
             raise RequestTimeUnavailable(
                 f"'{name}': cannot evaluate at {_iso(at_us)} for key #{index}: the store no longer holds its "
                 f"events up to {_iso(evicted)} (it keeps the longest window, {shape.longest_window_us // 1_000_000}s, "
                 "behind each key's last event, and at least `history` rows). Online lookups are exact from "
                 "that point on; use get_historical_features for older times"
             )
+        if not rows:
+            pre_rows.append(None)
+            continue
         last = rows[-1]
         pre = {col: last[i] for col, i in base}
         for into, start, value_at, aggregate in windows:

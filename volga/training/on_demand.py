@@ -20,6 +20,7 @@ calls. Functions whose every input is a plain ``latest`` row may run vectorised 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -141,14 +142,14 @@ class OnDemandEvaluator:
         n_keys = len(keys)
         kwargs = self.node_kwargs[node.index] if self.node_kwargs else {}
         sig_ids = ids.get_column("__sig")
-        if self.vectorise and not takes_now:
+        if self.vectorise and not takes_now and not inspect.iscoroutinefunction(getattr(node.definition, "fn", None)):
             table, why = try_vectorised(node, kwargs, distinct, dependencies, self)
             if table is not None:
                 self.paths[node.name] = "vectorised"
                 log.debug("on-demand feature %s: vectorised over %d distinct inputs", node.name, distinct.height)
                 return NodeResult(node, sig_ids, table=table)
         else:
-            why = "vectorise=False" if not self.vectorise else "reads the request time"
+            why = "vectorise=False" if not self.vectorise else "reads the request time, or is async"
         self.paths[node.name] = f"row-wise ({why})"
         log.debug("on-demand feature %s: row-wise over %d distinct inputs (%s)", node.name, distinct.height, why)
         signatures = distinct.rows()

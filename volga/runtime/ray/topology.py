@@ -97,7 +97,7 @@ class OpRecipe:
         if isinstance(op, StatelessChain):
             return OpRecipe("chain", (op.steps, op.where))
         if isinstance(op, WindowAggregateOp):
-            return OpRecipe("window", (op.input_schema, op.output_schema, op.keys, op.aggregates, op.carry))
+            return OpRecipe("window", (op.input_schema, op.output_schema, op.keys, op.aggregates, op.carry, op.carry_outputs))
         if isinstance(op, AsOfJoinOp):
             return OpRecipe("join", (op.node,))
         from volga.stream import ops as so
