@@ -442,3 +442,16 @@ def test_nan_is_missing_for_every_aggregate_in_batch_and_streaming(tmp_path, ord
     last = batch[-1]
     assert (last["total"], last["mean"], last["high"], last["low"], last["n_amount"]) == (numbers[0],) * 4 + (1,)
     assert [{k: getattr(r, k) for k in batch[0]} for r in streamed] == batch
+
+
+def test_nan_is_missing_in_datastream_tumbling_windows():
+    from volga.stream import ListSink, StreamingContext, TumblingWindow
+
+    rows = [{"k": "a", "t": at(0), "v": 1.0}, {"k": "a", "t": at(0.5), "v": math.nan}, {"k": "a", "t": at(2), "v": 0.0}]
+    out = ListSink()
+    ctx = StreamingContext()
+    (ctx.from_collection(rows).timestamp_assigner(lambda r: r["t"]).key_by("k")
+        .window(TumblingWindow("1m")).aggregate([Sum(on="v", into="s"), Max(on="v", into="m"), Count(on="v", into="n")]).sink(out))
+    ctx.execute()
+    first = out.items[0]
+    assert (first["s"], first["m"], first["n"]) == (1.0, 1.0, 1)
