@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -55,7 +56,7 @@ class Aggregate:
         if self.window != FOREVER:
             parse_duration_us(self.window, what=f"{label}(into={self.into!r}) window")
 
-    @property
+    @functools.cached_property
     def window_us(self) -> int | None:
         """Window length in microseconds; None for "forever"."""
         if self.window == FOREVER:

@@ -17,17 +17,18 @@ any T at or after a key's last event is always exact.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 from typing import Any
 
 import polars as pl
 
 from volga.api import nodes
-from volga.api.aggregates import is_missing
 from volga.errors import RequestTimeUnavailable
+from volga.ops.frames import pick
 from volga.ops.stateless import StatelessChain
 from volga.api.entity import FieldSpec
-from volga.plan.request_time import RequestTimeShape, is_hidden, steps_carrying
+from volga.plan.request_time import RAW_PREFIX, RequestTimeShape, is_hidden, steps_carrying
 from volga.storage.online.base import OnlineStore
 
 _INDEX = "__volga_key_pos"  # hidden: carried past row functions, which never see it
@@ -44,7 +45,7 @@ def read_at(
         return lookup_at(store, name, shape, keys, at_us)
     if not explicit:
         latest = store.get_latest(name, keys)
-        return latest.select([c for c in latest.columns if not is_hidden(c)])
+        return _visible(latest)
     schema = store.schema(name)
     assert schema is not None
     found = store.window_rows(name, keys, at_us, at_us)
@@ -55,7 +56,13 @@ def read_at(
         for i, rows in enumerate(found.rows)
     ]
     frame = pl.DataFrame(rows, schema=schema.polars_schema(), orient="row")
-    return frame.select([c for c in frame.columns if not is_hidden(c)])
+    return _visible(frame)
+
+
+def _visible(frame: pl.DataFrame) -> pl.DataFrame:
+    """Without the hidden request-time columns (eagerly: this is on the lookup path)."""
+    hidden = [c for c in frame.columns if is_hidden(c)]
+    return pick(frame, [c for c in frame.columns if c not in hidden]) if hidden else frame
 
 
 def lookup_at(store: OnlineStore, name: str, shape: RequestTimeShape, keys: pl.DataFrame, at_us: int) -> pl.DataFrame:
@@ -66,10 +73,11 @@ def lookup_at(store: OnlineStore, name: str, shape: RequestTimeShape, keys: pl.D
     agg = shape.aggregate
     ts_at = pos[shape.pre_columns[agg.schema.timestamp]]
     base = [(col, pos[where]) for col, where in shape.pre_columns.items()]
-    windows = [
-        (a.into, at_us - (a.window_us or 0), None if a.on is None else pos[f"__volga_raw.{a.on}"], a)
-        for a in shape.windowed
-    ]
+    # Aggregates over the same column and window share one pass over the window's rows.
+    windows: dict[tuple[int, int | None], list[tuple[str, Any]]] = {}
+    for a in shape.windowed:
+        column = None if a.on is None else pos[f"{RAW_PREFIX}{a.on}"]
+        windows.setdefault((a.window_us or 0, column), []).append((a.into, a))
     pre_rows: list[dict[str, Any] | None] = []
     for index, rows in enumerate(found.rows):
         evicted = found.evicted_us[index]
@@ -85,12 +93,14 @@ def lookup_at(store: OnlineStore, name: str, shape: RequestTimeShape, keys: pl.D
             continue
         last = rows[-1]
         pre = {col: last[i] for col, i in base}
-        for into, start, value_at, aggregate in windows:
-            in_window = [r for r in rows if r[ts_at] >= start]
-            if value_at is None:
-                pre[into] = len(in_window)
-            else:
-                pre[into] = aggregate.reduce([v for r in in_window if not is_missing(v := r[value_at])])
+        for (window_us, column), aggregates in windows.items():
+            first = bisect.bisect_left(rows, at_us - window_us, key=lambda r: r[ts_at])  # rows are in time order
+            if column is None:
+                values: list[Any] = rows[first:]
+            else:  # null and NaN are missing (NaN != NaN)
+                values = [v for r in rows[first:] if (v := r[column]) is not None and v == v]
+            for into, aggregate in aggregates:
+                pre[into] = aggregate.reduce(values)
         pre_rows.append(pre)
     return _apply_steps(shape, pre_rows, keys)
 

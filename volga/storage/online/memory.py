@@ -14,6 +14,7 @@ pick them out (reads). Converting batches and building result frames happen outs
 # No `from __future__ import annotations` here: the docstring example's @entity class needs
 # its annotations evaluated where it is defined (doctest inherits a module's future flags).
 
+import bisect
 import contextlib
 import gc
 import itertools
@@ -254,18 +255,13 @@ class MemoryOnlineStore(OnlineStore):
         with self._lock:
             for key in wanted:
                 recent = get(key)
-                picked: list[Row] = []
-                if recent:
-                    for row in reversed(recent):  # newest first: stop at the first row before the window
-                        at = row[ts]
-                        if at > end_us:
-                            continue
-                        picked.append(row)
-                        if at < start_us:
-                            break
-                    picked.reverse()
-                per_key.append(picked)
+                per_key.append(list(recent) if recent else [])  # a C-level copy; trimmed outside the lock
                 gone.append(evicted(key))
+        for i, rows in enumerate(per_key):
+            if rows:  # rows are in time order: the window, and the one row before it
+                end = bisect.bisect_right(rows, end_us, key=lambda r: r[ts]) if rows[-1][ts] > end_us else len(rows)
+                start = bisect.bisect_left(rows, start_us, 0, end, key=lambda r: r[ts])
+                per_key[i] = rows[max(start - 1, 0) : end]
         return WindowRows(feature.schema.names, per_key, gone)
 
     def _feature(self, name: str) -> _Feature:
