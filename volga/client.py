@@ -19,15 +19,15 @@ import polars as pl
 from volga.api.decorators import Params, PipelineDef, SourceDef, defined
 from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.entity import Schema, make_instance
-from volga.api.types import Duration, datetime_to_us, dtype_name, moment_us, parse_duration_us
-from volga.errors import KeyMismatch, UnknownFeature
+from volga.api.types import Duration, datetime_to_us, moment_us, parse_duration_us
+from volga.errors import UnknownFeature, naming_hint
 from volga.plan.compile import PhysicalPlan, compile_plan
 from volga.plan.request_time import is_hidden, request_time_shape
 from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
 from volga.runtime.local.runtime import LocalRuntime
 from volga.serving.codec import Row
-from volga.serving.executor import OnDemandExecutor
+from volga.serving.executor import OnDemandExecutor, check_keys
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
 from volga.storage.request_time import read_at
 
@@ -216,7 +216,9 @@ class Client:
     def get_offline(
         self, name: str, start: datetime.datetime | None = None, end: datetime.datetime | None = None
     ) -> pl.DataFrame:
-        """Every stored output row of pipeline ``name`` (``start <= ts <= end``), as polars."""
+        """Every stored output row of pipeline ``name`` (``start <= ts <= end``), as polars
+        (``.to_pandas()`` for pandas)."""
+        name = self._named(name)
         rows = self.offline_store.read(name, start, end)
         if rows is not None:
             rows = rows.select([c for c in rows.columns if not is_hidden(c)])
@@ -252,6 +254,7 @@ class Client:
         ``ttl`` (e.g. ``"1h"``): None also where the key's latest event is older than
         that at T, as ``get_historical_features(..., ttl=...)`` nulls it at the spine time.
         """
+        name = self._named(name)
         entity_cls, schema = self._feature(name)
         rows = self._rows_at(name, schema, keys, at, as_of, ttl, what="get_latest")
         return [None if row is None else _instance(entity_cls, row) for row in rows]
@@ -279,17 +282,19 @@ class Client:
         """Up to ``n`` latest rows per key, oldest first."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"get_last_n('{name}'): n must be a positive int, got {n!r}")
+        name = self._named(name)
         entity_cls, schema = self._feature(name)
         keys_frame = self._keys_frame(name, schema, keys)
         if self.online_store.schema(name) is None:
             return [[] for _ in range(keys_frame.height)]
         frame = self.online_store.get_last_n(name, keys_frame, n)
-        return _group_rows(entity_cls, frame, len(keys))
+        return _group_rows(entity_cls, frame, keys_frame.height)
 
     def get_range(
         self, name: str, keys: Sequence[Mapping[str, Any]], start: datetime.datetime | None, end: datetime.datetime | None
     ) -> list[list[Any]]:
         """Rows per key with ``start <= ts <= end`` (None = open), oldest first."""
+        name = self._named(name)
         entity_cls, schema = self._feature(name)
         keys_frame = self._keys_frame(name, schema, keys)
         if self.online_store.schema(name) is None:
@@ -300,7 +305,7 @@ class Client:
             None if start is None else datetime_to_us(start),
             None if end is None else datetime_to_us(end),
         )
-        return _group_rows(entity_cls, frame, len(keys))
+        return _group_rows(entity_cls, frame, keys_frame.height)
 
     # -- training data -----------------------------------------------------------------
     def get_historical_features(
@@ -315,6 +320,7 @@ class Client:
         full_names: bool = False,
         compute: bool = False,
         as_of: AsOf = "request_time",
+        on_error: Literal["raise", "null"] = "raise",
     ) -> Any:
         """A point-in-time correct training set: one row per ``spine`` row, in order.
 
@@ -331,13 +337,18 @@ class Client:
         :meth:`get_on_demand`). ``key_map={"user_id": "spine_column"}`` (or per feature:
         ``{"user_spent": {...}}``) reads keys from differently named spine columns.
         ``compute=True`` first backfills the pipelines involved from their sources.
-        See :mod:`volga.training`.
+        An on-demand function that raises stops the call with a ``FeatureFunctionError``
+        naming the feature, the key and the spine row (``on_error="raise"``), or
+        (``on_error="null"``) gives nulls on those rows and a ``FeatureErrorsWarning``
+        counting them. See :mod:`volga.training`.
         """
         from volga.training import get_historical_features
 
+        if not isinstance(features, (str, PipelineDef, OnDemandDef)) and isinstance(features, Sequence):
+            features = [self._named(f) if isinstance(f, (PipelineDef, OnDemandDef)) else f for f in features]
         return get_historical_features(
             self, spine, features, timestamp_column=timestamp_column, key_map=key_map, ttl=ttl, args=args,
-            full_names=full_names, compute=compute, as_of=as_of,
+            full_names=full_names, compute=compute, as_of=as_of, on_error=on_error,
         )
 
     # -- on-demand features and serving ------------------------------------------------
@@ -362,7 +373,7 @@ class Client:
         specific wins. Without any, a read uses the query arguments declared with its
         dependency, and ``last_n`` reads 10 rows. A pipeline name gives its latest row.
         """
-        return self._on_demand.get(name, keys, args, at=at)
+        return self._on_demand.get(self._named(name), keys, args, at=at)
 
     def serve(
         self, port: int = 0, host: str = "127.0.0.1", *, auth_token: str | None = None, max_body_bytes: int = 1 << 20
@@ -375,6 +386,14 @@ class Client:
 
         return serve_in_thread(self._on_demand, host=host, port=port, auth_token=auth_token, max_body_bytes=max_body_bytes)
 
+    def _named(self, feature: Any) -> Any:
+        """A definition given where a name is expected: known under its name from now on."""
+        if isinstance(feature, (PipelineDef, OnDemandDef)):
+            if self.definitions.get(feature.name) is not feature:
+                self.register(feature)
+            return feature.name
+        return feature
+
     def _feature(self, name: str) -> tuple[Any, Schema]:
         definition = self.definitions.get(name)
         if isinstance(definition, PipelineDef):
@@ -382,44 +401,14 @@ class Client:
         schema = self.online_store.schema(name)
         if schema is None:
             known = sorted(n for n, d in self.definitions.items() if isinstance(d, PipelineDef))
-            raise UnknownFeature(f"unknown feature '{name}'; known pipelines: {known}")
+            raise UnknownFeature(f"unknown feature '{name}'; known pipelines: {known}{naming_hint(name)}")
         return None, schema
 
     @staticmethod
-    def _keys_frame(name: str, schema: Schema, keys: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
-        if isinstance(keys, Mapping) or not isinstance(keys, Sequence):
-            raise KeyMismatch(f"'{name}': keys must be a list of dicts like [{{{', '.join(repr(k) + ': ...' for k in schema.keys)}}}]")
-        expected = set(schema.keys)
-        columns: dict[str, list[Any]] = {k: [] for k in schema.keys}
-        for index, key in enumerate(keys):
-            if not isinstance(key, Mapping):
-                raise KeyMismatch(f"'{name}': key #{index} must be a dict of {sorted(expected)}, got {type(key).__name__}")
-            if set(key) != expected:
-                missing, extra = sorted(expected - set(key)), sorted(set(key) - expected)
-                raise KeyMismatch(
-                    f"'{name}': key #{index} must have exactly the key fields {sorted(expected)}"
-                    + (f"; missing {missing}" if missing else "")
-                    + (f"; unknown {extra}" if extra else "")
-                )
-            for field_name in schema.keys:
-                value = key[field_name]
-                dtype = schema.field(field_name).dtype
-                if not _matches(value, dtype):
-                    raise KeyMismatch(
-                        f"'{name}': key #{index} field '{field_name}' must be {dtype_name(dtype)}, got {value!r}"
-                    )
-                columns[field_name].append(value)
-        return pl.DataFrame(columns, schema={k: schema.field(k).dtype for k in schema.keys})
-
-
-_PY_TYPES: dict[str, tuple[type, ...]] = {"String": (str,), "Int64": (int,), "Float64": (float, int), "Boolean": (bool,)}
-
-
-def _matches(value: Any, dtype: pl.DataType) -> bool:
-    allowed = _PY_TYPES.get(type(dtype).__name__)
-    if allowed is None:
-        return isinstance(value, datetime.datetime) if dtype.is_temporal() else True
-    return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    def _keys_frame(name: str, schema: Schema, keys: Any) -> pl.DataFrame:
+        """The keys as a frame of the key fields, checked as every lookup path checks them."""
+        rows = check_keys(name, schema, keys, "keys", numbered=True)
+        return pl.DataFrame(rows, schema={k: schema.field(k).dtype for k in schema.keys}, orient="row")
 
 
 def _instance(entity_cls: Any, row: dict[str, Any]) -> Any:

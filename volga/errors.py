@@ -35,3 +35,10 @@ class RequestTimeUnavailable(LookupError):
 
     def __str__(self) -> str:  # LookupError would quote the message
         return str(self.args[0]) if self.args else "request time unavailable"
+
+
+def naming_hint(name: object) -> str:
+    """A hint for a Feast-style ``view:feature`` reference (Volga names ``pipeline.field``)."""
+    if isinstance(name, str) and ":" in name:
+        return f"; features are named 'pipeline.field': did you mean {name.replace(':', '.', 1)!r}?"
+    return ""

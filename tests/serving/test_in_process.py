@@ -132,7 +132,7 @@ def test_independent_reads_run_concurrently_on_io_stores(tmp_path, served, known
     "name, keys, args, error, field, message",
     [
         ("nope", [key("1")], None, FeatureNotFound, "name", "unknown feature 'nope'"),
-        ("user_stats", key("1"), None, InvalidKeys, "keys", "keys must be a list of objects like {'user_id': ...}"),
+        ("user_stats", "1", None, InvalidKeys, "keys", "keys must be a list of objects like {'user_id': ...}"),
         ("user_stats", ["1"], None, InvalidKeys, "keys[0]", "must be an object with ['user_id']"),
         ("user_stats", [{"uid": "1"}], None, InvalidKeys, "keys[0].user_id", "missing ['user_id']; unknown ['uid']"),
         ("user_stats", [{"user_id": "1", "x": 1}], None, InvalidKeys, "keys[0].x", "unknown ['x']"),

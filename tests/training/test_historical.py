@@ -139,6 +139,12 @@ def test_key_map_errors(client):
 
 # -- bad input ---------------------------------------------------------------------------------
 
+def test_a_null_spine_key_gives_null_features_like_an_unknown_key(client):
+    out = client.get_historical_features(spine(["a", "a"], [3, 3]).with_columns(user=pl.Series([None, "a"], dtype=pl.String)), ["stats.total", "scaled.value"])
+    assert out["total"].to_list() == [None, 7.0] and out["value"].to_list() == [None, 17.0]
+
+
+
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
@@ -147,7 +153,6 @@ def test_key_map_errors(client):
         (lambda s: s.with_columns(pl.col("timestamp").dt.to_string()), SpineError, r"must hold datetimes, not String; parse it first"),
         (lambda s: s.with_columns(pl.col("timestamp").dt.date()), SpineError, r"must hold datetimes, not Date"),
         (lambda s: s.with_columns(user=pl.lit(7)), SpineKeyError, r"spine column 'user' holds Int32, but pipeline 'stats' has a str key"),
-        (lambda s: s.with_columns(user=pl.lit(None, pl.String)), SpineKeyError, r"'user' \(a key of pipeline 'stats'\) has 1 null"),
         (lambda s: s.with_columns(timestamp=pl.lit(None, pl.Datetime)), SpineError, r"timestamp column 'timestamp' has 1 null"),
         (lambda s: s.lazy(), TypeError, r"not a LazyFrame: call .collect\(\)"),
         (lambda s: s.to_dicts(), TypeError, r"must be a polars or pandas DataFrame, got list"),

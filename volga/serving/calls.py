@@ -22,15 +22,26 @@ from volga.serving.errors import FeatureFunctionError
 Call = tuple[tuple[Any, ...], list[Any], dict[str, Any]]  # (key, positional values, keyword arguments)
 
 
-def call_all(defn: OnDemandDef, calls: Sequence[Call], *, concurrency: int = 256) -> list[Any]:
-    """The function's results for ``calls``, in order."""
+def call_all(defn: OnDemandDef, calls: Sequence[Call], *, concurrency: int = 256, capture: bool = False) -> list[Any]:
+    """The function's results for ``calls``, in order. ``capture``: a call that fails gives
+    its ``FeatureFunctionError`` in its place instead of raising it."""
     if not calls:
         return []
     if not inspect.iscoroutinefunction(defn.fn):
-        return [_checked(defn, key, _call_sync(defn, key, values, kwargs)) for key, values, kwargs in calls]
-    future = asyncio.run_coroutine_threadsafe(_gather(defn, calls, concurrency), _background_loop())
+        return [_guarded(capture, lambda: _checked(defn, key, _call_sync(defn, key, values, kwargs))) for key, values, kwargs in calls]
+    future = asyncio.run_coroutine_threadsafe(_gather(defn, calls, concurrency, capture), _background_loop())
     results = future.result()
-    return [_checked(defn, key, r) for (key, _, _), r in zip(calls, results)]
+    return [r if isinstance(r, FeatureFunctionError) else _guarded(capture, lambda r=r, key=key: _checked(defn, key, r))
+            for (key, _, _), r in zip(calls, results)]
+
+
+def _guarded(capture: bool, call: Any) -> Any:
+    if not capture:
+        return call()
+    try:
+        return call()
+    except FeatureFunctionError as e:
+        return e
 
 
 def _call_sync(defn: OnDemandDef, key: tuple[Any, ...], values: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -40,7 +51,7 @@ def _call_sync(defn: OnDemandDef, key: tuple[Any, ...], values: list[Any], kwarg
         raise _wrapped(defn, key, e) from e
 
 
-async def _gather(defn: OnDemandDef, calls: Sequence[Call], concurrency: int) -> list[Any]:
+async def _gather(defn: OnDemandDef, calls: Sequence[Call], concurrency: int, capture: bool = False) -> list[Any]:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(key: tuple[Any, ...], values: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -52,7 +63,7 @@ async def _gather(defn: OnDemandDef, calls: Sequence[Call], concurrency: int) ->
             except Exception as e:
                 raise _wrapped(defn, key, e) from e
 
-    return list(await asyncio.gather(*(one(*call) for call in calls)))
+    return list(await asyncio.gather(*(one(*call) for call in calls), return_exceptions=capture))
 
 
 def _checked(defn: OnDemandDef, key: tuple[Any, ...], result: Any) -> Any:

@@ -53,6 +53,10 @@ class Row(dict):  # type: ignore[type-arg]
         except KeyError:
             raise AttributeError(f"row has no field {name!r} (its fields: {list(self)})") from None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The row as a plain dict (as entity instances give it)."""
+        return dict(self)
+
 
 def _utc(moment: datetime.datetime) -> datetime.datetime:
     return moment.replace(tzinfo=datetime.timezone.utc) if moment.tzinfo is None else moment.astimezone(datetime.timezone.utc)

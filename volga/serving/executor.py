@@ -38,12 +38,14 @@ from typing import Any, Callable
 import polars as pl
 
 from volga.api.decorators import PipelineDef
+from volga.api.keys import key_records
 from volga.api.entity import Schema, entity_schema
 from volga.api.on_demand import QUERY_ARGS, QUERY_DEFAULTS, OnDemandDef, OnDemandDefinitionError, dependency_order
 from volga.api.types import datetime_to_us, dtype_name, moment_us, to_utc, unwrap_optional, us_to_datetime
 from volga.plan.request_time import RequestTimeShape, request_time_shape
 from volga.serving.calls import Call, call_all
 from volga.serving.codec import Row
+from volga.errors import naming_hint
 from volga.serving.errors import BadRequest, FeatureFunctionError, FeatureNotFound, InternalError, InvalidKeys
 from volga.storage import KEY_INDEX, MemoryOnlineStore, OnlineStore
 from volga.storage.request_time import read_at
@@ -71,6 +73,54 @@ def call_kwargs(node: Any, key: Key, kwargs: dict[str, Any], now: datetime.datet
     out = {**kwargs, **{param: key[pos] for param, pos in node.key_params}}
     if node.definition.takes_now:
         out["now"] = None if now is None else to_utc(now)
+    return out
+
+
+def check_keys(label: str, schema: Schema, keys: Any, where: str, *, numbered: bool = False) -> list[Key]:
+    """Request keys as tuples in key-field order, checked against ``schema``'s key fields
+    (see :mod:`volga.api.keys` for the shapes accepted); errors name the key at fault, as
+    ``keys[0].user_id`` (``numbered``: as ``key #0 field 'user_id'``)."""
+    fields = schema.keys
+    keys = key_records(keys)
+
+    def spot(i: int, name: str | None = None) -> str:
+        if numbered:
+            return f"key #{i}" + (f" field '{name}'" if name else "")
+        return f"{where}[{i}]" + (f".{name}" if name else "")
+
+    if isinstance(keys, (str, bytes, Mapping)) or not isinstance(keys, Sequence):
+        raise InvalidKeys(
+            f"'{label}': {where} must be a list of objects like {{{', '.join(repr(k) + ': ...' for k in fields)}}}",
+            field=where,
+        )
+    checks = [(k, _converter(schema.field(k).dtype)) for k in fields]
+    out: list[Key] = []
+    n = len(fields)
+    for i, key in enumerate(keys):
+        if not isinstance(key, Mapping):
+            raise InvalidKeys(f"'{label}': {spot(i)} must be an object with {list(fields)}, got {key!r}", field=f"{where}[{i}]")
+        if len(key) != n or any(k not in key for k in fields):
+            missing = [k for k in fields if k not in key]
+            extra = sorted(str(k) for k in key if k not in fields)
+            raise InvalidKeys(
+                f"'{label}': {spot(i)} must have exactly the key fields {list(fields)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unknown {extra}" if extra else ""),
+                field=f"{where}[{i}]" + (f".{missing[0]}" if missing else f".{extra[0]}"),
+            )
+        values = []
+        for name, check in checks:
+            value = key[name]
+            if check is not None:
+                try:
+                    value = check(value, f"{where}[{i}].{name}")
+                except BadRequest as e:
+                    raise InvalidKeys(
+                        f"'{label}': {spot(i, name)} must be {dtype_name(schema.field(name).dtype)}, got {key[name]!r}",
+                        field=e.field,
+                    ) from None
+            values.append(value)
+        out.append(tuple(values))
     return out
 
 
@@ -354,7 +404,8 @@ class OnDemandExecutor:
             if not isinstance(defn, (OnDemandDef, PipelineDef)):
                 known = sorted(n for n, d in self.definitions.items() if isinstance(d, (OnDemandDef, PipelineDef)))
                 raise FeatureNotFound(
-                    f"unknown feature {name!r}; known features: {known} (client.register(...) makes one known)", field=where
+                    f"unknown feature {name!r}; known features: {known} (client.register(...) makes one known){naming_hint(name)}",
+                    field=where,
                 )
             if targets.index(name) != i:
                 raise BadRequest(f"feature '{name}' is requested twice", field=where)
@@ -419,42 +470,7 @@ class OnDemandExecutor:
     # -- validating ------------------------------------------------------------------------
     def _keys(self, plan: Plan, target: int, keys: Any, where: str) -> list[Key]:
         node = plan.nodes[plan.target_nodes[target]]
-        schema = node.schema
-        fields = schema.keys
-        if isinstance(keys, (str, bytes, Mapping)) or not isinstance(keys, Sequence):
-            raise InvalidKeys(
-                f"'{node.name}': {where} must be a list of objects like {{{', '.join(repr(k) + ': ...' for k in fields)}}}",
-                field=where,
-            )
-        checks = [(k, _converter(schema.field(k).dtype)) for k in fields]
-        out: list[Key] = []
-        n = len(fields)
-        for i, key in enumerate(keys):
-            if not isinstance(key, Mapping):
-                raise InvalidKeys(f"'{node.name}': {where}[{i}] must be an object with {list(fields)}, got {key!r}", field=f"{where}[{i}]")
-            if len(key) != n or any(k not in key for k in fields):
-                missing = [k for k in fields if k not in key]
-                extra = sorted(str(k) for k in key if k not in fields)
-                raise InvalidKeys(
-                    f"'{node.name}': {where}[{i}] must have exactly the key fields {list(fields)}"
-                    + (f"; missing {missing}" if missing else "")
-                    + (f"; unknown {extra}" if extra else ""),
-                    field=f"{where}[{i}]" + (f".{missing[0]}" if missing else f".{extra[0]}"),
-                )
-            values = []
-            for name, check in checks:
-                value = key[name]
-                if check is not None:
-                    try:
-                        value = check(value, f"{where}[{i}].{name}")
-                    except BadRequest as e:
-                        raise InvalidKeys(
-                            f"'{node.name}': {where}[{i}].{name} must be {dtype_name(schema.field(name).dtype)}, got {key[name]!r}",
-                            field=e.field,
-                        ) from None
-                values.append(value)
-            out.append(tuple(values))
-        return out
+        return check_keys(node.name, node.schema, keys, where)
 
     def _args(
         self, plan: Plan, query_args: Any, udf_args: Any, q_label: str, u_label: str

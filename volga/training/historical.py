@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TextIO
@@ -46,6 +47,7 @@ def get_historical_features(
     compute: bool = False,
     progress: TextIO | None = sys.stderr,
     as_of: str = "request_time",
+    on_error: str = "raise",
 ) -> Any:
     """The training set for ``spine`` and ``features`` from ``client``'s offline store.
 
@@ -53,6 +55,8 @@ def get_historical_features(
     where ``compute=True`` reports on a backfill that takes more than a few seconds
     (None: silent).
     """
+    if on_error not in ("raise", "null"):
+        raise ValueError(f"get_historical_features: on_error must be 'raise' or 'null', got {on_error!r}")
     if as_of not in ("request_time", "last_event"):
         raise ValueError(f"get_historical_features: as_of must be 'request_time' or 'last_event', got {as_of!r}")
     checked = Spine.of(spine, timestamp_column)
@@ -96,14 +100,25 @@ def get_historical_features(
         evaluator = None
         if plan is not None:
             history = getattr(client.online_store, "history", None)
-            evaluator = OnDemandEvaluator(plan, node_kwargs, read_args, rows, checked.times, keys, history if isinstance(history, int) else None)
+            evaluator = OnDemandEvaluator(
+                plan, node_kwargs, read_args, rows, checked.times, keys, history if isinstance(history, int) else None,
+                on_error=on_error,
+            )
         produced: list[pl.Series] = []
         for request in requests:
             if request.is_pipeline:
                 produced.extend(looked_up[request.name].result())
             else:
                 produced.extend(_on_demand_values(request, evaluator, plan))
+    if evaluator is not None and evaluator.failed:
+        counts = ", ".join(f"'{name}': {n} row(s)" for name, n in evaluator.failed.items())
+        warnings.warn(f"get_historical_features: on-demand functions raised, their features are null there "
+                      f"(on_error='null'): {counts}", FeatureErrorsWarning, stacklevel=3)
     return _attach(checked, pl.DataFrame([s.alias(name) for s, name in zip(produced, out_names)]))
+
+
+class FeatureErrorsWarning(UserWarning):
+    """``on_error="null"``: some on-demand calls raised; the message counts the rows per feature."""
 
 
 def _what(request: FeatureRequest) -> str:

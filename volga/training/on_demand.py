@@ -89,6 +89,7 @@ class OnDemandEvaluator:
         key_series: Callable[[str, pl.DataType, str], pl.Series],
         history_rows: int | None,
         vectorise: bool = True,
+        on_error: str = "raise",
     ) -> None:
         self.plan = plan
         self.node_kwargs = node_kwargs
@@ -105,6 +106,8 @@ class OnDemandEvaluator:
         self._at_times: dict[tuple[str, tuple[str, ...]], tuple[pl.DataFrame, list[Any]]] = {}
         self.input_columns: dict[int, list[tuple[str, ...]]] = {}  # node index -> key columns of each input
         self.paths: dict[str, str] = {}  # node name -> "vectorised" or "row-wise" (for tests and logs)
+        self.on_error = on_error  # "raise": the first failing call stops training; "null": its rows get nulls
+        self.failed: dict[str, int] = {}  # node name -> spine rows whose call failed (on_error="null")
 
     def evaluate(self, node_index: int, columns: tuple[str, ...]) -> NodeResult:
         """Node ``node_index`` with its key fields read from spine ``columns`` (in key order)."""
@@ -166,8 +169,20 @@ class OnDemandEvaluator:
             now = sig[-1] if takes_now else None
             calls.append((i, (sig[:n_keys], args, call_kwargs(node, sig[:n_keys], kwargs, now))))
         assert node.definition is not None
-        for (i, _), result in zip(calls, call_all(node.definition, [c for _, c in calls], concurrency=64)):
-            objects[i] = result
+        results = call_all(node.definition, [c for _, c in calls], concurrency=64, capture=True)
+        failed = 0
+        for (i, _), result in zip(calls, results):
+            if not isinstance(result, FeatureFunctionError):
+                objects[i] = result
+                continue
+            rows = (sig_ids == i).arg_true()
+            if self.on_error == "raise":
+                result.message = f"{result.message} at spine row {rows[0]} (time {self.times[rows[0]]})"
+                result.args = (result.message,)
+                raise result
+            failed += len(rows)
+        if failed:
+            self.failed[node.name] = self.failed.get(node.name, 0) + failed
         return NodeResult(node, sig_ids, built=objects)
 
     def _is_at_times(self, inp: Input) -> bool:
