@@ -73,7 +73,7 @@ class RequestTimeShape:
     post: tuple[nodes.UnaryNode, ...]  # the column steps after it, in order
     output: Schema  # the pipeline's output schema (visible columns)
     raw_columns: dict[str, str]  # hidden column -> aggregate input column (finite windows' `on`)
-    pre_columns: dict[str, str]  # aggregate output column -> where a stored row holds it
+    pre_columns: dict[str, str]  # aggregate output column -> where a stored row holds it (its per-event value)
 
     @property
     def renames(self) -> dict[str, str] | None:
@@ -143,11 +143,11 @@ def shape_of(root: nodes.Node, output: Schema) -> RequestTimeShape | None:
 
 
 def _where_pre_columns_live(aggregate: nodes.AggregateNode, post: list[nodes.UnaryNode]) -> dict[str, str]:
-    """For each column of the aggregate's output (except finite-window aggregates, which
-    are recomputed): the output column that still holds it unchanged, else a hidden one."""
+    """For each column of the aggregate's output: the output column that still holds it
+    unchanged, else a hidden one. (A windowed aggregate's per-event value is its value at
+    any later time until an event leaves its window: training reads it where it can.)"""
     found = {pre: now for now, pre in _columns_held(aggregate, post).items()}
-    finite = {a.into for a in aggregate.aggregates if a.window_us is not None}
-    return {col: found.get(col, f"{PRE_PREFIX}{col}") for col in aggregate.schema.names if col not in finite}
+    return {col: found.get(col, f"{PRE_PREFIX}{col}") for col in aggregate.schema.names}
 
 
 def _columns_held(aggregate: nodes.AggregateNode, post: Sequence[nodes.UnaryNode]) -> dict[str, str]:

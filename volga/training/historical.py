@@ -170,7 +170,7 @@ def _pipeline_values(request: FeatureRequest, loading: Future[PipelineRows], key
     schema = request.schema
     key_values = [keys(request.key_columns[k], schema.field(k).dtype, _what(request)) for k in schema.keys]
     positions = table.asof(key_values, spine.times)
-    rows = table.at_times(key_values, spine.times, positions) if table.shape is not None else None
+    rows = table.at_times(key_values, spine.times) if table.shape is not None else None
     return list(table.values(request.fields, positions, spine.times, request.ttl_us, rows).iter_columns())
 
 

@@ -122,11 +122,11 @@ class PipelineRows:
         )
         return joined.sort(ROW).get_column(_POS)
 
-    def at_times(self, keys: Sequence[pl.Series], times: pl.Series, positions: pl.Series) -> pl.DataFrame:
+    def at_times(self, keys: Sequence[pl.Series], times: pl.Series) -> pl.DataFrame:
         """The pipeline's rows evaluated at each spine time (request-time pipelines; see
         :mod:`volga.training.request_time`), one per spine row."""
         assert self.shape is not None
-        return values_at(self.shape, self.frame, keys, times, positions)
+        return values_at(self.shape, self.group(), keys, times, self.asof(keys, times, grouped=True))
 
     def values(
         self, fields: Sequence[str], positions: pl.Series, times: pl.Series, ttl_us: int | None,

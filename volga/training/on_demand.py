@@ -204,7 +204,7 @@ class OnDemandEvaluator:
         return found
 
     def _values_at_times(self, name: str, table: PipelineRows, keys: list[pl.Series], asof: pl.Series, columns: tuple[str, ...]) -> pl.Series:
-        rows = table.at_times(keys, self.times, asof)
+        rows = table.at_times(keys, self.times)
         distinct = rows.unique(maintain_order=True)
         ids = rows.join(distinct.with_row_index("__id"), on=rows.columns, how="left", nulls_equal=True, maintain_order="left")
         build = _RowBuilder(table.pipeline.output, distinct.columns)
