@@ -455,3 +455,12 @@ def test_nan_is_missing_in_datastream_tumbling_windows():
     ctx.execute()
     first = out.items[0]
     assert (first["s"], first["m"], first["n"]) == (1.0, 1.0, 1)
+
+
+def test_an_offline_rerun_with_write_online_replaces_the_online_rows(tmp_path):
+    client = volga.Client(data_dir=tmp_path)
+    pipe = velocity_pipeline([swipe("a", m) for m in (0, 1, 2)])
+    for _ in range(2):
+        client.materialize([pipe], mode="offline", write_online=True)
+    assert client.get_latest("velocity", [{"card": "a"}], at=at(3))[0].cnt_10m == 3  # not 6
+    assert len(client.get_last_n("velocity", [{"card": "a"}], n=10)[0]) == 3

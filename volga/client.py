@@ -175,7 +175,7 @@ class Client:
 
         ``mode="offline"``: read bounded sources fully, write every output row to the
         offline store (replacing that pipeline's previous rows) and, with
-        ``write_online=True``, to the online store too.
+        ``write_online=True``, to the online store too (replacing its rows there as well).
         ``mode="online"``: stream micro-batches of up to ``batch_size`` rows (waiting at most
         ``max_batch_delay`` to fill one; default: take what is there) into the online
         store; with ``write_offline=True`` the job's output rows also replace the
@@ -193,7 +193,8 @@ class Client:
         if mode == "offline":
             def sink(name: str, rows: pl.DataFrame) -> None:
                 self.offline_store.replace(name, schemas[name], rows)
-                if write_online:
+                if write_online:  # replaced too: a re-run must not count its events twice
+                    self.online_store.clear(name)
                     self.online_store.write(name, schemas[name], rows, retain_us=retain.get(name))
         else:
             if write_offline:  # the job's output becomes the pipeline's offline rows
