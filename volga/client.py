@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,8 +25,9 @@ from volga.plan.request_time import is_hidden, request_time_shape
 from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
 from volga.runtime.local.runtime import LocalRuntime
-from volga.serving.codec import Row
-from volga.serving.executor import OnDemandExecutor, check_keys
+from volga.ondemand.plan import check_keys
+from volga.ondemand.rows import Row
+from volga.serving.executor import OnDemandExecutor
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
 from volga.storage.request_time import read_at
 

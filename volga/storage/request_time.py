@@ -23,7 +23,6 @@ from typing import Any
 
 import polars as pl
 
-from volga.api import nodes
 from volga.errors import RequestTimeUnavailable
 from volga.ops.frames import pick
 from volga.ops.stateless import StatelessChain

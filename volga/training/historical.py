@@ -21,7 +21,7 @@ import polars as pl
 from volga.api.decorators import PipelineDef
 from volga.api.types import Duration
 from volga.plan.request_time import request_time_shape
-from volga.serving.executor import OnDemandExecutor
+from volga.ondemand.plan import check_args, compile_on_demand
 from volga.training.lookup import PipelineRows
 from volga.training.on_demand import OnDemandEvaluator
 from volga.training.request import (
@@ -70,10 +70,9 @@ def get_historical_features(
             keys(column, request.schema.field(key).dtype, _what(request))
 
     on_demand = [r for r in requests if not r.is_pipeline]
-    executor = OnDemandExecutor(client.definitions, lambda: client.online_store)
-    plan = executor.plan([r.name for r in on_demand], field="features") if on_demand else None
+    plan = compile_on_demand(client.definitions, [r.name for r in on_demand], field="features") if on_demand else None
     if plan is not None:
-        node_kwargs, read_args = executor._args(plan, args, args, "args", "args")
+        node_kwargs, read_args = check_args(plan, args, args, "args", "args")
     elif args:
         raise ValueError(f"args={dict(args)!r}: only on-demand features take arguments, and none is requested")
 

@@ -1,9 +1,9 @@
 """On-demand features as of each spine row: what ``get_on_demand`` would have returned at t.
 
-The serving layer compiles the requested features into a plan (its store reads and the
-functions, dependencies first) and validates the arguments; this module reuses both
-(:meth:`OnDemandExecutor.plan`, the executor's argument checks) and only replaces the
-online store by the offline rows as of each spine time t:
+The requested features compile into the plan serving uses (its store reads and the
+functions, dependencies first, :mod:`volga.ondemand.plan`), with the same argument
+checks and calling rules; only the online store is replaced by the offline rows as of
+each spine time t:
 
 - ``latest`` -> the as-of row (the last row of the key with ts <= t), or None;
 - ``last_n`` -> the last n rows of the key with ts <= t, oldest first;
@@ -29,9 +29,9 @@ import numpy as np
 import polars as pl
 
 from volga.api.types import dtype_name
-from volga.serving.errors import FeatureFunctionError
-from volga.serving.calls import Call, call_all
-from volga.serving.executor import Input, Node, Plan, _RowBuilder, call_kwargs
+from volga.ondemand.calls import Call, call_all, call_kwargs
+from volga.ondemand.errors import FeatureFunctionError
+from volga.ondemand.plan import Input, Node, Plan, _RowBuilder
 from volga.training.lookup import PipelineRows
 from volga.training.vectorise import PRESENT, try_vectorised
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from volga.serving.executor import Node
+from volga.ondemand.plan import Node
 
 if TYPE_CHECKING:
     from volga.training.on_demand import NodeResult, OnDemandEvaluator

@@ -11,15 +11,28 @@ within the function's ``timeout``; a timeout is a ``FeatureFunctionError`` too.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from volga.api.on_demand import OnDemandDef
-from volga.serving.errors import FeatureFunctionError
+from volga.api.types import to_utc
+from volga.ondemand.errors import FeatureFunctionError
 
 Call = tuple[tuple[Any, ...], list[Any], dict[str, Any]]  # (key, positional values, keyword arguments)
+
+
+def call_kwargs(node: Any, key: tuple[Any, ...], kwargs: dict[str, Any], now: datetime.datetime | None) -> dict[str, Any]:
+    """A call's keyword arguments: request arguments, key fields it names, ``now`` (the
+    request time, aware UTC with ``datetime.timezone.utc``)."""
+    if not node.key_params and not node.definition.takes_now:
+        return kwargs
+    out = {**kwargs, **{param: key[pos] for param, pos in node.key_params}}
+    if node.definition.takes_now:
+        out["now"] = None if now is None else to_utc(now)
+    return out
 
 
 def call_all(defn: OnDemandDef, calls: Sequence[Call], *, concurrency: int = 256, capture: bool = False) -> list[Any]:
