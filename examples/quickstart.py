@@ -5,6 +5,7 @@ Run it with ``make demo`` (or ``python quickstart.py`` inside the venv).
 
 import datetime
 import tempfile
+from typing import Optional
 import time
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from volga.testing.data import make_orders, make_users
 
 N_USERS = 10_000
 N_HISTORY = 1_000_000
-START = datetime.datetime(2025, 1, 1)
+# History over the last 30 days, then a live tail up to now: lookups are evaluated now
+# (request-time windows), so recent data shows live values.
+START = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) - datetime.timedelta(days=30.5)
 DATA = Path(__file__).parent / "data"
 
 
@@ -39,9 +42,9 @@ class Order:
 class UserSpentInfo:
     user_id: str = field(key=True)
     timestamp: datetime.datetime = field(timestamp=True)
-    avg_spent_7d: float
+    avg_spent_7d: Optional[float]  # None at a request time whose window holds no order
     num_purchases_1h: int
-    max_price_1d: float
+    max_price_1d: Optional[float]
 
 
 users = make_users(N_USERS, start=START)
@@ -76,8 +79,11 @@ def user_spent(users: Entity, orders: Entity) -> Entity:
 
 
 def show(rows: list) -> str:
+    def money(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     return "  ".join(
-        f"user {r.user_id}: avg7d={r.avg_spent_7d:.2f} n1h={r.num_purchases_1h} max1d={r.max_price_1d:.2f}"
+        f"user {r.user_id}: avg7d={money(r.avg_spent_7d)} n1h={r.num_purchases_1h} max1d={money(r.max_price_1d)}"
         for r in rows if r is not None
     )
 

@@ -76,9 +76,9 @@ class VolgaMetrics:
         write = store.write
         histogram, newest = self.store_write_seconds, self.newest_written_us
 
-        def timed_write(name: str, schema: Any, rows: Any) -> Any:
+        def timed_write(name: str, schema: Any, rows: Any, **options: Any) -> Any:
             started = time.perf_counter()
-            result = write(name, schema, rows)
+            result = write(name, schema, rows, **options)
             histogram.labels(name).observe(time.perf_counter() - started)
             if rows.height:
                 ts = rows[schema.timestamp].dt.epoch("us").max()

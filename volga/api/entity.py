@@ -227,7 +227,30 @@ def entity(cls: type[T]) -> type[T]:
     new_cls = type(cls.__name__, cls.__bases__, namespace)
     new_cls = dataclass(kw_only=True)(new_cls)
     setattr(new_cls, SCHEMA_ATTR, schema)
+    for name, method in _ROW_METHODS.items():
+        if name not in namespace:  # the entity's own definitions win
+            setattr(new_cls, name, method)
     return typing.cast(type[T], new_cls)
+
+
+def _getitem(self: Any, name: str) -> Any:
+    if not isinstance(name, str) or name not in self.__dataclass_fields__:
+        raise KeyError(f"{type(self).__name__} has no field {name!r} (its fields: {list(self.__dataclass_fields__)})")
+    return getattr(self, name)
+
+
+def _to_dict(self: Any) -> dict[str, Any]:
+    """The instance's fields as a plain dict (field order)."""
+    return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def _keys(self: Any) -> list[str]:
+    return list(self.__dataclass_fields__)
+
+
+# Entity instances read like the dict rows of on-demand results: row["field"], row.to_dict(),
+# dict(row) (the same shape whichever lookup returned them).
+_ROW_METHODS = {"__getitem__": _getitem, "to_dict": _to_dict, "keys": _keys}
 
 
 def is_entity(obj: Any) -> bool:

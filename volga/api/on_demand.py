@@ -58,7 +58,7 @@ from typing import Any, Callable, Literal, Union
 
 from volga.api.decorators import PipelineDef, catalog_meta, defined, record
 from volga.api.entity import Schema, entity_schema, is_entity
-from volga.api.types import dtype_name, unwrap_optional
+from volga.api.types import Duration, dtype_name, parse_duration_us, unwrap_optional
 
 Query = Literal["latest", "last_n", "range"]
 QUERIES: tuple[Query, ...] = ("latest", "last_n", "range")
@@ -126,6 +126,8 @@ class OnDemandDef:
     dependencies: tuple[OnDemandDependency, ...]
     output: type
     args: tuple[RequestArg, ...]
+    takes_now: bool = False  # a parameter named `now` receives the request time T
+    timeout_s: float | None = None  # async functions: per-request deadline
     tags: tuple[str, ...] = ()  # catalog metadata (volga list/describe, the console)
     owner: str | None = None
 
@@ -192,7 +194,8 @@ def dependency_order(targets: Sequence[OnDemandDef], lookup: Mapping[str, Any] |
 
 
 def on_demand(
-    *, dependencies: Sequence[DependencySpec], tags: Sequence[str] = (), owner: str | None = None
+    *, dependencies: Sequence[DependencySpec], timeout: Duration | None = None, tags: Sequence[str] = (),
+    owner: str | None = None,
 ) -> Callable[[Callable[..., Any]], OnDemandDef]:
     """Declare a request-time feature over pipelines and other on-demand features.
 
@@ -202,8 +205,12 @@ def on_demand(
     {"start": ..., "end": ...})``. Request arguments override those; ``last_n`` with ``n``
     given nowhere reads the last 10 rows (:data:`DEFAULT_LAST_N`). The function's
     parameters take the dependencies in order; parameters after them must have defaults
-    and are filled per request. Signatures are checked now, naming the function and
-    parameter at fault. ``tags`` and ``owner`` are catalog metadata (``volga list``, the console).
+    and are filled per request, except a parameter named ``now`` (``datetime``), which
+    receives the request time T: now (UTC) online or the ``at=`` of the request, the spine
+    row's time in training. An ``async def`` function is awaited (the keys of one request
+    concurrently); ``timeout=`` (e.g. ``"2s"``) bounds each call. Signatures are checked
+    now, naming the function and parameter at fault.
+    ``tags`` and ``owner`` are catalog metadata (``volga list``, the console).
     """
     meta = catalog_meta("@on_demand", tags, owner)
     if isinstance(dependencies, (str, PipelineDef, OnDemandDef)) or not isinstance(dependencies, Sequence):
@@ -248,7 +255,12 @@ def on_demand(
                 _check_dependency(name, entity_schema(output), p.name, hints[p.name], target, query)
             deps.append(OnDemandDependency(target, query, p.name, hints[p.name], query_args))
         args: list[RequestArg] = []
+        takes_now = False
         for p in params[len(specs):]:
+            if p.name == NOW:
+                _check_now(name, hints.get(p.name, inspect.Parameter.empty))
+                takes_now = True
+                continue
             if p.default is inspect.Parameter.empty:
                 raise OnDemandDefinitionError(
                     f"on_demand {name}: parameter '{p.name}' comes after the {len(specs)} dependencies, so it is a "
@@ -261,7 +273,10 @@ def on_demand(
                 f"on_demand {name}: per-request argument(s) {sorted(clashes)} share a name with query arguments "
                 "of its last_n/range dependencies; rename them"
             )
-        return record(OnDemandDef(fn, tuple(deps), output, tuple(args), *meta))
+        timeout_s = None if timeout is None else parse_duration_us(timeout, what=f"on_demand {name}: timeout") / 1e6
+        if timeout is not None and not inspect.iscoroutinefunction(fn):
+            raise OnDemandDefinitionError(f"on_demand {name}: timeout= applies to `async def` functions only")
+        return record(OnDemandDef(fn, tuple(deps), output, tuple(args), takes_now, timeout_s, *meta))
 
     return wrap
 
@@ -333,6 +348,17 @@ def _query_args(fn_name: str, target: str, query: str, given: Any) -> tuple[tupl
 def _as_utc(value: Any) -> datetime.datetime:
     moment = value if isinstance(value, datetime.datetime) else datetime.datetime.fromisoformat(value)
     return moment.replace(tzinfo=datetime.timezone.utc) if moment.tzinfo is None else moment
+
+
+NOW = "now"
+
+
+def _check_now(name: str, annotation: Any) -> None:
+    """``now`` receives the request time: an aware UTC datetime."""
+    if annotation is not inspect.Parameter.empty and annotation is not datetime.datetime:
+        raise OnDemandDefinitionError(
+            f"on_demand {name}: parameter 'now' receives the request time; annotate it datetime.datetime, not {annotation!r}"
+        )
 
 
 def _hints(fn: Callable[..., Any], name: str, localns: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ One internal unit of time: integer microseconds since the epoch, UTC
 from __future__ import annotations
 
 import datetime
+import time
 import re
 import types
 import typing
@@ -139,6 +140,21 @@ def to_utc(value: datetime.datetime) -> datetime.datetime:
 def datetime_to_us(value: datetime.datetime) -> int:
     delta = to_utc(value) - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def moment_us(value: object, what: str) -> int:
+    """A request time (``at=``): a datetime (naive means UTC) or an ISO 8601 string, in
+    microseconds since the epoch; None means now."""
+    if value is None:
+        return time.time_ns() // 1000
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{what} must be an ISO 8601 datetime, got {value!r}") from None
+    if not isinstance(value, datetime.datetime):
+        raise TypeError(f"{what} must be a datetime or an ISO 8601 string, got {type(value).__name__} {value!r}")
+    return datetime_to_us(value)
 
 
 def us_to_datetime(us: int) -> datetime.datetime:

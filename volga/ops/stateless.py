@@ -17,6 +17,8 @@ from volga.api import nodes
 from volga.errors import Rejected
 from volga.ops.row_predicates import RowPredicate, translate
 
+HIDDEN_PREFIX = "__volga_"  # columns carried for request-time evaluation (volga.plan.request_time)
+
 StatelessNode = (
     nodes.FilterNode,
     nodes.TransformNode,
@@ -60,8 +62,12 @@ class StatelessChain:
             schema = step.schema.polars_schema()
             if isinstance(step.fn, tuple):
                 return batch.with_columns(*step.fn).select(list(schema))
+            hidden = _hidden(step.schema)
+            if hidden:  # carried past the row function, which never sees them
+                schema = {k: v for k, v in schema.items() if k not in hidden}
             batch, rows = self._row_values(step, batch, step.fn)
-            return pl.from_dicts(rows, schema=schema, strict=False) if rows else pl.DataFrame(schema=schema)
+            out = pl.from_dicts(rows, schema=schema, strict=False) if rows else pl.DataFrame(schema=schema)
+            return out.hstack(batch.select(hidden)) if hidden else out
         if isinstance(step, nodes.AssignNode):
             dtype = step.schema.field(step.column).dtype
             if isinstance(step.fn, pl.Expr):
@@ -87,7 +93,9 @@ class StatelessChain:
         check = _transform_check(step) if isinstance(step, nodes.TransformNode) else None
         values: list[Any] = []
         failed: list[int] = []
-        for index, row in enumerate(batch.iter_rows(named=True)):
+        hidden = _hidden(step.schema)
+        visible = batch.drop(hidden) if hidden else batch
+        for index, row in enumerate(visible.iter_rows(named=True)):
             try:
                 value = fn(row)
             except Exception as e:  # a user function's bug must not kill the stream
@@ -107,10 +115,14 @@ class StatelessChain:
         return batch, values
 
 
+def _hidden(schema: Any) -> list[str]:
+    return [n for n in schema.names if n.startswith(HIDDEN_PREFIX)]
+
+
 def _transform_check(step: nodes.TransformNode) -> Callable[[Any], str | None]:
     """A check of one row function result against the step's columns: None if it fits,
     else the reason to reject the row (naming the extra/missing keys)."""
-    names = step.schema.names
+    names = [n for n in step.schema.names if not n.startswith(HIDDEN_PREFIX)]
     wanted = frozenset(names)
     exact = step.exact_keys
 

@@ -38,7 +38,7 @@ log = logging.getLogger("volga.serving")
 
 MAX_HEAD_BYTES = 64 * 1024
 KEEP_ALIVE_S = 60.0
-REQUEST_FIELDS = ("target_features", "feature_keys", "keys", "query_args", "udf_args")
+REQUEST_FIELDS = ("target_features", "feature_keys", "keys", "query_args", "udf_args", "at")
 _REASONS = {
     100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
     405: "Method Not Allowed", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
@@ -151,8 +151,16 @@ class ServingApp:
             request.get("keys"),
             request.get("query_args"),
             request.get("udf_args"),
+            _request_time(request.get("at")),
         )
         return codec.dumps({"results": results})
+
+
+def _request_time(at: Any) -> str | None:
+    """``"at"``: the request time as an ISO 8601 string (absent or null: now)."""
+    if at is not None and not isinstance(at, str):
+        raise BadRequest(f"at must be an ISO 8601 datetime string (or null for now), got {type(at).__name__}", field="at")
+    return at
 
 
 def _error_body(error: ServingError) -> bytes:
