@@ -225,8 +225,12 @@ class Client:
             if not block:
                 reporter.start()
                 return job
-            reporter.follow()
-            job.wait()
+            try:
+                reporter.follow()
+                job.wait()
+            except KeyboardInterrupt:  # Ctrl-C / a notebook's interrupt: stop the job too, as block=True would
+                job.stop()
+                raise
         return job
 
     # -- reads -------------------------------------------------------------------------
