@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,17 @@ def project(tmp_path: Path) -> Path:
     done = volga("init", "demo", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     return tmp_path / "demo"
+
+
+def wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 60) -> list[str]:
+    """stderr lines of ``proc`` up to the first containing ``text`` (fails if it exits first)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError(f"process exited ({proc.wait()}) before printing {text!r}:\n" + "".join(seen))
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"no {text!r} within {timeout}s:\n" + "".join(seen))

@@ -13,8 +13,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cli.conftest import volga_env
-from tests.cli.test_commands import wait_for_line
+from tests.cli.conftest import volga_env, wait_for_line
 from volga.console import ConsoleApp
 from volga.testing.servers import free_port
 
@@ -41,7 +40,7 @@ def wait_for(url: str, key: tuple, at_least: float, timeout: float = 60) -> dict
 
 
 def test_volga_run_metrics_move_as_orders_arrive(tmp_path):
-    assert subprocess.run([sys.executable, "-m", "volga", "init", "demo"], cwd=tmp_path, env=volga_env()).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "volga", "init", "demo"], cwd=tmp_path, env=volga_env(), check=False).returncode == 0
     project = tmp_path / "demo"
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "volga", "run", "app.py", "--metrics-port", str(port)], cwd=project,
