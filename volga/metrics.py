@@ -162,7 +162,7 @@ class _JobCollector(Collector):
             if not job.running:
                 continue
             running += 1
-            for name, stage in job._stages.items():
+            for name, stage in getattr(job, "_stages", {}).items():  # embedded runtime only
                 if stage.max_seen != NO_WM:
                     lag[name] = max(0.0, (now_us - stage.max_seen) / 1e6)
                 if NO_WM < stage.watermark < FINISHED_WM:

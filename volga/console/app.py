@@ -5,7 +5,7 @@ and its Prometheus ``/metrics``.
 as ``(status, body, extra header lines)``, the feature server's response shape, so the
 same object serves ``/ui`` on the feature server and in ``volga ui``/``volga run``. With a
 token, a request needs ``Authorization: Bearer TOKEN`` or the ``volga_token`` cookie that
-``/ui/login?token=TOKEN`` sets (browsers cannot send bearer headers on navigation).
+the sign-in form sets (``POST /ui/login``; browsers cannot send bearer headers on navigation).
 
 >>> import tempfile, volga
 >>> app = ConsoleApp(volga.Client(data_dir=tempfile.mkdtemp()), auth_token="s3cret")
@@ -62,12 +62,13 @@ class ConsoleApp:
         url = urlsplit(path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         route = url.path.rstrip("/") or "/"
+        if route == "/ui/login" and method == "POST":  # the token comes in the body, never in a URL
+            form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+            return self._login(form.get("token", ""))
         if method != "GET":
-            return 405, b"method not allowed: the console only answers GET", b"Content-Type: text/plain\r\nAllow: GET\r\n"
+            return 405, b"method not allowed: the console answers GET (and POST /ui/login)", b"Content-Type: text/plain\r\nAllow: GET\r\n"
         if route.startswith("/ui/static/"):
             return self._static(route.rsplit("/", 1)[1])
-        if route == "/ui/login":
-            return self._login(query.get("token", ""))
         if not self._authorized(headers):
             return 401, _page("Sign in", _login_form(), ""), HTML
         if route == "/metrics":
@@ -218,13 +219,14 @@ class ConsoleApp:
             if name in freshness:
                 cards.append((f"freshness {name}", f"{freshness[name]:,.1f}s"))
         now_us = time.time_ns() // 1000
-        for name, stage in job._stages.items():
+        stages = getattr(job, "_stages", {})  # the embedded runtime's sources (a Ray job has none here)
+        for name, stage in stages.items():
             if job.running and stage.max_seen != NO_WM:
                 cards.append((f"lag {name}", f"{(now_us - stage.max_seen) / 1e6:,.1f}s"))
         html = [f'<section class="job"><h2>{job.mode} job: {escape(", ".join(job.pipelines))}</h2><div class="cards">']
         html += [f'<div class="card" data-metric="{escape(label)}">{escape(label)}<b>{escape(value)}</b></div>' for label, value in cards]
         html.append("</div>")
-        for name in job._stages:
+        for name in stages:
             late = job.late_events(name)
             if late.height:
                 html.append(f"<h3>Late rows of {escape(name)} (last 5 of {late.height:,})</h3>{_table(late.tail(5), 'late-rows')}")
@@ -278,7 +280,7 @@ def _page(title: str, body: str, active: str) -> bytes:
 
 
 def _login_form() -> str:
-    return ('<form action="/ui/login" method="get"><p>This server needs its auth token.</p>'
+    return ('<form action="/ui/login" method="post"><p>This server needs its auth token.</p>'
             '<input name="token" type="password" placeholder="token"> <button type="submit">sign in</button></form>')
 
 

@@ -49,6 +49,12 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         self._answer(*self.app.handle("GET", self.path, headers, b""))
 
+    def do_POST(self) -> None:  # noqa: N802 - the sign-in form
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(min(length, 1 << 16))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self._answer(*self.app.handle("POST", self.path, headers, body))
+
     def _answer(self, status: int, body: bytes, extra: bytes) -> None:
         self.send_response(status)
         for line in extra.decode("latin-1").split("\r\n"):
