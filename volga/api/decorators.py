@@ -206,6 +206,12 @@ def _conform_output(pipe: PipelineDef, result: Entity) -> nodes.Node:
             problems.append(f"'{f.name}': declared {f.type_name} but the pipeline does not produce it")
         elif got.field(f.name).dtype != f.dtype:
             problems.append(f"'{f.name}': declared {f.type_name} but the pipeline produces {dtype_name(got.field(f.name).dtype)}")
+        elif got.field(f.name).optional and not f.optional:
+            why = got.field(f.name).nullable_by or "it is Optional"
+            problems.append(
+                f"'{f.name}': declared {f.type_name} but can be null ({why}); declare "
+                f"Optional[{f.type_name}] or dropnull(['{f.name}']) before the output"
+            )
     for f in got.fields:
         if not want.has(f.name):
             problems.append(f"'{f.name}': produced ({f.type_name}) but not declared in {want.name}")

@@ -39,6 +39,9 @@ class FieldSpec:
     optional: bool = False
     key: bool = False
     timestamp: bool = False
+    # why the column can be null (the step that made it so), for definition errors;
+    # not part of the type, so two fields differing only here compare equal
+    nullable_by: str = dataclasses.field(default="", compare=False)
 
     @property
     def type_name(self) -> str:
@@ -181,7 +184,7 @@ def entity(cls: type[T]) -> type[T]:
             defaults[name] = default
         elif optional:
             defaults[name] = None
-        specs.append(FieldSpec(name, dtype, optional, key, ts))
+        specs.append(FieldSpec(name, dtype, optional, key, ts, nullable_by=f"Optional in {where}" if optional else ""))
 
     repeated = _declared_twice(cls)
     if repeated:
