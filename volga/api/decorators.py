@@ -235,6 +235,12 @@ def pipeline(*, dependencies: Sequence[Dependency], output: type) -> Callable[[C
     """
     if not is_entity(output):
         raise TypeError(f"@pipeline output must be an @entity class, got {output!r}")
+    if not entity_schema(output).keys:
+        # a feature is looked up by key; a keyless output would store rows nothing can read
+        raise TypeError(
+            f"@pipeline output {output.__name__} has no key field; mark the field(s) features are "
+            "looked up by with field(key=True) (keyless entities are fine for sources)"
+        )
 
     def wrap(fn: Callable[..., Any]) -> PipelineDef:
         deps = tuple(dependencies)

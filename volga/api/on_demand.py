@@ -353,6 +353,11 @@ def _output(fn: Callable[..., Any], name: str, hints: dict[str, Any]) -> type:
         raise OnDemandDefinitionError(
             f"on_demand {name}: the return annotation {hints['return']!r} must be an @entity class (or Optional of one)"
         )
+    if not entity_schema(inner).keys:
+        raise OnDemandDefinitionError(
+            f"on_demand {name}: the output {inner.__name__} has no key field; its key fields are the request "
+            "keys, so mark them with field(key=True)"
+        )
     return typing.cast(type, inner)
 
 
