@@ -239,3 +239,17 @@ def test_left_join_with_no_match_never_puts_none_in_a_str_field(mode):
     client.materialize([known], mode=mode, write_offline=True)
     out = client.get_offline("known")
     assert out["user_id"].to_list() == ["u1"] and out["country"].to_list() == ["FR"]
+
+
+def test_expression_rewriting_a_column_from_a_nullable_one_makes_it_nullable():
+    @entity
+    class Out:
+        user_id: str = field(key=True)
+        at: datetime.datetime = field(timestamp=True)
+        price: float
+        coupon: Optional[float]
+
+    with pytest.raises(PipelineDefinitionError, match=r"'price'.*reads nullable 'coupon'"):
+        @pipeline(dependencies=[orders], output=Out)
+        def net(o: Entity) -> Entity:
+            return o.transform((volga.col("price") - volga.col("coupon")).alias("price"))

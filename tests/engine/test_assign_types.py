@@ -130,3 +130,28 @@ def test_expression_null_in_non_optional_column_is_rejected(mode):
     assert client.get_offline("when")["k"].to_list() == ["a", "c"]
     (bad,) = job.rejected
     assert "null in non-Optional column(s) ['scaled']" in bad.reason and bad.record["k"] == "b"
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_transform_row_function_values_are_checked_too(mode):
+    @entity
+    class Out:
+        k: str = field(key=True)
+        ts: datetime.datetime = field(timestamp=True)
+        price: float
+        qty: int
+        half: int
+
+    @pipeline(dependencies=[items], output=Out)
+    def halves(e: Entity) -> Entity:
+        # inferred 'half: int' from the samples; at run time qty=1 gives 0.5, k="c" gives None
+        return e.transform(lambda r: {**r, "half": None if r["k"] == "c" else (r["qty"] // 2 if r["qty"] % 2 == 0 else r["qty"] / 2)})
+
+    client = volga.Client()
+    job = client.materialize([halves], mode=mode, write_offline=True)
+    assert client.get_offline("halves")["half"].to_list() == [1]
+    reasons = sorted(r.reason for r in job.rejected)
+    assert reasons == [
+        "transform: column 'half': value 0.5 does not fit int",
+        "transform: the row function returned None for non-Optional column 'half'",
+    ]

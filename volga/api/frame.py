@@ -347,17 +347,20 @@ def _fields_from_polars(
     roots = roots or {}
     fields = []
     for name, dtype in out.items():
+        # a column an expression writes is nullable when the expression reads a nullable
+        # column; one that makes nulls from non-null input (when/then without
+        # otherwise...) has those rows rejected at run time (volga.ops.stateless)
+        nullable = [r for r in roots.get(name, ()) if schema.has(r) and schema.field(r).optional]
+        why = f"transform: '{name}' reads nullable '{nullable[0]}' ({schema.field(nullable[0]).nullable_by or 'Optional'})" if nullable else ""
         if schema.has(name):
             old = schema.field(name)
             if (old.key or old.timestamp) and dtype != old.dtype:
                 raise PipelineDefinitionError(f"{where}: transform changes the type of key/timestamp '{name}'")
-            fields.append(dataclasses.replace(old, dtype=dtype))
+            if old.optional or old.key or old.timestamp or not nullable:
+                fields.append(dataclasses.replace(old, dtype=dtype))
+            else:
+                fields.append(dataclasses.replace(old, dtype=dtype, optional=True, nullable_by=why))
         else:
-            # a new column is nullable when its expression reads a nullable column; an
-            # expression that makes nulls from non-null input (when/then without
-            # otherwise...) has those rows rejected at run time (volga.ops.stateless)
-            nullable = [r for r in roots.get(name, ()) if schema.has(r) and schema.field(r).optional]
-            why = f"transform: '{name}' reads nullable '{nullable[0]}' ({schema.field(nullable[0]).nullable_by or 'Optional'})" if nullable else ""
             fields.append(FieldSpec(name, dtype, optional=bool(nullable), nullable_by=why))
     return fields
 

@@ -96,7 +96,9 @@ def value_fits(value: Any, dtype: pl.DataType) -> bool:
     """
     if isinstance(dtype, pl.List):
         inner: pl.DataType = dtype.inner  # type: ignore[assignment]
-        return isinstance(value, (list, tuple)) and all(v is None or value_fits(v, inner) for v in value)
+        if not (isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray"):
+            return False
+        return all(v is None or value_fits(v, inner) for v in value)
     if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's bool too
         return dtype == pl.Boolean()
     if dtype == pl.Int64():  # numbers.Integral: int and numpy integers

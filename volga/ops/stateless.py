@@ -169,28 +169,34 @@ def _assign_check(step: nodes.AssignNode) -> Callable[[Any], str | None]:
 
 def _transform_check(step: nodes.TransformNode) -> Callable[[Any], str | None]:
     """A check of one row function result against the step's columns: None if it fits,
-    else the reason to reject the row (naming the extra/missing keys)."""
+    else the reason to reject the row (naming the extra/missing keys, a None in a
+    non-Optional column, or a value its column's type cannot hold)."""
     names = step.schema.names
     wanted = frozenset(names)
     exact = step.exact_keys
-    required = [f.name for f in step.schema.fields if not f.optional]
+    required = frozenset(f.name for f in step.schema.fields if not f.optional)
+    dtypes = [(f.name, f.dtype) for f in step.schema.fields]
+
+    def values_fit(value: dict[str, Any]) -> str | None:
+        for name, dtype in dtypes:
+            v = value[name]
+            if v is None:
+                if name in required:
+                    return f"transform: the row function returned None for non-Optional column '{name}'"
+            elif not value_fits(v, dtype):
+                return f"transform: column '{name}': value {v!r} does not fit {dtype_name(dtype)}"
+        return None
 
     def check(value: Any) -> str | None:
         if not isinstance(value, dict):
             return f"transform: the row function returned {type(value).__name__}, not a dict"
         keys = value.keys()
         if keys == wanted:
-            nulls = [n for n in required if value[n] is None]
-            if nulls:
-                return f"transform: the row function returned None for non-Optional column(s) {nulls}"
-            return None
+            return values_fit(value)
         missing = [n for n in names if n not in value]
         extra = [k for k in keys if k not in wanted] if exact else []
         if not missing and not extra:
-            nulls = [n for n in required if value[n] is None]
-            if nulls:
-                return f"transform: the row function returned None for non-Optional column(s) {nulls}"
-            return None
+            return values_fit(value)
         problems = ([f"extra key(s) {extra}"] if extra else []) + ([f"missing key(s) {missing}"] if missing else [])
         return f"transform: the row function returned keys that differ from its columns {names}: {'; '.join(problems)}"
 
