@@ -88,6 +88,13 @@ class UserTaste:
     clicks_24h: int
 
 
+def mean_vector(row: dict) -> list[float]:
+    """The mean of a row's recent embeddings (LastN never gives an empty list here: the
+    current click is always in its window)."""
+    recent = row["recent"]
+    return [sum(v[d] for v in recent) / len(recent) for d in range(DIM)]
+
+
 @pipeline(dependencies=[clicks, item_vector], output=UserTaste)
 def user_taste(c: Entity, items: Entity) -> Entity:
     # each click gets the clicked item's embedding as of the click (an inner as-of join)
@@ -95,8 +102,8 @@ def user_taste(c: Entity, items: Entity) -> Entity:
     recent = with_vectors.group_by("user_id").aggregate([
         LastN(20, on="embedding", window="7d", into="recent"), Count(window="24h", into="clicks_24h"),
     ])
-    mean = lambda r: [sum(v[d] for v in r["recent"]) / len(r["recent"]) for d in range(DIM)]  # noqa: E731
-    return recent.assign("taste", list[float], mean).drop(["recent"])
+    return recent.assign("taste", list[float], mean_vector).drop(["recent"])
+
 
 
 @entity
