@@ -4,6 +4,7 @@ Run it with ``make demo`` (or ``python quickstart.py`` inside the venv).
 """
 
 import datetime
+import os
 import tempfile
 from typing import Optional
 import time
@@ -15,11 +16,12 @@ from volga.sources import ChainSource, MemorySource, ParquetSource
 from volga.testing.data import make_orders, make_users
 
 N_USERS = 10_000
-N_HISTORY = 1_000_000
+N_HISTORY = int(os.environ.get("VOLGA_DEMO_ORDERS", 1_000_000))  # smaller in the smoke test
+N_LIVE = max(1_000, N_HISTORY // 50)
 # History over the last 30 days, then a live tail up to now: lookups are evaluated now
 # (request-time windows), so recent data shows live values.
 START = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) - datetime.timedelta(days=30.5)
-DATA = Path(__file__).parent / "data"
+DATA = Path(".")  # set by main() to a temporary directory, removed at the end
 
 
 @entity
@@ -49,9 +51,7 @@ class UserSpentInfo:
 
 users = make_users(N_USERS, start=START)
 history = make_orders(N_HISTORY, n_users=N_USERS, start=START, days=30)
-live = make_orders(20_000, n_users=N_USERS, start=START + datetime.timedelta(days=30), days=0.5, seed=7)
-DATA.mkdir(exist_ok=True)
-history.write_parquet(DATA / "orders.parquet")
+live = make_orders(N_LIVE, n_users=N_USERS, start=START + datetime.timedelta(days=30), days=0.5, seed=7)
 
 
 @source(User)
@@ -89,7 +89,14 @@ def show(rows: list) -> str:
 
 
 def main() -> None:
-    client = volga.Client(data_dir=tempfile.mkdtemp(prefix="volga_demo_"))
+    global DATA
+    with tempfile.TemporaryDirectory(prefix="volga_demo_") as tmp:  # nothing is left on disk
+        DATA = Path(tmp)
+        history.write_parquet(DATA / "orders.parquet")
+        run(volga.Client(data_dir=DATA / "volga_data"))
+
+
+def run(client: volga.Client) -> None:
     print(client.explain([user_spent]), "\n")
 
     t0 = time.perf_counter()

@@ -217,6 +217,12 @@ def _conform_output(pipe: PipelineDef, result: Entity) -> nodes.Node:
             problems.append(f"'{f.name}': declared {f.type_name} but the pipeline does not produce it")
         elif got.field(f.name).dtype != f.dtype:
             problems.append(f"'{f.name}': declared {f.type_name} but the pipeline produces {dtype_name(got.field(f.name).dtype)}")
+        elif got.field(f.name).optional and not f.optional:
+            why = got.field(f.name).nullable_by or "it is Optional"
+            problems.append(
+                f"'{f.name}': declared {f.type_name} but can be null ({why}); declare "
+                f"Optional[{f.type_name}] or dropnull(['{f.name}']) before the output"
+            )
     for f in got.fields:
         if not want.has(f.name):
             problems.append(f"'{f.name}': produced ({f.type_name}) but not declared in {want.name}")
@@ -243,6 +249,12 @@ def pipeline(
     if not is_entity(output):
         raise TypeError(f"@pipeline output must be an @entity class, got {output!r}")
     tag_tuple, owner_name = catalog_meta("@pipeline", tags, owner)
+    if not entity_schema(output).keys:
+        # a feature is looked up by key; a keyless output would store rows nothing can read
+        raise TypeError(
+            f"@pipeline output {output.__name__} has no key field; mark the field(s) features are "
+            "looked up by with field(key=True) (keyless entities are fine for sources)"
+        )
 
     def wrap(fn: Callable[..., Any]) -> PipelineDef:
         deps = tuple(dependencies)

@@ -16,8 +16,9 @@ that reads), ``{"user_spent": {"n": 3}}`` (scoped to the pipeline read) or ``{"n
 (everything taking ``n``), the most specific first. When ``n`` is given nowhere, ``last_n``
 reads the last ``DEFAULT_LAST_N`` = 10 rows; ``range`` has no default bounds.
 
-Parameters after the dependencies must have defaults: they are per-request arguments,
-except that one named like a key field of the output receives the request key's value.
+Parameters after the dependencies are per-request arguments and must have defaults,
+except that one named like a key field of the output receives the request key's value
+(it needs no default).
 The return annotation is the output ``@entity``; its key fields are the request keys, and
 must include the key fields of every dependency (a dependency is looked up with the
 request key restricted to its own key fields).
@@ -43,7 +44,10 @@ without calling the function; a parameter typed ``Optional[X]`` receives ``None`
 >>> @on_demand(dependencies=[])
 ... def broken(factor: float) -> Greeting: ...
 Traceback (most recent call last):
-volga.api.on_demand.OnDemandDefinitionError: on_demand broken: parameter 'factor' comes after the 0 dependencies, so it is a per-request argument and needs a default
+volga.api.on_demand.OnDemandDefinitionError: on_demand broken: parameter 'factor' comes after the 0 dependencies, so it is a per-request argument and needs a default (or is named like a key field of Greeting ['user_id'] to receive the request key's value)
+>>> @on_demand(dependencies=[])
+... def hello(user_id: str) -> Greeting:  # named like a key: receives it, no default
+...     return Greeting(user_id=user_id, at=datetime.datetime(2025, 1, 1), text="hi " + user_id)
 """
 
 from __future__ import annotations
@@ -256,15 +260,19 @@ def on_demand(
             deps.append(OnDemandDependency(target, query, p.name, hints[p.name], query_args))
         args: list[RequestArg] = []
         takes_now = False
+        out_keys = entity_schema(output).keys
         for p in params[len(specs):]:
             if p.name == NOW:
                 _check_now(name, hints.get(p.name, inspect.Parameter.empty))
                 takes_now = True
                 continue
-            if p.default is inspect.Parameter.empty:
+            # a parameter named like an output key field receives the request key's value
+            # (never a request argument), so it needs no default
+            if p.default is inspect.Parameter.empty and p.name not in out_keys:
                 raise OnDemandDefinitionError(
                     f"on_demand {name}: parameter '{p.name}' comes after the {len(specs)} dependencies, so it is a "
-                    "per-request argument and needs a default"
+                    "per-request argument and needs a default (or is named like a key field of "
+                    f"{output.__name__} {list(out_keys)} to receive the request key's value)"
                 )
             args.append(RequestArg(p.name, p.default, hints.get(p.name, inspect.Parameter.empty), p.kind is p.KEYWORD_ONLY))
         clashes = {a.name for a in args} & set(QUERY_ARGS["last_n"] + QUERY_ARGS["range"])
@@ -375,6 +383,11 @@ def _output(fn: Callable[..., Any], name: str, hints: dict[str, Any]) -> type:
     if not is_entity(inner):
         raise OnDemandDefinitionError(
             f"on_demand {name}: the return annotation {hints['return']!r} must be an @entity class (or Optional of one)"
+        )
+    if not entity_schema(inner).keys:
+        raise OnDemandDefinitionError(
+            f"on_demand {name}: the output {inner.__name__} has no key field; its key fields are the request "
+            "keys, so mark them with field(key=True)"
         )
     return typing.cast(type, inner)
 

@@ -17,7 +17,8 @@ Policies, the same for all three:
 * CSV is text, so numbers, booleans (``true/false/1/0``) and lists (JSON text) are parsed
   from it; an empty unquoted cell is null. JSON values must already have the right JSON
   type (``"12"`` is not an int). Timestamps are ISO-8601 strings (naive means UTC) or, in
-  Parquet, timestamp columns of any unit or zone.
+  Parquet, timestamp columns of any unit or zone; epoch numbers in a field declared with
+  ``field(timestamp=True, unit="ms")``.
 
 >>> import datetime, pathlib, tempfile
 >>> from volga.api.entity import entity, entity_schema, field

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from volga.plan.compile import PhysicalPlan
 from volga.runtime.local.executors import Metrics, Sink, StreamOptions, collect_rejected, run_batch, run_streaming
 from volga.runtime.local.job import Job
-from volga.runtime.local.stage import SourceStage
+from volga.runtime.local.stage import LateRowReport, SourceStage
 
 Mode = Literal["offline", "online"]
 
@@ -60,9 +60,12 @@ class LocalRuntime:
     def start(self, plan: PhysicalPlan, mode: Mode, params: Any, sink: Sink, *, block: bool, options: StreamOptions) -> Job:
         readers = open_sources(plan, mode, params)
 
+        late_report = LateRowReport()
+
         def cleanup() -> None:
             for reader in readers.values():
                 reader.close()
+            late_report.flush()  # the late rows since the last summary line
 
         if mode == "offline":
             stages: dict[int, SourceStage] = {}
@@ -70,7 +73,7 @@ class LocalRuntime:
             def work(stop: threading.Event, metrics: Metrics) -> None:
                 run_batch(plan, readers, sink, metrics)
         else:
-            stages = {s.id: SourceStage(s.source, readers[s.id]) for s in plan.source_steps() if s.source}
+            stages = {s.id: SourceStage(s.source, readers[s.id], late_report) for s in plan.source_steps() if s.source}
 
             def work(stop: threading.Event, metrics: Metrics) -> None:
                 run_streaming(plan, stages, sink, metrics, stop, options)
