@@ -17,13 +17,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	cd examples && ../$(BIN)/python quickstart.py
 
-# Debian servers the integration tests start (on free ports, stopped afterwards); installed
-# once here when missing (needs root, as on CI), else the tests say what to install.
+# Debian servers the integration tests start (on free ports, stopped afterwards) and the
+# headless browser the console tests drive; installed once here when missing (needs root,
+# as on CI), else the tests say what to install.
 services:
-	@if command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
+	@if command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+		&& [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql >/dev/null; \
-	else echo "note: install the Debian packages redis-server and postgresql for the integration tests"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql chromium chromium-driver >/dev/null; \
+	else echo "note: install the Debian packages redis-server, postgresql, chromium and chromium-driver for the integration tests"; fi
 
 test: setup services
 	$(BIN)/python -m pytest -q

@@ -118,7 +118,7 @@ def handwritten(data: Path, aggregates: str) -> int:
 
 
 # -- one measurement per process ----------------------------------------------------------
-def run_part(part: str, data: Path, aggregates: str, rate: float, batch_size: int) -> dict:
+def run_part(part: str, data: Path, aggregates: str, rate: float, batch_size: int, metrics: bool = False) -> dict:
     import volga
 
     n_orders = pl.scan_parquet(data / "orders.parquet").select(pl.len()).collect().item()
@@ -132,12 +132,15 @@ def run_part(part: str, data: Path, aggregates: str, rate: float, batch_size: in
         pipe = build(data, filter_kind=filter_kind, aggregates=aggregates, online_rate=rate if mode == "latency" else None)
         client = volga.Client(data_dir=tempfile.mkdtemp(prefix="volga_bench_"))
         _warm_up_jit(client, data)
+        scraping = _scrape_every_second(client) if metrics else None  # Prometheus metrics on, scraped as in production
         t0 = time.perf_counter()
         if mode == "offline":
             job = client.materialize([pipe], mode="offline")
         else:
             job = client.materialize([pipe], mode="online", batch_size=batch_size)
         result["seconds"] = time.perf_counter() - t0
+        if scraping is not None:
+            scraping.set()
         result["rows_out"] = job.metrics.rows_out["user_spent"]
         if mode == "latency":
             m = job.metrics
@@ -150,6 +153,26 @@ def run_part(part: str, data: Path, aggregates: str, rate: float, batch_size: in
     result["events_per_s"] = n_orders / result["seconds"]
     result["peak_rss_mb"] = _peak_rss_mb()
     return result
+
+
+def _scrape_every_second(client):
+    """Attach volga.metrics to ``client`` and scrape it once a second from a thread; set the
+    returned event to stop."""
+    import threading
+
+    from prometheus_client import generate_latest
+
+    from volga.metrics import metrics_for
+
+    registry = metrics_for(client).registry
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.wait(1.0):
+            generate_latest(registry)
+
+    threading.Thread(target=scrape, daemon=True).start()
+    return done
 
 
 def _peak_rss_mb() -> float:
@@ -189,9 +212,11 @@ def main() -> None:
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--aggregates", default="3", help=argparse.SUPPRESS)
+    parser.add_argument("--metrics", action="store_true", help="attach volga.metrics and scrape it every second")
+    parser.add_argument("--only", default=None, help="run only this part (e.g. online-expr) with 3 aggregates")
     args = parser.parse_args()
     if args.part:
-        print(json.dumps(run_part(args.part, Path(args.data), args.aggregates, args.rate, args.online_batch_size)))
+        print(json.dumps(run_part(args.part, Path(args.data), args.aggregates, args.rate, args.online_batch_size, args.metrics)))
         return
 
     root = Path(tempfile.mkdtemp(prefix="volga_engine_bench_"))
@@ -202,9 +227,11 @@ def main() -> None:
     results: dict[tuple[str, str], dict] = {}
     plan = [(p, a, "full") for a in ("3", "6") for p in ("polars", "offline-expr", "offline-lambda", "online-expr", "online-lambda")]
     plan.append(("latency-expr", "3", "paced"))
+    if args.only:
+        plan = [(p, a, d) for p, a, d in plan if p == args.only and a == "3"]
     for part, aggs, data in plan:
         cmd = [sys.executable, __file__, "--part", part, "--data", str(root / data), "--aggregates", aggs, "--rate", str(args.rate),
-               "--online-batch-size", str(args.online_batch_size)]
+               "--online-batch-size", str(args.online_batch_size)] + (["--metrics"] if args.metrics else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(f"{part} ({aggs} aggs) FAILED:\n{out.stderr[-2000:]}")

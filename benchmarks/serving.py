@@ -208,7 +208,8 @@ def build_volga(n_users: int, n_orders: int, data_dir: str) -> tuple[Any, Any]:
     from volga.testing.data import make_orders, make_users
     from volga.testing.quickstart import Order, User, UserSpentInfo
 
-    start = datetime.datetime(2025, 1, 1)
+    # 30 days up to now: lookups are evaluated at request time (now), over recent data
+    start = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(days=30)
     users = make_users(n_users, start=start)
     orders = make_orders(n_orders, n_users=n_users, start=start, days=30)
 
@@ -240,7 +241,7 @@ def build_volga(n_users: int, n_orders: int, data_dir: str) -> tuple[Any, Any]:
     @on_demand(dependencies=[(user_spent, "latest")])
     def user_stats(spent: UserSpentInfo) -> UserStats:
         return UserStats(user_id=spent.user_id, timestamp=spent.timestamp,
-                         total_spent=spent.avg_spent_7d * spent.num_purchases_1h,
+                         total_spent=(spent.avg_spent_7d or 0.0) * spent.num_purchases_1h,
                          purchase_count=spent.num_purchases_1h)
 
     client = volga.Client(data_dir=data_dir)

@@ -4,7 +4,9 @@ Run it with ``make demo`` (or ``python quickstart.py`` inside the venv).
 """
 
 import datetime
+import os
 import tempfile
+from typing import Optional
 import time
 from pathlib import Path
 
@@ -14,9 +16,12 @@ from volga.sources import ChainSource, MemorySource, ParquetSource
 from volga.testing.data import make_orders, make_users
 
 N_USERS = 10_000
-N_HISTORY = 1_000_000
-START = datetime.datetime(2025, 1, 1)
-DATA = Path(__file__).parent / "data"
+N_HISTORY = int(os.environ.get("VOLGA_DEMO_ORDERS", 1_000_000))  # smaller in the smoke test
+N_LIVE = max(1_000, N_HISTORY // 50)
+# History over the last 30 days, then a live tail up to now: lookups are evaluated now
+# (request-time windows), so recent data shows live values.
+START = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) - datetime.timedelta(days=30.5)
+DATA = Path(".")  # set by main() to a temporary directory, removed at the end
 
 
 @entity
@@ -39,16 +44,14 @@ class Order:
 class UserSpentInfo:
     user_id: str = field(key=True)
     timestamp: datetime.datetime = field(timestamp=True)
-    avg_spent_7d: float
+    avg_spent_7d: Optional[float]  # None at a request time whose window holds no order
     num_purchases_1h: int
-    max_price_1d: float
+    max_price_1d: Optional[float]
 
 
 users = make_users(N_USERS, start=START)
 history = make_orders(N_HISTORY, n_users=N_USERS, start=START, days=30)
-live = make_orders(20_000, n_users=N_USERS, start=START + datetime.timedelta(days=30), days=0.5, seed=7)
-DATA.mkdir(exist_ok=True)
-history.write_parquet(DATA / "orders.parquet")
+live = make_orders(N_LIVE, n_users=N_USERS, start=START + datetime.timedelta(days=30), days=0.5, seed=7)
 
 
 @source(User)
@@ -76,14 +79,24 @@ def user_spent(users: Entity, orders: Entity) -> Entity:
 
 
 def show(rows: list) -> str:
+    def money(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     return "  ".join(
-        f"user {r.user_id}: avg7d={r.avg_spent_7d:.2f} n1h={r.num_purchases_1h} max1d={r.max_price_1d:.2f}"
+        f"user {r.user_id}: avg7d={money(r.avg_spent_7d)} n1h={r.num_purchases_1h} max1d={money(r.max_price_1d)}"
         for r in rows if r is not None
     )
 
 
 def main() -> None:
-    client = volga.Client(data_dir=tempfile.mkdtemp(prefix="volga_demo_"))
+    global DATA
+    with tempfile.TemporaryDirectory(prefix="volga_demo_") as tmp:  # nothing is left on disk
+        DATA = Path(tmp)
+        history.write_parquet(DATA / "orders.parquet")
+        run(volga.Client(data_dir=DATA / "volga_data"))
+
+
+def run(client: volga.Client) -> None:
     print(client.explain([user_spent]), "\n")
 
     t0 = time.perf_counter()

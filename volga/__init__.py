@@ -12,7 +12,7 @@ from volga.api.frame import Entity, PipelineDefinitionError, col
 from volga.api.on_demand import OnDemandDef, OnDemandDefinitionError, on_demand
 from volga.client import Client
 from volga.serving.client import OnDemandClient
-from volga.errors import JobFailed, KeyMismatch, Rejected, UnknownFeature
+from volga.errors import JobFailed, KeyMismatch, Rejected, RequestTimeUnavailable, UnknownFeature
 from volga.runtime.local.job import Job
 from volga.sources.base import Source
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
@@ -20,7 +20,7 @@ from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetO
 __all__ = [
     "Avg", "Client", "Count", "CountDistinct", "Entity", "First", "Job", "JobFailed", "KeyMismatch",
     "Last", "LastN", "Max", "MemoryOnlineStore", "Min", "OfflineStore", "OnlineStore",
-    "ParquetOfflineStore", "PipelineDef", "PipelineDefinitionError", "Rejected", "Source", "SourceDef",
+    "ParquetOfflineStore", "PipelineDef", "PipelineDefinitionError", "Rejected", "RequestTimeUnavailable", "Source", "SourceDef",
     "Stddev", "Sum", "UnknownFeature", "col", "entity", "field", "pipeline", "source",
     "OnDemandClient", "OnDemandDef", "OnDemandDefinitionError", "on_demand", "RayRuntime",
 ]

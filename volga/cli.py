@@ -8,6 +8,15 @@
 ``volga.Client``; see :mod:`volga.serving.run`. The auth token may also come from the
 ``VOLGA_AUTH_TOKEN`` environment variable (safer than the command line, which other
 users of the machine can read).
+
+Operating commands (see :mod:`volga.operate`):
+
+    volga run app.py [--pipelines P ...] [--metrics-port 9108] [--checkpoint-dir D --checkpoint-interval 10s]
+    volga materialize app.py [--pipelines P ...] [--start T --end T]
+    volga list app.py | volga describe app.py NAME
+    volga ui app.py [--port 8080] [--run]
+    volga init DIR
+    volga --version
 """
 
 from __future__ import annotations
@@ -18,7 +27,10 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
+    from volga import __version__
+
     parser = argparse.ArgumentParser(prog="volga", description="Volga: real-time features, one definition for batch, streaming and on-demand.")
+    parser.add_argument("--version", action="version", version=f"volga {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve on-demand features over HTTP")
     serve.add_argument("app", help="the module defining the features and a volga.Client: app.py, app.py:client or pkg.mod:client")
@@ -33,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     from volga.training.cli import add_parser as add_historical
 
     add_historical(commands)
+    from volga.operate import add_parsers as add_operating
+
+    add_operating(commands)
     return parser
 
 
@@ -50,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                     args.app, host=args.host, port=args.port, replicas=args.replicas, auth_token=token,
                     max_body_bytes=args.max_body_bytes, address=args.ray_address,
                 )
+            from volga.operate import server_hooks
+
             return serve_app(
                 args.app, host=args.host, port=args.port, workers=args.workers, auth_token=token,
-                max_body_bytes=args.max_body_bytes,
+                max_body_bytes=args.max_body_bytes, hooks=lambda client: server_hooks(client, token),
             )
         except AppError as e:
             print(e, file=sys.stderr)
@@ -61,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         from volga.training.cli import main as historical
 
         return historical(args)
-    return 2
+    from volga.operate import run_command
+
+    return run_command(args)
 
 
 if __name__ == "__main__":

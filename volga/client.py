@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,17 +18,21 @@ import polars as pl
 from volga.api.decorators import Params, PipelineDef, SourceDef, defined
 from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.entity import Schema, make_instance
-from volga.api.types import Duration, datetime_to_us, dtype_name, parse_duration_us
-from volga.errors import KeyMismatch, UnknownFeature
+from volga.api.types import Duration, datetime_to_us, moment_us, parse_duration_us
+from volga.errors import UnknownFeature, naming_hint
 from volga.plan.compile import PhysicalPlan, compile_plan
+from volga.plan.request_time import is_hidden, request_time_shape
 from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
 from volga.runtime.local.runtime import LocalRuntime
-from volga.serving.codec import Row
+from volga.ondemand.plan import check_keys
+from volga.ondemand.rows import Row
 from volga.serving.executor import OnDemandExecutor
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
+from volga.storage.request_time import read_at
 
 Mode = Literal["offline", "online"]
+AsOf = Literal["request_time", "last_event"]
 Definition = PipelineDef | SourceDef | OnDemandDef
 _ABSENT: Any = object()
 
@@ -123,6 +126,8 @@ class Client:
         self.jobs: list[Job] = []
         self.runtime = runtime  # None: embedded; volga.RayRuntime(...): materialize runs on Ray
         self._on_demand = OnDemandExecutor(self.definitions, lambda: self.online_store)
+        # Called with each compiled plan before it runs (volga.metrics times operators this way).
+        self.plan_observers: list[Callable[[PhysicalPlan], None]] = []
 
     # -- definitions -------------------------------------------------------------------
     def register(self, *definitions: Definition) -> None:
@@ -167,6 +172,7 @@ class Client:
         write_offline: bool = False,
         batch_size: int = 10_000,
         max_batch_delay: Duration = "0ms",
+        progress: bool = False,
         checkpoint_dir: str | Path | None = None,
         checkpoint_interval: Duration = "10s",
         on_definition_change: Literal["refuse", "rebuild"] = "refuse",
@@ -175,12 +181,14 @@ class Client:
 
         ``mode="offline"``: read bounded sources fully, write every output row to the
         offline store (replacing that pipeline's previous rows) and, with
-        ``write_online=True``, to the online store too.
+        ``write_online=True``, to the online store too (replacing its rows there as well).
         ``mode="online"``: stream micro-batches of up to ``batch_size`` rows (waiting at most
         ``max_batch_delay`` to fill one; default: take what is there) into the online
         store; with ``write_offline=True`` the job's output rows also replace the
         pipeline's offline rows (cleared at job start, appended as they come).
         ``block=False`` returns a running :class:`Job` (``wait()``/``stop()``).
+        ``progress=True`` reports rows read, rows/s and an ETA (when the sources know
+        their size) on stderr while the job runs (see :mod:`volga.progress`).
 
         ``checkpoint_dir`` (online mode, embedded runtime; a path or an S3-compatible URL):
         every ``checkpoint_interval``, and when the job ends or is stopped, a checkpoint of
@@ -195,32 +203,52 @@ class Client:
         if mode not in ("offline", "online"):
             raise ValueError(f"mode must be 'offline' or 'online', not {mode!r}")
         plan = self._plan(pipelines, params)
-        schemas = {name: plan.pipelines[name].schema for name in plan.outputs}
+        for observe in self.plan_observers:
+            observe(plan)
+        # request-time pipelines' rows carry hidden columns; their stores keep the longest window
+        schemas = {name: plan.stored_schema(name) for name in plan.outputs}
+        retain = {name: shape.longest_window_us for name, shape in plan.request_time.items()}
         delay_s = parse_duration_us(max_batch_delay, what="max_batch_delay") / 1e6
         options = StreamOptions(batch_size=batch_size, max_batch_delay_s=delay_s)
         if checkpoint_dir is not None:
+            if progress:
+                raise ValueError("materialize: progress=True is not available with checkpoint_dir")
             return self._materialize_checkpointed(
-                plan, params, schemas, options, block=block, write_offline=write_offline, mode=mode,
+                plan, params, schemas, retain, options, block=block, write_offline=write_offline, mode=mode,
                 checkpoint_dir=checkpoint_dir, interval=checkpoint_interval, on_change=on_definition_change,
             )
         if mode == "offline":
             def sink(name: str, rows: pl.DataFrame) -> None:
                 self.offline_store.replace(name, schemas[name], rows)
-                if write_online:
-                    self.online_store.write(name, schemas[name], rows)
+                if write_online:  # replaced too: a re-run must not count its events twice
+                    self.online_store.clear(name)
+                    self.online_store.write(name, schemas[name], rows, retain_us=retain.get(name))
         else:
             if write_offline:  # the job's output becomes the pipeline's offline rows
                 for name, schema in schemas.items():
                     self.offline_store.replace(name, schema, pl.DataFrame(schema=schema.polars_schema()))
 
             def sink(name: str, rows: pl.DataFrame) -> None:
-                self.online_store.write(name, schemas[name], rows)
+                self.online_store.write(name, schemas[name], rows, retain_us=retain.get(name))
                 if write_offline:
                     self.offline_store.append(name, schemas[name], rows)
 
         runtime = self.runtime if self.runtime is not None else LocalRuntime()
-        job = runtime.start(plan, mode, params, sink, block=block, options=options)
+        job = runtime.start(plan, mode, params, sink, block=block and not progress, options=options)
         self.jobs.append(job)
+        if progress:
+            from volga.progress import ProgressReporter
+
+            reporter = ProgressReporter(job)
+            if not block:
+                reporter.start()
+                return job
+            try:
+                reporter.follow()
+                job.wait()
+            except KeyboardInterrupt:  # Ctrl-C / a notebook's interrupt: stop the job too, as block=True would
+                job.stop()
+                raise
         return job
 
     def _materialize_checkpointed(
@@ -228,6 +256,7 @@ class Client:
         plan: PhysicalPlan,
         params: Params | None,
         schemas: dict[str, Schema],
+        retain: dict[str, int],
         options: StreamOptions,
         *,
         block: bool,
@@ -250,7 +279,7 @@ class Client:
         if self.runtime is not None and not isinstance(self.runtime, LocalRuntime):
             raise ValueError(f"materialize({names}): checkpoint_dir is built for the embedded runtime only, not {self.runtime!r}")
         interval_s = parse_duration_us(interval, what=f"materialize({names}): checkpoint_interval") / 1e6
-        sink = CheckpointedSink(self.online_store, self.offline_store if write_offline else None, schemas)
+        sink = CheckpointedSink(self.online_store, self.offline_store if write_offline else None, schemas, retain)
         checkpoint = CheckpointOptions(CheckpointStore(checkpoint_dir), interval_s, sink, on_change)  # type: ignore[arg-type]
         job = LocalRuntime().start(plan, mode, params, sink, block=block, options=options, checkpoint=checkpoint)
         self.jobs.append(job)
@@ -260,8 +289,12 @@ class Client:
     def get_offline(
         self, name: str, start: datetime.datetime | None = None, end: datetime.datetime | None = None
     ) -> pl.DataFrame:
-        """Every stored output row of pipeline ``name`` (``start <= ts <= end``), as polars."""
+        """Every stored output row of pipeline ``name`` (``start <= ts <= end``), as polars
+        (``.to_pandas()`` for pandas)."""
+        name = self._named(name)
         rows = self.offline_store.read(name, start, end)
+        if rows is not None:
+            rows = rows.select([c for c in rows.columns if not is_hidden(c)])
         if rows is None:
             raise UnknownFeature(
                 f"no offline rows for '{name}': run client.materialize([{name}], mode='offline') first"
@@ -269,21 +302,52 @@ class Client:
             )
         return rows
 
-    def get_latest(self, name: str, keys: Sequence[Mapping[str, Any]], *, ttl: Duration | None = None) -> list[Any]:
-        """The latest row per key (an instance of the output entity) or None, in key order.
+    def get_latest(
+        self,
+        name: str,
+        keys: Sequence[Mapping[str, Any]],
+        *,
+        at: datetime.datetime | str | None = None,
+        as_of: AsOf = "request_time",
+        ttl: Duration | None = None,
+    ) -> list[Any]:
+        """The pipeline's value per key (an instance of the output entity) or None, in key order.
 
-        ``ttl`` (e.g. ``"1h"``): None also where the latest row is older than that now, as
-        ``get_historical_features(..., ttl=...)`` nulls it at the spine time.
+        Evaluated at request time T: now (UTC), or ``at`` (a datetime, naive means UTC, or
+        an ISO 8601 string). Windowed aggregates cover the key's events with
+        ``T - window <= ts <= T`` and the row's timestamp is its latest event at or before
+        T (None if it has none), as ``get_historical_features`` computes them at a spine
+        time T. Any T at or after a key's last event is exact; an older ``at`` is answered
+        exactly while the store still holds the events its windows need, else refused
+        with :class:`volga.RequestTimeUnavailable`. ``as_of="last_event"`` returns the
+        row written at the key's latest event at or before T (the per-event value).
+        Pipelines with a row filter or a stateful step after their aggregate are always
+        served as of their last event (``client.explain`` says which).
+
+        ``ttl`` (e.g. ``"1h"``): None also where the key's latest event is older than
+        that at T, as ``get_historical_features(..., ttl=...)`` nulls it at the spine time.
         """
+        name = self._named(name)
         entity_cls, schema = self._feature(name)
-        oldest_us = None if ttl is None else _now_us() - parse_duration_us(ttl, what=f"get_latest('{name}'): ttl")
+        rows = self._rows_at(name, schema, keys, at, as_of, ttl, what="get_latest")
+        return [None if row is None else _instance(entity_cls, row) for row in rows]
+
+    def _rows_at(
+        self, name: str, schema: Schema, keys: Any, at: Any, as_of: Any, ttl: Duration | None, what: str
+    ) -> list[dict[str, Any] | None]:
+        if as_of not in ("request_time", "last_event"):
+            raise ValueError(f"{what}('{name}'): as_of must be 'request_time' or 'last_event', got {as_of!r}")
+        at_us = moment_us(at, what=f"{what}('{name}'): at")
         frame = self._keys_frame(name, schema, keys)
         if self.online_store.schema(name) is None:  # defined, but nothing materialized online yet
             return [None] * frame.height
-        rows = self.online_store.get_latest(name, frame)
+        definition = self.definitions.get(name)
+        shape = request_time_shape(definition, self.definitions) if isinstance(definition, PipelineDef) else None
+        rows = read_at(self.online_store, name, shape if as_of == "request_time" else None, frame, at_us, explicit=at is not None)
+        oldest_us = None if ttl is None else at_us - parse_duration_us(ttl, what=f"{what}('{name}'): ttl")
         ts = schema.timestamp
         return [
-            None if row[ts] is None or (oldest_us is not None and datetime_to_us(row[ts]) < oldest_us) else _instance(entity_cls, row)
+            None if row[ts] is None or (oldest_us is not None and datetime_to_us(row[ts]) < oldest_us) else row
             for row in rows.iter_rows(named=True)
         ]
 
@@ -291,17 +355,19 @@ class Client:
         """Up to ``n`` latest rows per key, oldest first."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"get_last_n('{name}'): n must be a positive int, got {n!r}")
+        name = self._named(name)
         entity_cls, schema = self._feature(name)
         keys_frame = self._keys_frame(name, schema, keys)
         if self.online_store.schema(name) is None:
             return [[] for _ in range(keys_frame.height)]
         frame = self.online_store.get_last_n(name, keys_frame, n)
-        return _group_rows(entity_cls, frame, len(keys))
+        return _group_rows(entity_cls, frame, keys_frame.height)
 
     def get_range(
         self, name: str, keys: Sequence[Mapping[str, Any]], start: datetime.datetime | None, end: datetime.datetime | None
     ) -> list[list[Any]]:
         """Rows per key with ``start <= ts <= end`` (None = open), oldest first."""
+        name = self._named(name)
         entity_cls, schema = self._feature(name)
         keys_frame = self._keys_frame(name, schema, keys)
         if self.online_store.schema(name) is None:
@@ -312,7 +378,7 @@ class Client:
             None if start is None else datetime_to_us(start),
             None if end is None else datetime_to_us(end),
         )
-        return _group_rows(entity_cls, frame, len(keys))
+        return _group_rows(entity_cls, frame, keys_frame.height)
 
     # -- training data -----------------------------------------------------------------
     def get_historical_features(
@@ -326,6 +392,8 @@ class Client:
         args: Mapping[str, Any] | None = None,
         full_names: bool = False,
         compute: bool = False,
+        as_of: AsOf = "request_time",
+        on_error: Literal["raise", "null"] = "raise",
     ) -> Any:
         """A point-in-time correct training set: one row per ``spine`` row, in order.
 
@@ -334,24 +402,37 @@ class Client:
         names pipelines and on-demand features (``"user_spent"``: its value fields) or
         fields (``"user_spent.avg_spent_7d"``); columns are named by field, or
         ``"<feature>.<field>"`` with ``full_names=True``. Each value is what the online path
-        served at the row's time: a pipeline's latest row with ts <= t from the offline
-        store (null before any, or older than ``ttl``: ``"1h"`` or ``{"user_spent": "1h"}``),
+        served at the row's time t: a pipeline's value at t (windowed aggregates over
+        ``[t - window, t]``, as ``get_latest(at=t)``; ``as_of="last_event"``: the row written at
+        the key's latest event at or before t) from the offline store (null before any
+        event, or older than ``ttl``: ``"1h"`` or ``{"user_spent": "1h"}``),
         an on-demand function over its dependencies as of t (``args`` as in
         :meth:`get_on_demand`). ``key_map={"user_id": "spine_column"}`` (or per feature:
         ``{"user_spent": {...}}``) reads keys from differently named spine columns.
         ``compute=True`` first backfills the pipelines involved from their sources.
-        See :mod:`volga.training`.
+        An on-demand function that raises stops the call with a ``FeatureFunctionError``
+        naming the feature, the key and the spine row (``on_error="raise"``), or
+        (``on_error="null"``) gives nulls on those rows and a ``FeatureErrorsWarning``
+        counting them. See :mod:`volga.training`.
         """
         from volga.training import get_historical_features
 
+        if not isinstance(features, (str, PipelineDef, OnDemandDef)) and isinstance(features, Sequence):
+            features = [self._named(f) if isinstance(f, (PipelineDef, OnDemandDef)) else f for f in features]
         return get_historical_features(
             self, spine, features, timestamp_column=timestamp_column, key_map=key_map, ttl=ttl, args=args,
-            full_names=full_names, compute=compute,
+            full_names=full_names, compute=compute, as_of=as_of, on_error=on_error,
         )
 
     # -- on-demand features and serving ------------------------------------------------
-    def get_on_demand(self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None) -> list[Row | None]:
-        """On-demand feature ``name`` computed now: one row or None per key, in key order.
+    def get_on_demand(
+        self, name: str, keys: Sequence[Mapping[str, Any]], args: Mapping[str, Any] | None = None, *,
+        at: datetime.datetime | str | None = None,
+    ) -> list[Row | None]:
+        """On-demand feature ``name`` computed at request time: one row or None per key, in key order.
+
+        The request time T is now, or ``at``: pipelines are read as ``get_latest(..., at=T)``
+        reads them, and a function parameter named ``now`` receives T (aware UTC).
 
         A row is a dict of the output entity's fields (a :class:`volga.serving.Row`, whose
         fields also read as attributes), equal to what ``OnDemandClient.request`` returns for
@@ -365,7 +446,7 @@ class Client:
         specific wins. Without any, a read uses the query arguments declared with its
         dependency, and ``last_n`` reads 10 rows. A pipeline name gives its latest row.
         """
-        return self._on_demand.get(name, keys, args)
+        return self._on_demand.get(self._named(name), keys, args, at=at)
 
     def serve(
         self, port: int = 0, host: str = "127.0.0.1", *, auth_token: str | None = None, max_body_bytes: int = 1 << 20
@@ -378,6 +459,14 @@ class Client:
 
         return serve_in_thread(self._on_demand, host=host, port=port, auth_token=auth_token, max_body_bytes=max_body_bytes)
 
+    def _named(self, feature: Any) -> Any:
+        """A definition given where a name is expected: known under its name from now on."""
+        if isinstance(feature, (PipelineDef, OnDemandDef)):
+            if self.definitions.get(feature.name) is not feature:
+                self.register(feature)
+            return feature.name
+        return feature
+
     def _feature(self, name: str) -> tuple[Any, Schema]:
         definition = self.definitions.get(name)
         if isinstance(definition, PipelineDef):
@@ -385,49 +474,14 @@ class Client:
         schema = self.online_store.schema(name)
         if schema is None:
             known = sorted(n for n, d in self.definitions.items() if isinstance(d, PipelineDef))
-            raise UnknownFeature(f"unknown feature '{name}'; known pipelines: {known}")
+            raise UnknownFeature(f"unknown feature '{name}'; known pipelines: {known}{naming_hint(name)}")
         return None, schema
 
     @staticmethod
-    def _keys_frame(name: str, schema: Schema, keys: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
-        if isinstance(keys, Mapping) or not isinstance(keys, Sequence):
-            raise KeyMismatch(f"'{name}': keys must be a list of dicts like [{{{', '.join(repr(k) + ': ...' for k in schema.keys)}}}]")
-        expected = set(schema.keys)
-        columns: dict[str, list[Any]] = {k: [] for k in schema.keys}
-        for index, key in enumerate(keys):
-            if not isinstance(key, Mapping):
-                raise KeyMismatch(f"'{name}': key #{index} must be a dict of {sorted(expected)}, got {type(key).__name__}")
-            if set(key) != expected:
-                missing, extra = sorted(expected - set(key)), sorted(set(key) - expected)
-                raise KeyMismatch(
-                    f"'{name}': key #{index} must have exactly the key fields {sorted(expected)}"
-                    + (f"; missing {missing}" if missing else "")
-                    + (f"; unknown {extra}" if extra else "")
-                )
-            for field_name in schema.keys:
-                value = key[field_name]
-                dtype = schema.field(field_name).dtype
-                if not _matches(value, dtype):
-                    raise KeyMismatch(
-                        f"'{name}': key #{index} field '{field_name}' must be {dtype_name(dtype)}, got {value!r}"
-                    )
-                columns[field_name].append(value)
-        return pl.DataFrame(columns, schema={k: schema.field(k).dtype for k in schema.keys})
-
-
-_PY_TYPES: dict[str, tuple[type, ...]] = {"String": (str,), "Int64": (int,), "Float64": (float, int), "Boolean": (bool,)}
-
-
-def _matches(value: Any, dtype: pl.DataType) -> bool:
-    allowed = _PY_TYPES.get(type(dtype).__name__)
-    if allowed is None:
-        return isinstance(value, datetime.datetime) if dtype.is_temporal() else True
-    return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-
-
-def _now_us() -> int:
-    """Wall-clock now in microseconds since the epoch (the reference time of ``ttl``)."""
-    return time.time_ns() // 1000
+    def _keys_frame(name: str, schema: Schema, keys: Any) -> pl.DataFrame:
+        """The keys as a frame of the key fields, checked as every lookup path checks them."""
+        rows = check_keys(name, schema, keys, "keys", numbered=True)
+        return pl.DataFrame(rows, schema={k: schema.field(k).dtype for k in schema.keys}, orient="row")
 
 
 def _instance(entity_cls: Any, row: dict[str, Any]) -> Any:

@@ -28,3 +28,17 @@ class UnknownFeature(KeyError):
 
 class KeyMismatch(ValueError):
     """Lookup keys that do not match the feature's key fields (names or types)."""
+
+
+class RequestTimeUnavailable(LookupError):
+    """An online lookup ``at`` a time older than the events the store still holds for a key."""
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0]) if self.args else "request time unavailable"
+
+
+def naming_hint(name: object) -> str:
+    """A hint for a Feast-style ``view:feature`` reference (Volga names ``pipeline.field``)."""
+    if isinstance(name, str) and ":" in name:
+        return f"; features are named 'pipeline.field': did you mean {name.replace(':', '.', 1)!r}?"
+    return ""

@@ -135,3 +135,28 @@ def test_list_defaults_are_not_shared_between_instances():
     a, b = Tagged(at=datetime.datetime(2024, 1, 1)), Tagged(at=datetime.datetime(2024, 1, 1))
     a.tags.append("vip")
     assert b.tags == ["new"]
+
+
+def test_keyless_entity_is_a_source_but_not_a_pipeline_or_on_demand_output():
+    """A keyless entity can describe events (a source), never a feature looked up by key."""
+    import volga
+    from volga import Entity, on_demand, pipeline, source
+    from volga.sources import MemorySource
+
+    @entity
+    class Tick:
+        at: datetime.datetime = field(timestamp=True)
+        price: float
+
+    @source(Tick)
+    def ticks() -> volga.Source:
+        return MemorySource([])
+
+    with pytest.raises(TypeError, match=r"@pipeline output Tick has no key field; mark .* field\(key=True\)"):
+        @pipeline(dependencies=[ticks], output=Tick)
+        def same(t: Entity) -> Entity:
+            return t
+
+    with pytest.raises(TypeError, match=r"on_demand now: the output Tick has no key field"):
+        @on_demand(dependencies=[])
+        def now() -> Tick: ...

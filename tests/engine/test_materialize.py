@@ -109,8 +109,10 @@ def test_offline_rerun_replaces_rows_and_write_online(client):
     client.materialize([p], mode="offline")
     client.materialize([p], mode="offline", write_online=True)
     assert client.get_offline("counts").height == 3
-    (latest,) = client.get_latest("counts", keys=[{"k": "a"}])
+    (latest,) = client.get_latest("counts", keys=[{"k": "a"}], as_of="last_event")  # the row written last
     assert isinstance(latest, Counted) and latest.n == 3
+    (now,) = client.get_latest("counts", keys=[{"k": "a"}])  # evaluated now: the windows are long past
+    assert now.ts == at(2) and now.n == 0
     assert latest.ts == at(2) and latest.ts.tzinfo is not None
 
 
@@ -127,7 +129,7 @@ def test_get_offline_time_range(client):
 def test_online_store_queries(client):
     rows = [{"k": k, "ts": at(m), "v": float(m)} for m in range(6) for k in ("a", "b")]
     client.materialize([counting(rows)], mode="online", batch_size=3)
-    a, missing, b = client.get_latest("counts", keys=[{"k": "a"}, {"k": "zz"}, {"k": "b"}])
+    a, missing, b = client.get_latest("counts", keys=[{"k": "a"}, {"k": "zz"}, {"k": "b"}], at=at(5))
     assert (a.k, a.n, missing, b.k) == ("a", 6, None, "b")
     last2 = client.get_last_n("counts", keys=[{"k": "a"}], n=2)[0]
     assert [r.ts for r in last2] == [at(4), at(5)]
@@ -238,7 +240,7 @@ def test_offline_mode_refuses_unbounded_source(client, tmp_path):
     while client.get_latest("live_counts", keys=[{"k": "a"}]) == [None] and time.time() < deadline:
         time.sleep(0.05)
     job.stop()
-    assert client.get_latest("live_counts", keys=[{"k": "a"}])[0].total == 2.5
+    assert client.get_latest("live_counts", keys=[{"k": "a"}], as_of="last_event")[0].total == 2.5
     assert not job.running
 
 

@@ -145,3 +145,32 @@ def test_online_store_gets_the_embedded_latest_values() -> None:
     embedded.materialize([pipe], mode="online", batch_size=4)
     assert on_ray == embedded.get_latest(pipe.name, keys)
     assert on_ray[-1] is None and on_ray[0] is not None
+
+
+@pytest.mark.parametrize("p", (1, 2))
+def test_request_time_lookups_on_ray_equal_the_reference(p: int) -> None:
+    """get_latest(at=T) and training at T after Ray runs equal the reference at T."""
+    import math
+
+    import polars as pl
+
+    from tests import test_request_time as rt
+
+    amounts = [1.0, None, math.nan, 2.5, -1.0, 4.0]
+    events = [rt.swipe("ab"[i % 2], minute, amount=amounts[i % 6], merchant=("m1", None, "m2")[i % 3], items=i % 4)
+              for i, minute in enumerate([0, 0, 0.5, 1, 2, 2, 4, 6, 6.5, 9])]
+    windows = ["2m", "5m", "30s", "2m", "5m", "2m", "30s", "5m", "2m", "5m", "2m", "30s", "5m"]
+    lookups = [(card, rt.at(m)) for card in ("a", "b", "zz") for m in (0, 1, 2.5, 5, 6.5, 9, 9.5, 60)]
+    with ray_client(p) as client:
+        pipe = rt.every_kind_pipeline(events, windows)
+        client.materialize([pipe], mode="online", batch_size=3)
+        for card, when in lookups:
+            (got,) = client.get_latest(pipe.name, [{"card": card}], at=when)
+            rt.check_row(got, rt.reference_row(events, windows, card, when), f"Ray p={p}: {card} at {when}")
+        client.materialize([pipe], mode="offline")
+        spine = pl.DataFrame({"card": [c for c, _ in lookups], "timestamp": [t for _, t in lookups]})
+        train = client.get_historical_features(spine, [pipe.name, f"{pipe.name}.at"]).drop("card", "timestamp").to_dicts()
+    for (card, when), row in zip(lookups, train):
+        want = rt.reference_row(events, windows, card, when)
+        rt.check_row(None if row["at"] is None else row, None if want is None else {k: v for k, v in want.items() if k != "card"},
+                     f"Ray p={p} training: {card} at {when}")

@@ -22,7 +22,9 @@ from volga.storage import MemoryOnlineStore, OnlineStore
 from volga.testing.data import make_orders, make_users
 from volga.testing.quickstart import Order, User, UserSpentInfo
 
-START = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+# Two days before the current hour: lookups "now" see every event in the 7-day window and
+# none in the 1-hour and 1-day ones, the same for every request of a test run.
+START = datetime.datetime.now(datetime.timezone.utc).replace(minute=0, second=0, microsecond=0) - datetime.timedelta(days=2)
 N_USERS = 12  # users "0".."11"; orders go to a few of them only (zipf), so some have no data
 USERS = make_users(N_USERS, start=START)
 ORDERS = make_orders(400, n_users=N_USERS, start=START, days=1, seed=3)
@@ -166,8 +168,8 @@ class CountingStore(OnlineStore):
             with self._lock:
                 self.active -= 1
 
-    def write(self, name, schema, batch):
-        self.inner.write(name, schema, batch)
+    def write(self, name, schema, batch, *, retain_us=None):
+        self.inner.write(name, schema, batch, retain_us=retain_us)
 
     def get_latest(self, name, keys):
         return self._track("latest", name, keys, lambda: self.inner.get_latest(name, keys))
@@ -177,6 +179,9 @@ class CountingStore(OnlineStore):
 
     def get_range(self, name, keys, start_us, end_us):
         return self._track("range", name, keys, lambda: self.inner.get_range(name, keys, start_us, end_us))
+
+    def window_rows(self, name, keys, start_us, end_us):  # request-time reads of a pipeline's value
+        return self._track("window", name, keys, lambda: self.inner.window_rows(name, keys, start_us, end_us))
 
     def schema(self, name):
         return self.inner.schema(name)

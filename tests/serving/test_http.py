@@ -72,7 +72,7 @@ def test_request_returns_rows_in_key_order_with_null_for_missing(http, served, k
 def test_several_targets_shared_keys_and_args(http, served, known_users):
     u = known_users[0]
     out = http.request(["user_stats", "spend_trend", "window_spend"], keys=[key(u)],
-                       query_args={"n": 2, "user_spent": {"start": None, "end": None}}, udf_args={"spend_trend": {"threshold": 0}})
+                       query_args={"n": 2, "user_spent": {"start": None, "end": None}}, udf_args={"spend_trend": {"threshold": -1}})
     assert set(out) == {"user_stats", "spend_trend", "window_spend"}
     assert out["spend_trend"][0]["recent_count"] == 2 and out["spend_trend"][0]["above_threshold"] is True
     assert out["window_spend"][0]["rows"] == len(served.get_range("user_spent", [key(u)], None, None)[0])

@@ -47,7 +47,7 @@ def test_equal_timestamps_the_later_written_row_wins_as_online(client, tmp_path)
     out = client.get_historical_features(spine(["a"], [0]), ["stats"])
     assert out.row(0, named=True) == {"user": "a", "timestamp": at(0), "n_5m": 2, "total": 3.0, "max_10m": 2.0, "last_tag": "y"}
     online = defs.client_with(tmp_path / "online", [e for e in EVENTS if e["at"] <= at(0)], mode="online")
-    (latest,) = online.get_latest("stats", [{"user": "a"}])
+    (latest,) = online.get_latest("stats", [{"user": "a"}], at=at(0))
     assert (latest.n_5m, latest.total, latest.last_tag) == (2, 3.0, "y")
 
 
@@ -80,7 +80,8 @@ def test_ttl_nulls_values_older_than_it_per_call_and_per_feature(client):
     s = spine(["a", "a", "a", "a"], [3, 5, 5 + 1 / 60_000_000, 12])  # 2m after the 3m row; 1 us past it
     got = client.get_historical_features(s, ["stats.total", "scaled.value"], ttl="2m")
     assert got["total"].to_list() == [7.0, 7.0, None, 15.0]
-    assert got["value"].to_list() == [17.0, 17.0, 17.0, 31.0]  # on-demand features have no ttl
+    # on-demand features have no ttl; 1 us past minute 5 the 5-minute count no longer holds the events at 0
+    assert got["value"].to_list() == [17.0, 17.0, 7.0 * 2 + 1, 31.0]
     per_feature = client.get_historical_features(s, ["stats.total"], ttl={"stats": datetime.timedelta(minutes=2)})
     assert per_feature["total"].equals(got["total"])
     assert client.get_historical_features(s, ["stats.total"])["total"].to_list() == [7.0, 7.0, 7.0, 15.0]
@@ -89,8 +90,7 @@ def test_ttl_nulls_values_older_than_it_per_call_and_per_feature(client):
 def test_get_latest_honours_the_same_ttl_online(tmp_path, monkeypatch):
     online = defs.client_with(tmp_path, EVENTS[:3], mode="online")  # a's latest row is at minute 3
     for minute, fresh in ((3, True), (5, True), (5 + 1 / 60_000_000, False)):
-        monkeypatch.setattr(volga.client, "_now_us", lambda m=minute: datetime_to_us(at(m)))
-        (row,) = online.get_latest("stats", [{"user": "a"}], ttl="2m")
+        (row,) = online.get_latest("stats", [{"user": "a"}], ttl="2m", at=at(minute))
         assert (row is not None) is fresh, minute
     assert online.get_latest("stats", [{"user": "a"}])[0] is not None  # no ttl: always the latest
     with pytest.raises(ValueError, match="ttl"):
@@ -139,6 +139,12 @@ def test_key_map_errors(client):
 
 # -- bad input ---------------------------------------------------------------------------------
 
+def test_a_null_spine_key_gives_null_features_like_an_unknown_key(client):
+    out = client.get_historical_features(spine(["a", "a"], [3, 3]).with_columns(user=pl.Series([None, "a"], dtype=pl.String)), ["stats.total", "scaled.value"])
+    assert out["total"].to_list() == [None, 7.0] and out["value"].to_list() == [None, 17.0]
+
+
+
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
@@ -147,7 +153,6 @@ def test_key_map_errors(client):
         (lambda s: s.with_columns(pl.col("timestamp").dt.to_string()), SpineError, r"must hold datetimes, not String; parse it first"),
         (lambda s: s.with_columns(pl.col("timestamp").dt.date()), SpineError, r"must hold datetimes, not Date"),
         (lambda s: s.with_columns(user=pl.lit(7)), SpineKeyError, r"spine column 'user' holds Int32, but pipeline 'stats' has a str key"),
-        (lambda s: s.with_columns(user=pl.lit(None, pl.String)), SpineKeyError, r"'user' \(a key of pipeline 'stats'\) has 1 null"),
         (lambda s: s.with_columns(timestamp=pl.lit(None, pl.Datetime)), SpineError, r"timestamp column 'timestamp' has 1 null"),
         (lambda s: s.lazy(), TypeError, r"not a LazyFrame: call .collect\(\)"),
         (lambda s: s.to_dicts(), TypeError, r"must be a polars or pandas DataFrame, got list"),
@@ -281,7 +286,7 @@ def test_a_zero_divisor_runs_row_wise_and_raises_as_serving_does(client, tmp_pat
     online = defs.client_with(tmp_path / "online", EVENTS, mode="online")
     online.register(ratio)
     with pytest.raises(FeatureFunctionError, match="ZeroDivisionError"):
-        online.get_on_demand("ratio", [{"user": "b"}])
+        online.get_on_demand("ratio", [{"user": "b"}], at=at(6))
 
 
 @on_demand(dependencies=[stats])

@@ -48,7 +48,7 @@ def define() -> types.SimpleNamespace:
     @on_demand(dependencies=[(user_spent, "latest")])
     def user_stats(spent: UserSpentInfo) -> Stats:
         return Stats(user_id=spent.user_id, timestamp=spent.timestamp,
-                     total_spent=spent.avg_spent_7d * spent.num_purchases_1h, purchase_count=spent.num_purchases_1h)
+                     total_spent=(spent.avg_spent_7d or 0.0) * spent.num_purchases_1h, purchase_count=spent.num_purchases_1h)
 
     @on_demand(dependencies=[user_stats, (user_spent, "last_n")])
     def spend_trend(stats: Stats, recent: list[UserSpentInfo], threshold: float = 100.0) -> Trend:
@@ -116,13 +116,15 @@ def test_n_scoped_under_the_feature_and_other_forms(tmp_path):
 
 
 def test_historical_equals_get_on_demand_at_the_end(tmp_path):
-    """Past every event, a spine row's value is what get_on_demand serves now."""
+    """Past every event, a spine row's value is what get_on_demand serves at that time."""
     define()
     client = volga.Client(data_dir=tmp_path)
     client.materialize([client.definitions["user_spent"]], mode="offline", write_online=True)
     late = pl.DataFrame({"user_id": ["0", "1", "2"], "timestamp": [START + datetime.timedelta(days=3)] * 3})
     train = client.get_historical_features(late, ["spend_trend"], args={"spend_trend": {"threshold": 50.0}}, full_names=True)
-    served = client.get_on_demand("spend_trend", [{"user_id": u} for u in ("0", "1", "2")], {"spend_trend": {"threshold": 50.0}})
+    served = client.get_on_demand(
+        "spend_trend", [{"user_id": u} for u in ("0", "1", "2")], {"spend_trend": {"threshold": 50.0}}, at=START + datetime.timedelta(days=3)
+    )
     assert train["spend_trend.recent_count"].to_list() == [r["recent_count"] for r in served]
     assert train["spend_trend.above"].to_list() == [r["above"] for r in served]
 

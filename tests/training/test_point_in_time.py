@@ -3,8 +3,8 @@
 Random events and a random spine: ``get_historical_features`` must equal, row for row, a
 reference that replays the events in time order and, at each spine time t, asks the online
 path. The reference materializes the events with ts <= t in online (streaming) mode into a
-fresh client, then calls ``get_latest`` (with the ttl, the clock set to t) and
-``get_on_demand`` for the spine rows at t. Times are minutes after ``T0``; spine times hit
+fresh client, then calls ``get_latest`` (with the ttl) and ``get_on_demand`` for the spine
+rows with ``at=t``. Times are minutes after ``T0``; spine times hit
 event times exactly (ties), fall a microsecond before them, between them, before the first
 event and after the last.
 """
@@ -81,10 +81,9 @@ def served_at(events: list[dict[str, Any]], rows: list[tuple[str, datetime.datet
         keys = [{"user": rows[i][0]} for i in at_t]
         with tempfile.TemporaryDirectory() as directory:
             client = defs.client_with(directory, prefix, mode="online", history=history)
-            monkeypatch.setattr(volga.client, "_now_us", lambda t=t: datetime_to_us(t))
-            answers = {"stats": client.get_latest("stats", keys, ttl=ttl)}
+            answers = {"stats": client.get_latest("stats", keys, ttl=ttl, at=t)}
             for name in TAKES:
-                answers[name] = client.get_on_demand(name, keys, {a: args[a] for a in TAKES[name]})
+                answers[name] = client.get_on_demand(name, keys, {a: args[a] for a in TAKES[name]}, at=t)
         for name, values in answers.items():
             fields = defs.FEATURE_FIELDS[name]
             for i, value in zip(at_t, values):

@@ -56,7 +56,7 @@ class Stats:
     at: datetime.datetime = field(timestamp=True)
     n_5m: int
     total: float
-    max_10m: float
+    max_10m: Optional[float]  # evaluated at request time: null once the 10 minutes hold no event
     last_tag: str
 
 
@@ -126,7 +126,7 @@ def stats(events: Entity) -> Entity:
 
 @on_demand(dependencies=[stats])
 def scaled(s: Stats, factor: float = 2.0) -> Scaled:
-    return Scaled(user=s.user, at=s.at, value=s.total * factor + s.n_5m, big=s.max_10m > 5.0, label="x")
+    return Scaled(user=s.user, at=s.at, value=s.total * factor + s.n_5m, big=s.total > 5.0, label="x")
 
 
 @on_demand(dependencies=[stats])

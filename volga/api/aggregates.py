@@ -8,7 +8,13 @@ Null rule (identical in every mode): nulls are ignored by every aggregate except
 null, except ``Count``/``CountDistinct`` (0) and ``LastN`` (empty list). ``Stddev`` is
 the sample standard deviation (ddof=1): null below two values. ``First``/``Last`` are
 the earliest/latest non-null values in processing order; ``LastN(n)`` lists the last n
-non-null values, most recent first.
+non-null values, most recent first. NaN counts as null (missing) for every aggregate.
+
+``reduce`` is an aggregate's value over a window's values, oldest first (nulls and NaN
+already left out): what a request-time lookup computes from a key's stored events.
+
+>>> Sum(on="x", into="s").reduce([1.0, 2.5]), Count(into="n").reduce([]), LastN(2, on="x", into="l").reduce([1, 2, 3])
+(3.5, 0, [3, 2])
 
 >>> Avg(on="price", window="7d", into="avg_7d").window_us
 604800000000
@@ -20,7 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import ClassVar
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import polars as pl
 
@@ -47,7 +56,7 @@ class Aggregate:
         if self.window != FOREVER:
             parse_duration_us(self.window, what=f"{label}(into={self.into!r}) window")
 
-    @property
+    @functools.cached_property
     def window_us(self) -> int | None:
         """Window length in microseconds; None for "forever"."""
         if self.window == FOREVER:
@@ -57,6 +66,10 @@ class Aggregate:
     def output_dtype(self, input_dtype: pl.DataType | None) -> pl.DataType:
         assert input_dtype is not None
         return input_dtype
+
+    def reduce(self, values: Sequence[Any]) -> Any:
+        """The aggregate over ``values`` (a window's non-missing values, oldest first)."""
+        raise NotImplementedError(type(self).__name__)
 
     def check_input(self, dtype: pl.DataType, where: str) -> None:
         """Raise TypeError if the input column's type cannot be aggregated this way."""
@@ -77,11 +90,17 @@ class Count(Aggregate):
     def output_dtype(self, input_dtype: pl.DataType | None) -> pl.DataType:
         return pl.Int64()
 
+    def reduce(self, values: Sequence[Any]) -> Any:
+        return len(values)
+
 
 @dataclasses.dataclass(frozen=True)
 class Sum(Aggregate):
     kind: ClassVar[str] = "sum"
     numeric_only: ClassVar[bool] = True
+
+    def reduce(self, values: Sequence[Any]) -> Any:
+        return _sum(values) if values else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +110,9 @@ class Avg(Aggregate):
 
     def output_dtype(self, input_dtype: pl.DataType | None) -> pl.DataType:
         return pl.Float64()
+
+    def reduce(self, values: Sequence[Any]) -> Any:
+        return _sum(values) / len(values) if values else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,25 +125,43 @@ class Stddev(Aggregate):
     def output_dtype(self, input_dtype: pl.DataType | None) -> pl.DataType:
         return pl.Float64()
 
+    def reduce(self, values: Sequence[Any]) -> Any:
+        if len(values) < 2:
+            return None
+        mean = math.fsum(values) / len(values)
+        return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
 
 @dataclasses.dataclass(frozen=True)
 class Min(Aggregate):
     kind: ClassVar[str] = "min"
+
+    def reduce(self, values: Sequence[Any]) -> Any:
+        return min(values) if values else None
 
 
 @dataclasses.dataclass(frozen=True)
 class Max(Aggregate):
     kind: ClassVar[str] = "max"
 
+    def reduce(self, values: Sequence[Any]) -> Any:
+        return max(values) if values else None
+
 
 @dataclasses.dataclass(frozen=True)
 class First(Aggregate):
     kind: ClassVar[str] = "first"
 
+    def reduce(self, values: Sequence[Any]) -> Any:
+        return values[0] if values else None
+
 
 @dataclasses.dataclass(frozen=True)
 class Last(Aggregate):
     kind: ClassVar[str] = "last"
+
+    def reduce(self, values: Sequence[Any]) -> Any:
+        return values[-1] if values else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +170,9 @@ class CountDistinct(Aggregate):
 
     def output_dtype(self, input_dtype: pl.DataType | None) -> pl.DataType:
         return pl.Int64()
+
+    def reduce(self, values: Sequence[Any]) -> Any:
+        return len(set(values))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,5 +205,21 @@ class LastN(Aggregate):
         assert input_dtype is not None
         return pl.List(input_dtype)
 
+    def reduce(self, values: Sequence[Any]) -> Any:
+        return list(reversed(values[-self.n:])) if values else []
+
 
 ALL_AGGREGATES = (Count, Sum, Avg, Stddev, Min, Max, First, Last, CountDistinct, LastN)
+
+
+def _sum(values: Sequence[Any]) -> Any:
+    """Ints sum exactly; floats as the window kernels do (float64 additions)."""
+    total = 0.0 if isinstance(values[0], float) else 0
+    for v in values:
+        total += v
+    return total
+
+
+def is_missing(value: Any) -> bool:
+    """Null or NaN: left out by every aggregate (except ``Count()`` without ``on``)."""
+    return value is None or (isinstance(value, float) and value != value)

@@ -71,6 +71,8 @@ class SourceDef:
     entity: type
     lateness_us: int = 0
     idle_timeout_us: int | None = None
+    tags: tuple[str, ...] = ()  # catalog metadata (volga list/describe, the console)
+    owner: str | None = None
 
     @property
     def name(self) -> str:
@@ -92,23 +94,30 @@ class SourceDef:
 
 
 def source(
-    entity_cls: type, *, lateness: Duration = "0s", idle_timeout: Duration | None = None
+    entity_cls: type,
+    *,
+    lateness: Duration = "0s",
+    idle_timeout: Duration | None = None,
+    tags: Sequence[str] = (),
+    owner: str | None = None,
 ) -> Callable[[Callable[..., Any]], SourceDef]:
     """Declare the function that returns this entity's ``volga.Source``.
 
     ``lateness`` bounds how far out of event-time order events may arrive (streaming
     watermarks); ``idle_timeout`` lets a silent source stop holding other inputs back.
+    ``tags`` and ``owner`` are catalog metadata shown by ``volga list`` and the console.
     """
     if not is_entity(entity_cls):
         raise TypeError(f"@source expects an @entity class, got {entity_cls!r}")
     lateness_us = parse_duration_us(lateness, what="@source lateness")
     idle_us = None if idle_timeout is None else parse_duration_us(idle_timeout, what="@source idle_timeout")
+    meta = catalog_meta("@source", tags, owner)
 
     def wrap(fn: Callable[..., Any]) -> SourceDef:
         for p in inspect.signature(fn).parameters.values():
             if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 raise TypeError(f"@source {fn.__name__}: parameter '{p.name}' needs a default (params fill it at materialize time)")
-        return record(SourceDef(fn, entity_cls, lateness_us, idle_us))
+        return record(SourceDef(fn, entity_cls, lateness_us, idle_us, *meta))
 
     return wrap
 
@@ -124,6 +133,8 @@ class PipelineDef:
     dependencies: tuple[Dependency, ...]
     output: type
     seq: int = dataclasses.field(default_factory=lambda: next(_SEQUENCE), repr=False)  # definition order
+    tags: tuple[str, ...] = ()  # catalog metadata (volga list/describe, the console)
+    owner: str | None = None
 
     @property
     def name(self) -> str:
@@ -206,6 +217,12 @@ def _conform_output(pipe: PipelineDef, result: Entity) -> nodes.Node:
             problems.append(f"'{f.name}': declared {f.type_name} but the pipeline does not produce it")
         elif got.field(f.name).dtype != f.dtype:
             problems.append(f"'{f.name}': declared {f.type_name} but the pipeline produces {dtype_name(got.field(f.name).dtype)}")
+        elif got.field(f.name).optional and not f.optional:
+            why = got.field(f.name).nullable_by or "it is Optional"
+            problems.append(
+                f"'{f.name}': declared {f.type_name} but can be null ({why}); declare "
+                f"Optional[{f.type_name}] or dropnull(['{f.name}']) before the output"
+            )
     for f in got.fields:
         if not want.has(f.name):
             problems.append(f"'{f.name}': produced ({f.type_name}) but not declared in {want.name}")
@@ -221,14 +238,23 @@ def _conform_output(pipe: PipelineDef, result: Entity) -> nodes.Node:
     return nodes.SelectNode(dataclasses.replace(want, name=pipe.name), result.node, tuple(want.names))
 
 
-def pipeline(*, dependencies: Sequence[Dependency], output: type) -> Callable[[Callable[..., Any]], PipelineDef]:
+def pipeline(
+    *, dependencies: Sequence[Dependency], output: type, tags: Sequence[str] = (), owner: str | None = None
+) -> Callable[[Callable[..., Any]], PipelineDef]:
     """Declare a feature pipeline over sources and other pipelines.
 
     The body runs once now, on symbolic frames, to validate it; at materialize time it
-    runs again with the job's ``params``.
+    runs again with the job's ``params``. ``tags`` and ``owner`` are catalog metadata.
     """
     if not is_entity(output):
         raise TypeError(f"@pipeline output must be an @entity class, got {output!r}")
+    tag_tuple, owner_name = catalog_meta("@pipeline", tags, owner)
+    if not entity_schema(output).keys:
+        # a feature is looked up by key; a keyless output would store rows nothing can read
+        raise TypeError(
+            f"@pipeline output {output.__name__} has no key field; mark the field(s) features are "
+            "looked up by with field(key=True) (keyless entities are fine for sources)"
+        )
 
     def wrap(fn: Callable[..., Any]) -> PipelineDef:
         deps = tuple(dependencies)
@@ -241,12 +267,25 @@ def pipeline(*, dependencies: Sequence[Dependency], output: type) -> Callable[[C
                 f"pipeline {fn.__name__}: takes {n_params} input frame(s) without defaults but declares "
                 f"{len(deps)} dependencies"
             )
-        pipe = PipelineDef(fn, deps, output)
+        pipe = PipelineDef(fn, deps, output, tags=tag_tuple, owner=owner_name)
         if not any(isinstance(d, str) for d in deps) or _names_resolvable(pipe):
             pipe.build()
         return record(pipe)
 
     return wrap
+
+
+def catalog_meta(where: str, tags: Sequence[str], owner: str | None) -> tuple[tuple[str, ...], str | None]:
+    """Checked ``tags=``/``owner=`` of a decorator.
+
+    >>> catalog_meta("@source", ["pii", "orders"], "data-team")
+    (('pii', 'orders'), 'data-team')
+    """
+    if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags):
+        raise TypeError(f"{where}: tags must be a list of non-empty strings, got {tags!r}")
+    if owner is not None and not isinstance(owner, str):
+        raise TypeError(f"{where}: owner must be a string, got {owner!r}")
+    return tuple(tags), owner
 
 
 def _names_resolvable(pipe: PipelineDef) -> bool:

@@ -39,6 +39,11 @@ class FieldSpec:
     optional: bool = False
     key: bool = False
     timestamp: bool = False
+    # why the column can be null (the step that made it so), for definition errors;
+    # not part of the type, so two fields differing only here compare equal
+    nullable_by: str = dataclasses.field(default="", compare=False)
+    # the unit of epoch numbers in a datetime field ("s", "ms", "us"), read by sources
+    unit: str | None = dataclasses.field(default=None, compare=False)
 
     @property
     def type_name(self) -> str:
@@ -91,18 +96,32 @@ class Schema:
 
 
 class _FieldMarker:
-    __slots__ = ("key", "timestamp", "default")
+    __slots__ = ("key", "timestamp", "default", "unit")
 
-    def __init__(self, key: bool, timestamp: bool, default: Any) -> None:
-        self.key, self.timestamp, self.default = key, timestamp, default
+    def __init__(self, key: bool, timestamp: bool, default: Any, unit: str | None = None) -> None:
+        self.key, self.timestamp, self.default, self.unit = key, timestamp, default, unit
 
 
 _MISSING: Any = dataclasses.MISSING
+EPOCH_UNITS = ("s", "ms", "us")
 
 
-def field(*, key: bool = False, timestamp: bool = False, default: Any = _MISSING) -> Any:
-    """Mark an entity field as (part of) the key, or as the event-time field."""
-    return _FieldMarker(key, timestamp, default)
+def field(*, key: bool = False, timestamp: bool = False, default: Any = _MISSING, unit: str | None = None) -> Any:
+    """Mark an entity field as (part of) the key, or as the event-time field.
+
+    ``unit`` ("s", "ms" or "us", datetime fields only) lets sources read epoch numbers
+    (ints, or floats for fractions) in that unit, as Kafka/JSON events usually carry them;
+    without it a number for a datetime field is a rejected row.
+
+    >>> import datetime
+    >>> @entity
+    ... class Tap:
+    ...     device: str = field(key=True)
+    ...     at: datetime.datetime = field(timestamp=True, unit="ms")
+    >>> entity_schema(Tap).field("at").unit
+    'ms'
+    """
+    return _FieldMarker(key, timestamp, default, unit)
 
 
 def _type_hints(cls: type, depth: int = 2) -> dict[str, Any]:
@@ -158,9 +177,9 @@ def entity(cls: type[T]) -> type[T]:
                 f"{' or '.join(repr(p) for p in RESERVED_PREFIXES)} are used internally)"
             )
         marker = cls.__dict__.get(name)
-        key, ts, default = False, False, _MISSING
+        key, ts, default, unit = False, False, _MISSING, None
         if isinstance(marker, _FieldMarker):
-            key, ts, default = marker.key, marker.timestamp, marker.default
+            key, ts, default, unit = marker.key, marker.timestamp, marker.default, marker.unit
         elif name in cls.__dict__:
             default = cls.__dict__[name]
         annotation = hints[name]
@@ -175,13 +194,18 @@ def entity(cls: type[T]) -> type[T]:
             raise TypeError(f"entity {where}: key field '{name}' cannot be a list")
         if ts and dtype != TIMESTAMP_DTYPE:
             raise TypeError(f"entity {where}: timestamp field '{name}' must be datetime.datetime, not {annotation!r}")
+        if unit is not None and (unit not in EPOCH_UNITS or dtype != TIMESTAMP_DTYPE):
+            raise ValueError(
+                f"entity {where}: field '{name}': unit={unit!r} "
+                + ("must be one of 's', 'ms', 'us'" if unit not in EPOCH_UNITS else "applies to datetime fields only")
+            )
         if ts and optional:
             raise TypeError(f"entity {where}: timestamp field '{name}' cannot be Optional")
         if default is not _MISSING:
             defaults[name] = default
         elif optional:
             defaults[name] = None
-        specs.append(FieldSpec(name, dtype, optional, key, ts))
+        specs.append(FieldSpec(name, dtype, optional, key, ts, nullable_by=f"Optional in {where}" if optional else "", unit=unit))
 
     repeated = _declared_twice(cls)
     if repeated:
@@ -227,7 +251,30 @@ def entity(cls: type[T]) -> type[T]:
     new_cls = type(cls.__name__, cls.__bases__, namespace)
     new_cls = dataclass(kw_only=True)(new_cls)
     setattr(new_cls, SCHEMA_ATTR, schema)
+    for name, method in _ROW_METHODS.items():
+        if name not in namespace:  # the entity's own definitions win
+            setattr(new_cls, name, method)
     return typing.cast(type[T], new_cls)
+
+
+def _getitem(self: Any, name: str) -> Any:
+    if not isinstance(name, str) or name not in self.__dataclass_fields__:
+        raise KeyError(f"{type(self).__name__} has no field {name!r} (its fields: {list(self.__dataclass_fields__)})")
+    return getattr(self, name)
+
+
+def _to_dict(self: Any) -> dict[str, Any]:
+    """The instance's fields as a plain dict (field order)."""
+    return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def _keys(self: Any) -> list[str]:
+    return list(self.__dataclass_fields__)
+
+
+# Entity instances read like the dict rows of on-demand results: row["field"], row.to_dict(),
+# dict(row) (the same shape whichever lookup returned them).
+_ROW_METHODS = {"__getitem__": _getitem, "to_dict": _to_dict, "keys": _keys}
 
 
 def is_entity(obj: Any) -> bool:

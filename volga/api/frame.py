@@ -17,7 +17,7 @@ import polars as pl
 from volga.api import nodes
 from volga.api.aggregates import Aggregate
 from volga.api.entity import FieldSpec, Schema
-from volga.api.types import TIMESTAMP_DTYPE, dtype_name, dtype_of
+from volga.api.types import TIMESTAMP_DTYPE, casts_losslessly, dtype_name, dtype_of, unwrap_optional
 
 col = pl.col
 
@@ -95,7 +95,7 @@ class Entity:
         if isinstance(fn, pl.Expr) or (isinstance(fn, Sequence) and all(isinstance(e, pl.Expr) for e in fn)):
             exprs = (fn,) if isinstance(fn, pl.Expr) else tuple(fn)
             out_schema = _exprs_schema(self, exprs, "transform")
-            fields = _fields_from_polars(self.schema, out_schema, self._where)
+            fields = _fields_from_polars(self.schema, out_schema, self._where, _expr_roots(exprs))
             return self._new(nodes.TransformNode(_with_fields(self.schema, fields), self._node, exprs))
         if not callable(fn):
             raise self._error("transform: expected a row function or polars expressions")
@@ -108,10 +108,13 @@ class Entity:
                 dtype = dtype_of(annotation)
             except TypeError as e:
                 raise self._error(f"transform: column '{name}': {e}") from None
-            old = self.schema.field(name) if self.schema.has(name) else None
+            # the declared type is the contract: a None in a non-Optional column is a
+            # rejected row at run time (volga.ops.stateless)
+            optional = unwrap_optional(annotation)[1]
             fields.append(
-                FieldSpec(name, dtype, optional=old.optional if old else True,
-                          key=name in self.schema.keys, timestamp=name == self.schema.timestamp)
+                FieldSpec(name, dtype, optional=optional,
+                          key=name in self.schema.keys, timestamp=name == self.schema.timestamp,
+                          nullable_by=f"transform schema= declares '{name}' Optional" if optional else "")
             )
         missing = [n for n in (*self.schema.keys, self.schema.timestamp) if n not in schema]
         if missing:
@@ -129,10 +132,20 @@ class Entity:
         if column in self.schema.keys or column == self.schema.timestamp:
             raise self._error(f"assign '{column}': cannot overwrite a key or the timestamp column")
         if isinstance(fn, pl.Expr):
-            _expr_dtype(self, fn, f"assign '{column}'")
+            got = _expr_dtype(self, fn, f"assign '{column}'")
+            if not casts_losslessly(got, dtype):
+                raise self._error(
+                    f"assign '{column}': the expression gives {dtype_name(got)}, which {dtype_name(dtype)} cannot "
+                    f"hold without loss; declare {dtype_name(got)}, or convert explicitly (e.g. .round().cast(int))"
+                )
         else:
             _probe_row_fn(self, fn, f"assign '{column}'")
-        fields = [f for f in self.schema.fields if f.name != column] + [FieldSpec(column, dtype, optional=True)]
+        # `type` is enforced per row (volga.ops.stateless): a None for a non-Optional
+        # type, or a value the type cannot hold (2.5 for int), is a rejected row
+        optional = unwrap_optional(type)[1]
+        fields = [f for f in self.schema.fields if f.name != column] + [
+            FieldSpec(column, dtype, optional=optional, nullable_by=f"assign '{column}' declares it Optional" if optional else "")
+        ]
         return self._new(nodes.AssignNode(_with_fields(self.schema, fields), self._node, column, fn))
 
     def rename(self, columns: dict[str, str]) -> Entity:
@@ -176,7 +189,7 @@ class Entity:
             columns = [f.name for f in self.schema.fields if f.optional]
         columns = [columns] if isinstance(columns, str) else list(columns)
         self._require(columns, "dropnull")
-        fields = tuple(dataclasses.replace(f, optional=False) if f.name in columns else f for f in self.schema.fields)
+        fields = tuple(dataclasses.replace(f, optional=False, nullable_by="") if f.name in columns else f for f in self.schema.fields)
         schema = dataclasses.replace(self.schema, fields=fields)
         return self._new(nodes.DropNullNode(schema, self._node, tuple(columns)))
 
@@ -241,7 +254,11 @@ class Entity:
                     raise self._error(f"join: right column '{f.name}' collides with '{f.name}' and '{out}'; rename it first")
             taken.add(out)
             right_columns.append((f.name, out))
-            fields.append(FieldSpec(out, f.dtype, optional=f.optional or how == "left"))
+            if how == "left":
+                why = f"join(how='left') with {other.schema.name}: null when a row has no match"
+            else:
+                why = f.nullable_by or f"Optional in {other.schema.name}"
+            fields.append(FieldSpec(out, f.dtype, optional=f.optional or how == "left", nullable_by=why if f.optional or how == "left" else ""))
         schema = dataclasses.replace(self.schema, fields=tuple(fields))
         node = nodes.JoinNode(
             schema, self._node, other._node, tuple(left_keys), tuple(right_keys), how, tuple(right_columns)
@@ -281,16 +298,25 @@ class GroupBy:
                 raise frame._error(f"aggregate: output column '{agg.into}' is used twice (or is a key/timestamp)")
             seen.add(agg.into)
             in_dtype = None
-            optional = agg.kind not in ("count", "count_distinct", "last_n")
+            # Every window holds the current event, so an aggregate is null only when all
+            # its values can be null (a nullable input column), or for Stddev below two
+            # values; Count/CountDistinct (0) and LastN ([]) are never null.
+            optional, why = False, ""
+            label = f"{type(agg).__name__}(into={agg.into!r})"
             if agg.on is not None:
-                frame._require([agg.on], f"{type(agg).__name__}(into={agg.into!r}) on")
+                frame._require([agg.on], f"{label} on")
                 in_field = frame.schema.field(agg.on)
                 in_dtype = in_field.dtype
                 agg.check_input(in_dtype, frame._where)
-                optional = optional and (in_field.optional or agg.kind == "stddev")
+                if agg.kind not in ("count", "count_distinct", "last_n"):
+                    if agg.kind == "stddev":
+                        optional, why = True, f"{label}: null below two values"
+                    elif in_field.optional:
+                        optional = True
+                        why = f"{label}: null while its window has no non-null '{agg.on}' ({in_field.nullable_by or 'Optional'})"
             elif agg.needs_on:
-                raise frame._error(f"{type(agg).__name__}(into={agg.into!r}) needs on=")
-            fields.append(FieldSpec(agg.into, agg.output_dtype(in_dtype), optional=optional))
+                raise frame._error(f"{label} needs on=")
+            fields.append(FieldSpec(agg.into, agg.output_dtype(in_dtype), optional=optional, nullable_by=why))
         schema = Schema(frame.schema.name, tuple(fields), self._keys, frame.schema.timestamp)
         return frame._new(nodes.AggregateNode(schema, frame._node, self._keys, tuple(aggregates)))
 
@@ -315,17 +341,39 @@ def _expr_dtype(frame: Entity, expr: pl.Expr, what: str) -> pl.DataType:
     return next(iter(schema.values()))
 
 
-def _fields_from_polars(schema: Schema, out: dict[str, pl.DataType], where: str) -> list[FieldSpec]:
+def _fields_from_polars(
+    schema: Schema, out: dict[str, pl.DataType], where: str, roots: dict[str, tuple[str, ...]] | None = None
+) -> list[FieldSpec]:
+    roots = roots or {}
     fields = []
     for name, dtype in out.items():
+        # a column an expression writes is nullable when the expression reads a nullable
+        # column; one that makes nulls from non-null input (when/then without
+        # otherwise...) has those rows rejected at run time (volga.ops.stateless)
+        nullable = [r for r in roots.get(name, ()) if schema.has(r) and schema.field(r).optional]
+        why = f"transform: '{name}' reads nullable '{nullable[0]}' ({schema.field(nullable[0]).nullable_by or 'Optional'})" if nullable else ""
         if schema.has(name):
             old = schema.field(name)
             if (old.key or old.timestamp) and dtype != old.dtype:
                 raise PipelineDefinitionError(f"{where}: transform changes the type of key/timestamp '{name}'")
-            fields.append(dataclasses.replace(old, dtype=dtype))
+            if old.optional or old.key or old.timestamp or not nullable:
+                fields.append(dataclasses.replace(old, dtype=dtype))
+            else:
+                fields.append(dataclasses.replace(old, dtype=dtype, optional=True, nullable_by=why))
         else:
-            fields.append(FieldSpec(name, dtype, optional=True))
+            fields.append(FieldSpec(name, dtype, optional=bool(nullable), nullable_by=why))
     return fields
+
+
+def _expr_roots(exprs: Sequence[pl.Expr]) -> dict[str, tuple[str, ...]]:
+    """Output column name -> the columns its expression reads."""
+    out: dict[str, tuple[str, ...]] = {}
+    for e in exprs:
+        try:
+            out[e.meta.output_name()] = tuple(e.meta.root_names())
+        except Exception:  # a multi-output expression: no single name; its columns exist already
+            continue
+    return out
 
 
 def _first_line(e: BaseException) -> str:
@@ -453,5 +501,6 @@ def _infer_row_fn_fields(frame: Entity, fn: Callable[..., Any]) -> list[FieldSpe
                 "pass schema={name: type} for the output"
             )
         else:
-            fields.append(FieldSpec(name, dtype, optional=True))
+            # None at run time in a non-Optional column is a rejected row (volga.ops.stateless)
+            fields.append(FieldSpec(name, dtype, optional=False))
     return fields

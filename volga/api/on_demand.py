@@ -16,8 +16,9 @@ that reads), ``{"user_spent": {"n": 3}}`` (scoped to the pipeline read) or ``{"n
 (everything taking ``n``), the most specific first. When ``n`` is given nowhere, ``last_n``
 reads the last ``DEFAULT_LAST_N`` = 10 rows; ``range`` has no default bounds.
 
-Parameters after the dependencies must have defaults: they are per-request arguments,
-except that one named like a key field of the output receives the request key's value.
+Parameters after the dependencies are per-request arguments and must have defaults,
+except that one named like a key field of the output receives the request key's value
+(it needs no default).
 The return annotation is the output ``@entity``; its key fields are the request keys, and
 must include the key fields of every dependency (a dependency is looked up with the
 request key restricted to its own key fields).
@@ -43,7 +44,10 @@ without calling the function; a parameter typed ``Optional[X]`` receives ``None`
 >>> @on_demand(dependencies=[])
 ... def broken(factor: float) -> Greeting: ...
 Traceback (most recent call last):
-volga.api.on_demand.OnDemandDefinitionError: on_demand broken: parameter 'factor' comes after the 0 dependencies, so it is a per-request argument and needs a default
+volga.api.on_demand.OnDemandDefinitionError: on_demand broken: parameter 'factor' comes after the 0 dependencies, so it is a per-request argument and needs a default (or is named like a key field of Greeting ['user_id'] to receive the request key's value)
+>>> @on_demand(dependencies=[])
+... def hello(user_id: str) -> Greeting:  # named like a key: receives it, no default
+...     return Greeting(user_id=user_id, at=datetime.datetime(2025, 1, 1), text="hi " + user_id)
 """
 
 from __future__ import annotations
@@ -56,9 +60,9 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Literal, Union
 
-from volga.api.decorators import PipelineDef, defined, record
+from volga.api.decorators import PipelineDef, catalog_meta, defined, record
 from volga.api.entity import Schema, entity_schema, is_entity
-from volga.api.types import dtype_name, unwrap_optional
+from volga.api.types import Duration, dtype_name, parse_duration_us, unwrap_optional
 
 Query = Literal["latest", "last_n", "range"]
 QUERIES: tuple[Query, ...] = ("latest", "last_n", "range")
@@ -126,6 +130,10 @@ class OnDemandDef:
     dependencies: tuple[OnDemandDependency, ...]
     output: type
     args: tuple[RequestArg, ...]
+    takes_now: bool = False  # a parameter named `now` receives the request time T
+    timeout_s: float | None = None  # async functions: per-request deadline
+    tags: tuple[str, ...] = ()  # catalog metadata (volga list/describe, the console)
+    owner: str | None = None
 
     @property
     def name(self) -> str:
@@ -189,7 +197,10 @@ def dependency_order(targets: Sequence[OnDemandDef], lookup: Mapping[str, Any] |
     return order
 
 
-def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[..., Any]], OnDemandDef]:
+def on_demand(
+    *, dependencies: Sequence[DependencySpec], timeout: Duration | None = None, tags: Sequence[str] = (),
+    owner: str | None = None,
+) -> Callable[[Callable[..., Any]], OnDemandDef]:
     """Declare a request-time feature over pipelines and other on-demand features.
 
     ``dependencies`` lists ``@pipeline``/``@on_demand`` definitions (or their names),
@@ -198,9 +209,14 @@ def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[.
     {"start": ..., "end": ...})``. Request arguments override those; ``last_n`` with ``n``
     given nowhere reads the last 10 rows (:data:`DEFAULT_LAST_N`). The function's
     parameters take the dependencies in order; parameters after them must have defaults
-    and are filled per request. Signatures are checked now, naming the function and
-    parameter at fault.
+    and are filled per request, except a parameter named ``now`` (``datetime``), which
+    receives the request time T: now (UTC) online or the ``at=`` of the request, the spine
+    row's time in training. An ``async def`` function is awaited (the keys of one request
+    concurrently); ``timeout=`` (e.g. ``"2s"``) bounds each call. Signatures are checked
+    now, naming the function and parameter at fault.
+    ``tags`` and ``owner`` are catalog metadata (``volga list``, the console).
     """
+    meta = catalog_meta("@on_demand", tags, owner)
     if isinstance(dependencies, (str, PipelineDef, OnDemandDef)) or not isinstance(dependencies, Sequence):
         raise OnDemandDefinitionError(
             f"@on_demand(dependencies=...) takes a list of @pipeline/@on_demand definitions, got {dependencies!r}"
@@ -243,11 +259,20 @@ def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[.
                 _check_dependency(name, entity_schema(output), p.name, hints[p.name], target, query)
             deps.append(OnDemandDependency(target, query, p.name, hints[p.name], query_args))
         args: list[RequestArg] = []
+        takes_now = False
+        out_keys = entity_schema(output).keys
         for p in params[len(specs):]:
-            if p.default is inspect.Parameter.empty:
+            if p.name == NOW:
+                _check_now(name, hints.get(p.name, inspect.Parameter.empty))
+                takes_now = True
+                continue
+            # a parameter named like an output key field receives the request key's value
+            # (never a request argument), so it needs no default
+            if p.default is inspect.Parameter.empty and p.name not in out_keys:
                 raise OnDemandDefinitionError(
                     f"on_demand {name}: parameter '{p.name}' comes after the {len(specs)} dependencies, so it is a "
-                    "per-request argument and needs a default"
+                    "per-request argument and needs a default (or is named like a key field of "
+                    f"{output.__name__} {list(out_keys)} to receive the request key's value)"
                 )
             args.append(RequestArg(p.name, p.default, hints.get(p.name, inspect.Parameter.empty), p.kind is p.KEYWORD_ONLY))
         clashes = {a.name for a in args} & set(QUERY_ARGS["last_n"] + QUERY_ARGS["range"])
@@ -256,7 +281,10 @@ def on_demand(*, dependencies: Sequence[DependencySpec]) -> Callable[[Callable[.
                 f"on_demand {name}: per-request argument(s) {sorted(clashes)} share a name with query arguments "
                 "of its last_n/range dependencies; rename them"
             )
-        return record(OnDemandDef(fn, tuple(deps), output, tuple(args)))
+        timeout_s = None if timeout is None else parse_duration_us(timeout, what=f"on_demand {name}: timeout") / 1e6
+        if timeout is not None and not inspect.iscoroutinefunction(fn):
+            raise OnDemandDefinitionError(f"on_demand {name}: timeout= applies to `async def` functions only")
+        return record(OnDemandDef(fn, tuple(deps), output, tuple(args), takes_now, timeout_s, *meta))
 
     return wrap
 
@@ -330,6 +358,17 @@ def _as_utc(value: Any) -> datetime.datetime:
     return moment.replace(tzinfo=datetime.timezone.utc) if moment.tzinfo is None else moment
 
 
+NOW = "now"
+
+
+def _check_now(name: str, annotation: Any) -> None:
+    """``now`` receives the request time: an aware UTC datetime."""
+    if annotation is not inspect.Parameter.empty and annotation is not datetime.datetime:
+        raise OnDemandDefinitionError(
+            f"on_demand {name}: parameter 'now' receives the request time; annotate it datetime.datetime, not {annotation!r}"
+        )
+
+
 def _hints(fn: Callable[..., Any], name: str, localns: dict[str, Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(fn, localns=localns)
@@ -344,6 +383,11 @@ def _output(fn: Callable[..., Any], name: str, hints: dict[str, Any]) -> type:
     if not is_entity(inner):
         raise OnDemandDefinitionError(
             f"on_demand {name}: the return annotation {hints['return']!r} must be an @entity class (or Optional of one)"
+        )
+    if not entity_schema(inner).keys:
+        raise OnDemandDefinitionError(
+            f"on_demand {name}: the output {inner.__name__} has no key field; its key fields are the request "
+            "keys, so mark them with field(key=True)"
         )
     return typing.cast(type, inner)
 

@@ -7,6 +7,8 @@ One internal unit of time: integer microseconds since the epoch, UTC
 from __future__ import annotations
 
 import datetime
+import numbers
+import time
 import re
 import types
 import typing
@@ -58,6 +60,59 @@ def dtype_of(annotation: Any) -> pl.DataType:
         f"unsupported type {annotation!r}; use str, int, float, bool, datetime.datetime, "
         "Optional[...] or list[...] of those"
     )
+
+
+_INTEGERS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+
+
+def casts_losslessly(source: pl.DataType, target: pl.DataType) -> bool:
+    """Whether every value of ``source`` fits ``target`` (an expression result stored in a
+    declared column): same type, a narrower integer, an integer into float, float32 into
+    float, a null literal, a datetime of any unit or zone into the timestamp type.
+
+    >>> casts_losslessly(pl.Int32(), pl.Float64()), casts_losslessly(pl.Float64(), pl.Int64())
+    (True, False)
+    """
+    if source == target or source == pl.Null():
+        return True
+    if isinstance(target, pl.List):
+        return isinstance(source, pl.List) and casts_losslessly(source.inner, target.inner)  # type: ignore[arg-type]
+    if target == pl.Int64():
+        return isinstance(source, _INTEGERS)
+    if target == pl.Float64():
+        return isinstance(source, (*_INTEGERS, pl.Float32))
+    if target == TIMESTAMP_DTYPE:
+        return isinstance(source, pl.Datetime)
+    if target == pl.String():
+        return isinstance(source, (pl.Categorical, pl.Enum))
+    return False
+
+
+def value_fits(value: Any, dtype: pl.DataType) -> bool:
+    """Whether a Python value (not None) is a value of the column type: no bool for a
+    number, no float for an int (2.5 -> 2 would be silent loss), no text for a number.
+
+    >>> value_fits(3, pl.Float64()), value_fits(2.985, pl.Int64()), value_fits(True, pl.Int64())
+    (True, False, False)
+    """
+    if isinstance(dtype, pl.List):
+        inner: pl.DataType = dtype.inner  # type: ignore[assignment]
+        if not (isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray"):
+            return False
+        return all(v is None or value_fits(v, inner) for v in value)
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's bool too
+        return dtype == pl.Boolean()
+    if dtype == pl.Int64():  # numbers.Integral: int and numpy integers
+        return isinstance(value, numbers.Integral) and -(2**63) <= int(value) < 2**63
+    if dtype == pl.Float64():
+        return isinstance(value, numbers.Real)
+    if dtype == pl.String():
+        return isinstance(value, str)
+    if dtype == pl.Boolean():
+        return False
+    if dtype == TIMESTAMP_DTYPE:
+        return isinstance(value, datetime.datetime)
+    return False
 
 
 def annotation_of(dtype: pl.DataType) -> Any:
@@ -139,6 +194,21 @@ def to_utc(value: datetime.datetime) -> datetime.datetime:
 def datetime_to_us(value: datetime.datetime) -> int:
     delta = to_utc(value) - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def moment_us(value: object, what: str) -> int:
+    """A request time (``at=``): a datetime (naive means UTC) or an ISO 8601 string, in
+    microseconds since the epoch; None means now."""
+    if value is None:
+        return time.time_ns() // 1000
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{what} must be an ISO 8601 datetime, got {value!r}") from None
+    if not isinstance(value, datetime.datetime):
+        raise TypeError(f"{what} must be a datetime or an ISO 8601 string, got {type(value).__name__} {value!r}")
+    return datetime_to_us(value)
 
 
 def us_to_datetime(us: int) -> datetime.datetime:

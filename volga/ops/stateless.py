@@ -14,8 +14,11 @@ from typing import Any, Callable
 import polars as pl
 
 from volga.api import nodes
+from volga.api.types import dtype_name, value_fits
 from volga.errors import Rejected
 from volga.ops.row_predicates import RowPredicate, translate
+
+HIDDEN_PREFIX = "__volga_"  # columns carried for request-time evaluation (volga.plan.request_time)
 
 StatelessNode = (
     nodes.FilterNode,
@@ -66,13 +69,20 @@ class StatelessChain:
         if isinstance(step, nodes.TransformNode):
             schema = step.schema.polars_schema()
             if isinstance(step.fn, tuple):
-                return batch.with_columns(*step.fn).select(list(schema))
+                out = batch.with_columns(*step.fn).select(list(schema))
+                return self._reject_nulls(step, batch, out, _non_null_outputs(step, batch))
+            hidden = _hidden(step.schema)
+            if hidden:  # carried past the row function, which never sees them
+                schema = {k: v for k, v in schema.items() if k not in hidden}
             batch, rows = self._row_values(step, batch, step.fn)
-            return pl.from_dicts(rows, schema=schema, strict=False) if rows else pl.DataFrame(schema=schema)
+            out = pl.from_dicts(rows, schema=schema, strict=False) if rows else pl.DataFrame(schema=schema)
+            return out.hstack(batch.select(hidden)) if hidden else out
         if isinstance(step, nodes.AssignNode):
             dtype = step.schema.field(step.column).dtype
             if isinstance(step.fn, pl.Expr):
-                return batch.with_columns(step.fn.cast(dtype).alias(step.column))
+                out = batch.with_columns(step.fn.cast(dtype).alias(step.column))
+                checked = [] if step.schema.field(step.column).optional else [step.column]
+                return self._reject_nulls(step, batch, out, checked)
             batch, values = self._row_values(step, batch, step.fn)
             return batch.with_columns(pl.Series(step.column, values, dtype=dtype, strict=False))
         if isinstance(step, nodes.RenameNode):
@@ -83,6 +93,23 @@ class StatelessChain:
             return batch.drop_nulls(list(step.columns))
         raise AssertionError(f"not a stateless node: {step!r}")
 
+    def _reject_nulls(self, step: nodes.UnaryNode, before: pl.DataFrame, out: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+        """Set aside the rows where an expression left a null in a non-Optional column."""
+        if not columns:
+            return out
+        nulls = pl.any_horizontal([pl.col(c).is_null() for c in columns])
+        bad = out.select(nulls.alias("bad")).to_series()
+        if not bad.any():
+            return out
+        for index in bad.arg_true().to_list():
+            names = [c for c in columns if out[c][index] is None]
+            self.rejected.append(Rejected(
+                f"{self.where} {step.label()}",
+                f"{step.label()}: null in non-Optional column(s) {names} (declare them Optional to keep such rows)",
+                before.row(index, named=True),
+            ))
+        return out.filter(~bad)
+
     def _predicate(self, step: nodes.FilterNode) -> RowPredicate | None:
         if id(step) not in self._predicates:
             self._predicates[id(step)] = translate(step.predicate, step.schema.polars_schema())
@@ -91,10 +118,17 @@ class StatelessChain:
     def _row_values(self, step: nodes.UnaryNode, batch: pl.DataFrame, fn: Callable[[dict[str, Any]], Any]) -> tuple[pl.DataFrame, list[Any]]:
         """Apply ``fn`` to every row; rows where it raises (or, for ``transform``, returns
         other keys than the step's columns) are set aside and dropped."""
-        check = _transform_check(step) if isinstance(step, nodes.TransformNode) else None
+        if isinstance(step, nodes.TransformNode):
+            check = _transform_check(step)
+        elif isinstance(step, nodes.AssignNode):
+            check = _assign_check(step)
+        else:
+            check = None
         values: list[Any] = []
         failed: list[int] = []
-        for index, row in enumerate(batch.iter_rows(named=True)):
+        hidden = _hidden(step.schema)
+        visible = batch.drop(hidden) if hidden else batch
+        for index, row in enumerate(visible.iter_rows(named=True)):
             try:
                 value = fn(row)
             except Exception as e:  # a user function's bug must not kill the stream
@@ -114,23 +148,75 @@ class StatelessChain:
         return batch, values
 
 
+def _hidden(schema: Any) -> list[str]:
+    return [n for n in schema.names if n.startswith(HIDDEN_PREFIX)]
+
+
+def _non_null_outputs(step: nodes.TransformNode, batch: pl.DataFrame) -> list[str]:
+    """Columns of an expression transform that must not be null: non-Optional ones the
+    expressions write (a column passed through unchanged was checked upstream)."""
+    return [f.name for f in step.schema.fields if not f.optional and (f.name not in batch.columns or _writes(step, f.name))]
+
+
+def _writes(step: nodes.TransformNode, name: str) -> bool:
+    for expr in step.fn:  # type: ignore[union-attr]
+        try:
+            if expr.meta.output_name() == name:  # type: ignore[union-attr]
+                return True
+        except Exception:  # multi-output expressions (pl.all()...): assume they write it
+            return True
+    return False
+
+
+def _assign_check(step: nodes.AssignNode) -> Callable[[Any], str | None]:
+    """A check of one ``assign`` row function value against the declared type: None if it
+    fits, else the reason to reject the row (as a source rejects a value that does not
+    fit its field: never a silent truncation such as 2.985 -> 2)."""
+    spec = step.schema.field(step.column)
+
+    def check(value: Any) -> str | None:
+        if value is None:
+            if spec.optional:
+                return None
+            return f"assign '{step.column}': the row function returned None for non-Optional {spec.type_name}"
+        if value_fits(value, spec.dtype):
+            return None
+        return f"assign '{step.column}': value {value!r} does not fit {dtype_name(spec.dtype)}"
+
+    return check
+
+
 def _transform_check(step: nodes.TransformNode) -> Callable[[Any], str | None]:
     """A check of one row function result against the step's columns: None if it fits,
-    else the reason to reject the row (naming the extra/missing keys)."""
-    names = step.schema.names
+    else the reason to reject the row (naming the extra/missing keys, a None in a
+    non-Optional column, or a value its column's type cannot hold). Hidden columns are
+    not the function's: they ride past it."""
+    names = [n for n in step.schema.names if not n.startswith(HIDDEN_PREFIX)]
     wanted = frozenset(names)
     exact = step.exact_keys
+    required = frozenset(f.name for f in step.schema.fields if not f.optional)
+    dtypes = [(f.name, f.dtype) for f in step.schema.fields if f.name in wanted]
+
+    def values_fit(value: dict[str, Any]) -> str | None:
+        for name, dtype in dtypes:
+            v = value[name]
+            if v is None:
+                if name in required:
+                    return f"transform: the row function returned None for non-Optional column '{name}'"
+            elif not value_fits(v, dtype):
+                return f"transform: column '{name}': value {v!r} does not fit {dtype_name(dtype)}"
+        return None
 
     def check(value: Any) -> str | None:
         if not isinstance(value, dict):
             return f"transform: the row function returned {type(value).__name__}, not a dict"
         keys = value.keys()
         if keys == wanted:
-            return None
+            return values_fit(value)
         missing = [n for n in names if n not in value]
         extra = [k for k in keys if k not in wanted] if exact else []
         if not missing and not extra:
-            return None
+            return values_fit(value)
         problems = ([f"extra key(s) {extra}"] if extra else []) + ([f"missing key(s) {missing}"] if missing else [])
         return f"transform: the row function returned keys that differ from its columns {names}: {'; '.join(problems)}"
 

@@ -7,6 +7,16 @@ aggregates, so a micro-batch costs O(its rows), whatever the window length. Rows
 window can see any more (older than every window start of their key, and not the few
 rows a "forever" aggregate keeps) are dropped when the log is compacted, which happens
 whenever the log has doubled since the last compaction.
+
+NaN is missing: a float NaN counts as a null for every aggregate (it is never summed,
+compared, counted by ``Count(on=...)`` or picked by First/Last/LastN), so a NaN can
+neither poison a window until it leaves nor make Min/Max depend on arrival order.
+
+``carry`` copies input columns, and ``carry_outputs`` aggregate columns, into the output
+under other names (the hidden columns of request-time pipelines, ``volga.plan.request_time``). A row whose ``PROBE_COLUMN`` is
+true is a request, not an event: it is invisible to every aggregate (its own included)
+and its output row is the window's value at its time (training uses this to evaluate
+windows at spine times with the same kernels).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from volga.ops.frames import assemble, epoch_us, masked, not_null_mask, pick, ta
 from volga.ops.keys import KeyIndex, OrderLabels
 
 _SUM_KINDS = ("sum", "avg")
+PROBE_COLUMN = "__volga_probe"
 
 
 class _Arrays:
@@ -57,8 +68,13 @@ class WindowAggregateOp:
     # compaction plus this slack: amortised O(1) per row, and at most ~2x the live state.
     compact_slack_rows = 65_536
 
-    def __init__(self, input_schema: Schema, output_schema: Schema, keys: tuple[str, ...], aggregates: tuple[Aggregate, ...]) -> None:
+    def __init__(
+        self, input_schema: Schema, output_schema: Schema, keys: tuple[str, ...], aggregates: tuple[Aggregate, ...],
+        carry: dict[str, str] | None = None, carry_outputs: dict[str, str] | None = None,
+    ) -> None:
         self.input_schema = input_schema
+        self.carry = dict(carry or {})  # output column -> the input column it copies
+        self.carry_outputs = dict(carry_outputs or {})  # output column -> the aggregate column it copies
         self.output_schema = output_schema
         self.keys = keys
         self.aggregates = aggregates
@@ -196,6 +212,10 @@ class WindowAggregateOp:
         ]
         out = {c: batch.get_column(c) for c in (*self.keys, self.ts_col)}
         out.update((c.name, c) for c in columns)
+        for name, src in self.carry_outputs.items():
+            out[name] = out[src].alias(name)
+        for name, src in self.carry.items():
+            out[name] = batch.get_column(src).alias(name)
         return assemble(out, self.output_schema.names)
 
     def _append(self, batch: pl.DataFrame, kids: np.ndarray) -> None:
@@ -205,10 +225,17 @@ class WindowAggregateOp:
         rows = self.rows
         rows["kid"][r0 : r0 + n] = kids
         rows["ts"][r0 : r0 + n] = epoch_us(batch[self.ts_col])
+        probe = batch.get_column(PROBE_COLUMN).to_numpy() if PROBE_COLUMN in batch.columns else None
+        rows["all"][r0 : r0 + n] = True if probe is None else ~probe
         for col in self.value_cols:
             series = batch[col]
             self.values[col].append(series)
-            rows[f"valid:{col}"][r0 : r0 + n] = not_null_mask(series)
+            valid = not_null_mask(series)
+            if series.dtype == pl.Float64 and series.is_nan().any():
+                valid &= ~series.is_nan().fill_null(False).to_numpy()
+            if probe is not None:
+                valid &= ~probe
+            rows[f"valid:{col}"][r0 : r0 + n] = valid
             nulls = series.null_count() > 0
             if series.dtype == pl.Float64:
                 rows[f"val:{col}"][r0 : r0 + n] = (series.fill_null(0.0) if nulls else series).to_numpy()

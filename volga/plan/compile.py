@@ -18,6 +18,7 @@ from volga.api.frame import PipelineDefinitionError
 from volga.ops.join import AsOfJoinOp
 from volga.ops.stateless import StatelessChain, StatelessNode
 from volga.ops.window import WindowAggregateOp
+from volga.plan.request_time import RequestTimeShape, shape_of, with_hidden_columns
 
 Operator = Union[StatelessChain, WindowAggregateOp, AsOfJoinOp, None]
 
@@ -45,6 +46,12 @@ class PhysicalPlan:
     steps: list[Step]  # inputs always come before the steps that read them
     outputs: dict[str, int]  # pipeline name -> step producing its rows
     pipelines: dict[str, PipelineDef]
+    # pipelines evaluated at request time: their output rows carry hidden columns for it
+    request_time: dict[str, RequestTimeShape] = dataclasses.field(default_factory=dict)
+
+    def stored_schema(self, name: str) -> Schema:
+        """The schema of the rows written for pipeline ``name`` (hidden columns included)."""
+        return self.steps[self.outputs[name]].schema
 
     def consumers(self, step_id: int) -> list[tuple[int, int]]:
         """(consumer step id, input index) pairs reading ``step_id``."""
@@ -59,7 +66,17 @@ class PhysicalPlan:
         for s in self.steps:
             out = f"  => {names[s.id]}" if s.id in names else ""
             lines.append(f"[{s.id}] {s.describe()} <- {s.inputs}{out}")
+        for name in self.outputs:
+            if name in self.pipelines:
+                lines.append(f"{name}: lookups evaluate {_lookup_rule(self.request_time.get(name))}")
         return "\n".join(lines)
+
+
+def _lookup_rule(shape: RequestTimeShape | None) -> str:
+    if shape is None:
+        return "as of the key's last event (no windowed aggregate re-evaluated at request time)"
+    windows = ", ".join(a.into for a in shape.windowed)
+    return f"windows at request time ({windows}; the steps after the aggregate applied to them)"
 
 
 def compile_plan(
@@ -72,12 +89,20 @@ def compile_plan(
     outputs: dict[str, int] = {}
     consumers: dict[int, int] = {}
     roots = []
+    shapes: dict[str, RequestTimeShape] = {}
+    carries: dict[int, tuple[dict[str, str], dict[str, str]]] = {}  # aggregate node id -> hidden columns' sources
     for pipe in pipelines:
         if not isinstance(pipe, PipelineDef):
             raise TypeError(f"materialize expects @pipeline definitions, got {pipe!r}")
         if sum(p.name == pipe.name for p in pipelines) > 1:
             raise PipelineDefinitionError(f"two pipelines in one job are named '{pipe.name}'")
         root = pipe.build(params, lookup)
+        shape = shape_of(root, pipe.schema)
+        if shape is not None:
+            shapes[pipe.name] = shape
+            new_agg, steps_after, raw, kept = with_hidden_columns(shape)
+            carries[id(new_agg)] = (raw, kept)
+            root = steps_after[-1] if steps_after else new_agg
         roots.append((pipe, root))
         for node in nodes.walk(root):
             for child in node.inputs:
@@ -108,7 +133,8 @@ def compile_plan(
                 result = add("chain", [upstream], node.schema, StatelessChain([node], where))
         elif isinstance(node, nodes.AggregateNode):
             upstream = visit(node.input, where)
-            op = WindowAggregateOp(node.input.schema, node.schema, node.keys, node.aggregates)
+            raw, kept = carries.get(id(node), ({}, {}))
+            op = WindowAggregateOp(node.input.schema, node.schema, node.keys, node.aggregates, raw, kept)
             result = add("window", [upstream], node.schema, op)
         elif isinstance(node, nodes.JoinNode):
             left = visit(node.left, where)
@@ -121,4 +147,4 @@ def compile_plan(
 
     for pipe, root in roots:
         outputs[pipe.name] = visit(root, f"pipeline {pipe.name}")
-    return PhysicalPlan(steps, outputs, {p.name: p for p in pipelines})
+    return PhysicalPlan(steps, outputs, {p.name: p for p in pipelines}, shapes)

@@ -15,12 +15,14 @@ datetimes, so a row equals what ``client.get_on_demand`` returns in-process.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import http.client
 import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from volga.api.types import to_utc
 from volga.serving import codec
 from volga.serving.errors import InternalError, ServingError, error_from_payload
 
@@ -63,14 +65,16 @@ class OnDemandClient:
         udf_args: Mapping[str, Any] | None = None,
         *,
         keys: Keys | None = None,
+        at: datetime.datetime | str | None = None,
     ) -> dict[str, list[dict[str, Any] | None]]:
         """``{feature: [row | None, ...]}``, one entry per key in order.
 
         ``feature_keys`` gives keys per feature; ``keys`` gives keys shared by all targets.
         ``query_args`` (``n``, ``start``, ``end``) and ``udf_args`` (function arguments)
         apply to every feature taking them, or per feature as ``{"user_spent": {"n": 5}}``.
+        ``at``: the request time (a datetime, naive means UTC, or ISO 8601); default now.
         """
-        body = _body(target_features, feature_keys, query_args, udf_args, keys)
+        body = _body(target_features, feature_keys, query_args, udf_args, keys, at)
         results = self._call("POST", "/features", body)["results"]
         missing = [name for name in results if name not in self._datetime_fields]
         if missing:
@@ -85,9 +89,10 @@ class OnDemandClient:
         udf_args: Mapping[str, Any] | None = None,
         *,
         keys: Keys | None = None,
+        at: datetime.datetime | str | None = None,
     ) -> dict[str, list[dict[str, Any] | None]]:
         """The async twin of :meth:`request`."""
-        body = _body(target_features, feature_keys, query_args, udf_args, keys)
+        body = _body(target_features, feature_keys, query_args, udf_args, keys, at)
         results = (await self._acall("POST", "/features", body))["results"]
         if any(name not in self._datetime_fields for name in results):
             self._learn(await self._acall("GET", "/features", None))
@@ -219,6 +224,7 @@ def _body(
     query_args: Mapping[str, Any] | None,
     udf_args: Mapping[str, Any] | None,
     keys: Keys | None,
+    at: datetime.datetime | str | None = None,
 ) -> bytes:
     if isinstance(target_features, str):
         target_features = [target_features]
@@ -226,6 +232,8 @@ def _body(
     for name, value in (("feature_keys", feature_keys), ("keys", keys), ("query_args", query_args), ("udf_args", udf_args)):
         if value is not None:
             body[name] = value
+    if at is not None:
+        body["at"] = at if isinstance(at, str) else to_utc(at).isoformat()
     return codec.dumps(body)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from volga.ondemand.rows import Row  # noqa: E402,F401 - re-exported: response rows
+
 JSONDecodeError = orjson.JSONDecodeError
 
 
@@ -34,24 +36,6 @@ def dumps(value: Any) -> bytes:
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     return orjson.loads(data)
-
-
-class Row(dict):  # type: ignore[type-arg]
-    """A feature row: a plain dict of the output entity's fields (equal to any dict with the
-    same items) whose fields also read as attributes.
-
-    >>> row = Row(user_id="7", total_spent=3.0)
-    >>> row.total_spent, row == {"user_id": "7", "total_spent": 3.0}
-    (3.0, True)
-    """
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"row has no field {name!r} (its fields: {list(self)})") from None
 
 
 def _utc(moment: datetime.datetime) -> datetime.datetime:

@@ -38,7 +38,7 @@ log = logging.getLogger("volga.serving")
 
 MAX_HEAD_BYTES = 64 * 1024
 KEEP_ALIVE_S = 60.0
-REQUEST_FIELDS = ("target_features", "feature_keys", "keys", "query_args", "udf_args")
+REQUEST_FIELDS = ("target_features", "feature_keys", "keys", "query_args", "udf_args", "at")
 _REASONS = {
     100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
     405: "Method Not Allowed", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
@@ -52,10 +52,19 @@ Response = tuple[int, bytes, bytes]  # status, body, extra header lines
 class ServingApp:
     """Routing, auth and JSON: everything but the sockets (so it is testable directly)."""
 
-    def __init__(self, executor: OnDemandExecutor, *, auth_token: str | None = None, max_body_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, executor: OnDemandExecutor, *, auth_token: str | None = None, max_body_bytes: int = 1 << 20,
+        extra_routes: dict[str, Callable[[str, str, dict[str, str], bytes], Response]] | None = None,
+        observer: Callable[[str, str, bytes, int, float], None] | None = None,
+    ) -> None:
         if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
         self.executor = executor
+        # Hooks for volga.metrics and volga.console: GET/POST under a path prefix go to a
+        # handler (which checks auth itself: a browser sends a cookie, not a bearer header),
+        # and observer(method, path, body, status, seconds) sees every request.
+        self.extra_routes = dict(extra_routes or {})
+        self.observer = observer
         self.max_body_bytes = max_body_bytes
         self._expected = f"Bearer {auth_token}".encode() if auth_token else None
 
@@ -65,6 +74,14 @@ class ServingApp:
         return isinstance(self.executor.store(), MemoryOnlineStore)
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+        if self.observer is None:
+            return self._handle(method, path, headers, body)
+        started = time.perf_counter()
+        response = self._handle(method, path, headers, body)
+        self.observer(method, path, body, response[0], time.perf_counter() - started)
+        return response
+
+    def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
         try:
             return self._route(method, path, headers, body)
         except ServingError as e:
@@ -76,6 +93,11 @@ class ServingApp:
             return error_response(InternalError(f"{type(e).__name__}: {e}"))
 
     def _route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+        if self.extra_routes and path != "/features":
+            prefix = "/" + path[1:].split("/", 1)[0].split("?", 1)[0]
+            if prefix in self.extra_routes:
+                return self.extra_routes[prefix](method, path, headers, body)
+            path = path.split("?", 1)[0]
         if path == "/health":
             if method != "GET":
                 return _not_allowed("GET")
@@ -129,8 +151,16 @@ class ServingApp:
             request.get("keys"),
             request.get("query_args"),
             request.get("udf_args"),
+            _request_time(request.get("at")),
         )
         return codec.dumps({"results": results})
+
+
+def _request_time(at: Any) -> str | None:
+    """``"at"``: the request time as an ISO 8601 string (absent or null: now)."""
+    if at is not None and not isinstance(at, str):
+        raise BadRequest(f"at must be an ISO 8601 datetime string (or null for now), got {type(at).__name__}", field="at")
+    return at
 
 
 def _error_body(error: ServingError) -> bytes:
@@ -253,7 +283,7 @@ class HttpProtocol(asyncio.Protocol):
         self.continued = False
         connection = headers.get("connection", "").lower()
         keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        path = target.split("?", 1)[0]
+        path = target if self.app.extra_routes else target.split("?", 1)[0]  # extra routes read the query
         return method, path, headers, body, keep_alive
 
     def _send(self, response: Response, keep_alive: bool) -> None:
@@ -264,9 +294,10 @@ class HttpProtocol(asyncio.Protocol):
         if status == 200 and not extra and keep_alive:
             transport.write(b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(body), body))
         else:
-            head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n" % (
+            head = b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n%s%s\r\n" % (
                 status,
                 _REASONS.get(status, "Error").encode(),
+                b"" if extra.startswith(b"Content-Type:") else b"Content-Type: application/json\r\n",
                 len(body),
                 extra,
                 b"" if keep_alive else b"Connection: close\r\n",
@@ -403,10 +434,11 @@ def serve_in_thread(
     auth_token: str | None = None,
     max_body_bytes: int = 1 << 20,
     reuse_port: bool = False,
+    **hooks: Any,
 ) -> Server:
     """Start serving ``executor``'s features from a background thread (port 0 = any free port;
     ``reuse_port`` lets several processes listen on one port, as ``volga serve --ray`` does)."""
-    app = ServingApp(executor, auth_token=auth_token, max_body_bytes=max_body_bytes)
+    app = ServingApp(executor, auth_token=auth_token, max_body_bytes=max_body_bytes, **hooks)  # extra_routes, observer
     return Server(app, _bind(host, port, reuse_port=reuse_port)).start()
 
 
@@ -419,11 +451,12 @@ def serve_forever(
     max_body_bytes: int = 1 << 20,
     reuse_port: bool = False,
     on_ready: Callable[[str], None] | None = None,
+    **hooks: Any,
 ) -> None:
     """Serve in this thread until SIGINT/SIGTERM (the ``volga serve`` worker loop)."""
     import signal
 
-    app = ServingApp(executor, auth_token=auth_token, max_body_bytes=max_body_bytes)
+    app = ServingApp(executor, auth_token=auth_token, max_body_bytes=max_body_bytes, **hooks)  # extra_routes, observer
     sock = _bind(host, port, reuse_port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     loop = new_event_loop()

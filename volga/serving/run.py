@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from volga.api.decorators import PipelineDef
@@ -76,8 +77,14 @@ def check_workers(client: Any, workers: int, spec: str) -> None:
         )
 
 
-def serve_app(spec: str, *, host: str, port: int, workers: int, auth_token: str | None, max_body_bytes: int) -> int:
-    """Serve until SIGINT/SIGTERM; returns the process exit code."""
+def serve_app(
+    spec: str, *, host: str, port: int, workers: int, auth_token: str | None, max_body_bytes: int,
+    hooks: Callable[[Any], dict[str, Any]] | None = None,
+) -> int:
+    """Serve until SIGINT/SIGTERM; returns the process exit code.
+
+    ``hooks(client)`` gives the server's ``extra_routes``/``observer`` (``/metrics`` and
+    ``/ui``, from the CLI); with ``workers > 1`` the workers serve features only."""
     from volga.serving.http import serve_forever
 
     if workers < 1:
@@ -86,7 +93,7 @@ def serve_app(spec: str, *, host: str, port: int, workers: int, auth_token: str 
         client = load_app(spec)
         serve_forever(
             client._on_demand, host=host, port=port, auth_token=auth_token, max_body_bytes=max_body_bytes,
-            on_ready=lambda url: _announce(url, client, 1),
+            on_ready=lambda url: _announce(url, client, 1), **(hooks(client) if hooks else {}),
         )
         return 0
     return _supervise(spec, host=host, port=port, workers=workers, auth_token=auth_token, max_body_bytes=max_body_bytes)

@@ -44,6 +44,10 @@ class SourceReader(abc.ABC):
         self.last_partitions: np.ndarray | None = None
         self.last_offsets: np.ndarray | None = None
 
+        # Rows this reader will hand out in all, when the source knows (a file's row count,
+        # an in-memory frame): progress bars show a percentage and an ETA from it.
+        self.total_rows: int | None = None
+
     @property
     def partition_ids(self) -> tuple[int, ...] | None:
         """The partitions this reader reads (Kafka partitions), or None if it is not partitioned."""
@@ -99,6 +103,12 @@ class SourceReader(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections/files."""
+
+    def backlog(self) -> int | None:
+        """Records the source holds that this reader has not handed out yet (Kafka: offsets
+        behind the high-water marks), or None when the source cannot say. Called from the
+        metrics thread: implementations only read what the client already knows."""
+        return None
 
     def drain_rejected(self) -> list[Rejected]:
         out, self.rejected = self.rejected, []

@@ -17,7 +17,8 @@ Policies, the same for all three:
 * CSV is text, so numbers, booleans (``true/false/1/0``) and lists (JSON text) are parsed
   from it; an empty unquoted cell is null. JSON values must already have the right JSON
   type (``"12"`` is not an int). Timestamps are ISO-8601 strings (naive means UTC) or, in
-  Parquet, timestamp columns of any unit or zone.
+  Parquet, timestamp columns of any unit or zone; epoch numbers in a field declared with
+  ``field(timestamp=True, unit="ms")``.
 
 >>> import datetime, pathlib, tempfile
 >>> from volga.api.entity import entity, entity_schema, field
@@ -188,10 +189,12 @@ class ParquetReader(ChunkedReader):
         self._file = pq.ParquetFile(file)
         require_columns(self._file.schema_arrow.names, schema, source=name, where=f"Parquet file {str(file)!r}")
         if row_groups is None:
+            self.total_rows = self._file.metadata.num_rows
             self._batches = self._file.iter_batches(batch_size=batch_rows, columns=schema.names)
         else:
             meta = self._file.metadata
             self.first_position = sum(meta.row_group(g).num_rows for g in range(row_groups.start))
+            self.total_rows = sum(meta.row_group(g).num_rows for g in row_groups)
             self._batches = self._file.iter_batches(
                 batch_size=batch_rows, row_groups=list(row_groups), columns=schema.names
             ) if len(row_groups) else iter(())

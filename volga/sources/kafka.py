@@ -388,6 +388,17 @@ class KafkaReader(SourceReader):
             assigned.append(ck.TopicPartition(self._topic, p, wanted.get(p, self._start[p])))
         self._consumer.assign(assigned)
 
+    def backlog(self) -> int | None:
+        """Offsets behind: per partition read so far, the high-water mark the consumer last
+        heard from the broker (cached, no request) minus the next offset to hand out."""
+        total, known = 0, False
+        for p, nxt in list(self._next.items()):
+            _low, high = self._consumer.get_watermark_offsets(self._ck.TopicPartition(self._topic, p), cached=True)
+            if high is not None and high >= 0:
+                known = True
+                total += max(0, high - nxt)
+        return total if known else None
+
     def _freeze_end(self, p: int) -> None:
         """Fix partition ``p``'s end when its first fetch answers: the high-water mark then.
 

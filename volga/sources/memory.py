@@ -43,6 +43,7 @@ class MemoryReader(SourceReader):
         super().__init__()
         self._df = df
         self._rate = rate_per_s
+        self.total_rows = df.height
         self._pos = 0
         self._start: float | None = None  # perf_counter() of the first poll (paced mode)
 

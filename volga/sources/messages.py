@@ -44,6 +44,7 @@ import polars as pl
 
 from volga._optional import optional_import
 from volga.api.entity import Schema
+from volga.api.types import TIMESTAMP_DTYPE
 from volga.sources.validation import conform_indexed
 
 __all__ = ["Backoff", "DeadLetter", "DeadLetterFile", "DeadLetterRecord", "JsonDecoder", "Secret", "optional_import"]
@@ -202,10 +203,13 @@ def _typed_decoders(msgspec: Any, schema: Schema) -> tuple[Any, Any, list[Any]] 
         fields = []
         getters = []
         for i, f in enumerate(schema.fields):
-            kind = _python_type(f.dtype)
+            # epoch numbers (field(unit=...)) decode as float (msgspec takes JSON ints
+            # there; exact below 2**53, i.e. epoch microseconds until year 2255)
+            epoch = f.unit is not None and f.dtype == TIMESTAMP_DTYPE
+            kind = float if epoch else _python_type(f.dtype)
             attr = f"f{i}"  # any field name (keywords, spaces) maps to a plain attribute
             fields.append((attr, kind | None, None) if f.optional else (attr, kind))
-            column_dtype = pl.String() if isinstance(f.dtype, pl.Datetime) else f.dtype
+            column_dtype = pl.Float64() if epoch else pl.String() if isinstance(f.dtype, pl.Datetime) else f.dtype
             getters.append((f.name, column_dtype, operator.attrgetter(attr)))
         renames = {f"f{i}": f.name for i, f in enumerate(schema.fields)}
         row = msgspec.defstruct("Row", fields, kw_only=True, rename=renames)

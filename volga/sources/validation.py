@@ -8,7 +8,10 @@ for every source:
 * Timestamps: ``datetime`` values and Datetime columns of any unit or time zone are
   converted to UTC; *naive* ones are read as UTC, never local time. ISO-8601 strings
   (``"2024-01-01T12:00:00"``, ``"2024-01-01 12:00:00.5+02:00"``, ``"...Z"``, a bare date)
-  are parsed the same way. Numbers are not timestamps (their unit would be a guess).
+  are parsed the same way. Numbers are epoch times only in a field declared with a unit,
+  ``field(timestamp=True, unit="ms")`` (``"s"``, ``"ms"``, ``"us"``; ints, floats, and in
+  text formats numeric text); elsewhere a number is a rejected row whose reason suggests
+  ``unit=`` (the unit would be a guess).
 * Numbers: ints are fine for float fields; floats for int fields only when integral
   *and* coming from a typed column (a float Python value for an int field is rejected:
   ``1.0`` in a JSON ``int`` field is usually a producer bug worth seeing).
@@ -196,8 +199,10 @@ def _values_to_series(values: list[Any], f: FieldSpec, parse_strings: bool) -> t
             return pl.Series(f.name, values, dtype=f.dtype, strict=True), []
         except (TypeError, OverflowError, pl.exceptions.PolarsError):
             pass  # e.g. an int beyond int64: the per-value path words the reason
-    if f.dtype == TIMESTAMP_DTYPE and kinds <= {str, _NONE}:
+    if f.dtype == TIMESTAMP_DTYPE and kinds <= {str, _NONE} and not (parse_strings and f.unit):
         return _strings_to_timestamps(pl.Series(f.name, values, dtype=pl.String), f)
+    if f.dtype == TIMESTAMP_DTYPE and f.unit and kinds <= {int, float, _NONE}:
+        return _epoch_to_timestamps(pl.Series(f.name, values, dtype=pl.Float64 if float in kinds else pl.Int64), f)
     if isinstance(f.dtype, pl.List) and kinds <= {list, _NONE}:
         series = _list_fast(values, f)
         if series is not None:
@@ -236,7 +241,7 @@ def _convert_column(src: pl.Series, f: FieldSpec, parse_strings: bool) -> tuple[
         return src.cast(target), []
     is_text = have in (pl.String, pl.Categorical) or isinstance(have, pl.Enum)
     if target == TIMESTAMP_DTYPE:
-        return _to_timestamps(src, f)
+        return _to_timestamps(src, f, parse_strings)
     if target == pl.String:
         return (src.cast(pl.String), []) if is_text else _all_bad(src, f)
     if isinstance(target, pl.List):
@@ -266,9 +271,23 @@ def _parse_text(text: pl.Series, f: FieldSpec) -> tuple[pl.Series, Problems]:
     return _with_failures(text, out, out.is_null() & text.is_not_null(), f)
 
 
-def _to_timestamps(src: pl.Series, f: FieldSpec) -> tuple[pl.Series, Problems]:
-    """Any Datetime/Date/ISO-string column as UTC microseconds (naive means UTC)."""
+def _to_timestamps(src: pl.Series, f: FieldSpec, parse_strings: bool = False) -> tuple[pl.Series, Problems]:
+    """Any Datetime/Date/ISO-string column as UTC microseconds (naive means UTC); epoch
+    numbers when the field declares their unit."""
     have = src.dtype
+    if f.unit and have.is_numeric() and have != pl.Boolean:
+        return _epoch_to_timestamps(src, f)
+    if f.unit and parse_strings and have == pl.String:
+        # text (CSV): ISO strings as usual, numeric text as epoch numbers in the unit
+        iso = src.str.contains(_ISO_PATTERN).fill_null(False)
+        stripped = src.str.strip_chars()
+        numbers = stripped.cast(pl.Int64, strict=False)
+        if (numbers.is_null() & stripped.is_not_null() & ~iso).any():
+            numbers = stripped.cast(pl.Float64, strict=False)
+        epoch, _ = _epoch_to_timestamps(numbers.zip_with(~iso, _nulls(numbers)), f)
+        parsed, _ = _strings_to_timestamps(src.zip_with(iso, _nulls(src)), f)
+        out = parsed.zip_with(iso, epoch).alias(f.name)
+        return _with_failures(src, out, out.is_null() & src.is_not_null(), f)
     if isinstance(have, pl.Datetime):
         zoned = src.dt.replace_time_zone("UTC") if have.time_zone is None else src.dt.convert_time_zone("UTC")
         return zoned.dt.cast_time_unit("us"), []
@@ -279,6 +298,29 @@ def _to_timestamps(src: pl.Series, f: FieldSpec) -> tuple[pl.Series, Problems]:
     if have == pl.Object:
         return _python_values(src.to_list(), f, False)
     return _all_bad(src, f)
+
+
+_UNIT_FACTOR = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+def _nulls(like: pl.Series) -> pl.Series:
+    return pl.Series(like.name, [None] * len(like), dtype=like.dtype)
+
+
+def _epoch_to_timestamps(numbers: pl.Series, f: FieldSpec) -> tuple[pl.Series, Problems]:
+    """Epoch numbers in the field's unit as UTC microseconds (floats rounded to the
+    microsecond); values beyond the timestamp range are problems."""
+    factor = _UNIT_FACTOR[f.unit or "us"]
+    limit = _INT64_MAX // factor
+    if numbers.dtype.is_float():
+        finite = numbers.is_finite().fill_null(True) & (numbers.abs() <= limit).fill_null(True)
+        us = (numbers * factor).round(0).cast(pl.Int64, strict=False)
+    else:
+        wide = numbers.cast(pl.Int64, strict=False)
+        finite = (wide.abs() <= limit).fill_null(True) & ~(wide.is_null() & numbers.is_not_null())
+        us = wide * factor
+    out = us.zip_with(finite, _nulls(us)).cast(TIMESTAMP_DTYPE).alias(f.name)
+    return _with_failures(numbers, out, out.is_null() & numbers.is_not_null(), f)
 
 
 def _strings_to_timestamps(text: pl.Series, f: FieldSpec) -> tuple[pl.Series, Problems]:
@@ -315,6 +357,8 @@ def _parse_iso(text: str) -> datetime.datetime | None:
 def _python_values(values: list[Any], f: FieldSpec, parse_strings: bool) -> tuple[pl.Series, Problems]:
     """Check and convert values one by one (only for inputs the fast paths can't take)."""
     check = _checker(f.dtype, parse_strings)
+    if f.dtype == TIMESTAMP_DTYPE and f.unit:
+        check = _epoch_checker(check, f.unit, parse_strings)
     converted: list[Any] = []
     problems: Problems = []
     for i, value in enumerate(values):
@@ -344,6 +388,28 @@ def _checker(dtype: pl.DataType, parse_strings: bool) -> Checker:
     if check is None:
         raise TypeError(f"no value check for dtype {dtype}")  # dtype_of never produces one
     return _text_checker(dtype, check) if parse_strings and dtype != pl.String else check
+
+
+def _epoch_checker(check: Checker, unit: str, parse_strings: bool) -> Checker:
+    """Also read epoch numbers (and, in text formats, numeric text) in ``unit``."""
+    factor = _UNIT_FACTOR[unit]
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+    def read(value: Any) -> Any:
+        number = value
+        if parse_strings and isinstance(value, str):
+            try:
+                number = float(value.strip()) if any(c in value for c in ".eE") else int(value.strip())
+            except ValueError:
+                return check(value)
+        if isinstance(number, (int, float, np.integer, np.floating)) and not isinstance(number, (bool, np.bool_)):
+            try:
+                return epoch + datetime.timedelta(microseconds=round(number * factor))
+            except (OverflowError, ValueError):
+                raise _BadValue from None
+        return check(value)
+
+    return read
 
 
 def _check_int(value: Any) -> int:
@@ -485,7 +551,24 @@ def _null_problems(
 
 
 def _expected(f: FieldSpec, value: Any) -> str:
-    return f"field '{f.name}': expected {dtype_name(f.dtype)}, got {_show(value)}"
+    reason = f"field '{f.name}': expected {dtype_name(f.dtype)}, got {_show(value)}"
+    if f.dtype == TIMESTAMP_DTYPE and not f.unit and _is_number(value):
+        reason += " (an epoch number? declare its unit: field(timestamp=True, unit='ms'), or 's'/'us')"
+    elif f.dtype == TIMESTAMP_DTYPE and f.unit and _is_number(value):
+        reason += f" (out of range as epoch {f.unit})"
+    return reason
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return True
+    try:
+        float(value)
+        return isinstance(value, str)
+    except (TypeError, ValueError):
+        return False
 
 
 def _show(value: Any) -> str:

@@ -38,7 +38,7 @@ class SnapshotStore(Protocol):
 class SequencedStore(Protocol):
     def applied_rows(self, name: str) -> int: ...
 
-    def write_at(self, name: str, schema: Schema, batch: pl.DataFrame, first_row: int) -> None: ...
+    def write_at(self, name: str, schema: Schema, batch: pl.DataFrame, first_row: int, *, retain_us: int | None = None) -> None: ...
 
     def reset_applied(self, name: str) -> None: ...
 
@@ -56,18 +56,23 @@ class CheckpointedSink:
     """``sink(pipeline, rows)`` for a checkpointed online job, with its checkpoint state."""
 
     def __init__(
-        self, online: OnlineStore, offline: OfflineStore | None, schemas: Mapping[str, Schema]
+        self,
+        online: OnlineStore,
+        offline: OfflineStore | None,
+        schemas: Mapping[str, Schema],
+        retain_us: Mapping[str, int | None] | None = None,
     ) -> None:
         check_checkpointable(online)
         self.online, self.offline, self.schemas = online, offline, dict(schemas)
+        self.retain = dict(retain_us or {})  # request-time pipelines: history kept by time
         self.written = dict.fromkeys(self.schemas, 0)
 
     def __call__(self, name: str, rows: pl.DataFrame) -> None:
         schema, first = self.schemas[name], self.written[name]
         if isinstance(self.online, SequencedStore):
-            self.online.write_at(name, schema, rows, first)
+            self.online.write_at(name, schema, rows, first, retain_us=self.retain.get(name))
         else:
-            self.online.write(name, schema, rows)
+            self.online.write(name, schema, rows, retain_us=self.retain.get(name))
         if self.offline is not None:
             self.offline.append(name, schema, rows)
         self.written[name] = first + rows.height

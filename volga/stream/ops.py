@@ -487,8 +487,11 @@ class UnionOp:
 
 
 def window_expr(agg: Aggregate, dtype: pl.DataType | None) -> pl.Expr:
-    """One aggregate over a closed window's rows (null rules as in ``volga.api.aggregates``)."""
+    """One aggregate over a closed window's rows (null rules as in ``volga.api.aggregates``;
+    NaN is missing, like null)."""
     c = pl.col(agg.on) if agg.on else None
+    if c is not None and dtype is not None and dtype.is_float():
+        c = c.fill_nan(None)
     kind = agg.kind
     if kind == "count":
         expr = pl.len() if c is None else c.count()

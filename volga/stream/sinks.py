@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,20 @@ class ListSink(Sink):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def __iter__(self) -> Iterator[Any]:
+        """The collected elements, in arrival order (a snapshot: safe while a job runs).
+
+        >>> sink = ListSink([1, 2])
+        >>> list(sink), sink[0], sink[-1]
+        ([1, 2], 1, 2)
+        """
+        with self._lock:
+            return iter(list(self.items))
+
+    def __getitem__(self, index: Any) -> Any:
+        with self._lock:
+            return self.items[index]
 
     def __repr__(self) -> str:
         return f"ListSink({len(self.items)} items)"

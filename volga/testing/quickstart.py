@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import polars as pl
 import polars.testing
@@ -68,9 +68,9 @@ class Order:
 class UserSpentInfo:
     user_id: str = field(key=True)
     timestamp: datetime.datetime = field(timestamp=True)
-    avg_spent_7d: float
+    avg_spent_7d: Optional[float]  # None at a request time whose window holds no order
     num_purchases_1h: int
-    max_price_1d: float
+    max_price_1d: Optional[float]
 
 
 USERS = [{"user_id": str(i), "registered_at": T0, "name": f"u{i}"} for i in range(N_USERS)]
@@ -161,8 +161,9 @@ OUTPUT_COLUMNS = ["user_id", "timestamp", "avg_spent_7d", "num_purchases_1h", "m
 
 
 def online_latest(client: volga.Client, users: list[str]) -> dict[str, tuple[Any, ...]]:
-    """The online store's latest row per user, as tuples in OUTPUT_COLUMNS order."""
-    found = client.get_latest("user_spent", keys=[{"user_id": u} for u in users])
+    """The online store's latest row per user (the row written at its last event), as
+    tuples in OUTPUT_COLUMNS order."""
+    found = client.get_latest("user_spent", keys=[{"user_id": u} for u in users], as_of="last_event")
     return {u: tuple(getattr(row, c) for c in OUTPUT_COLUMNS) for u, row in zip(users, found) if row is not None}
 
 

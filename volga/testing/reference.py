@@ -177,7 +177,7 @@ def aggregate_values(kind: str, values: list[Any], *, rows: int, n: int = 1) -> 
     """One aggregate over the values of a window, in processing order.
 
     ``values`` are the column's values, nulls included; ``rows`` is the number of rows
-    in the window (what ``Count`` with no column counts). Nulls are ignored by every
+    in the window (what ``Count`` with no column counts). Nulls and NaN are ignored by every
     aggregate; over no non-null value the result is None, except Count and
     CountDistinct (0) and LastN (an empty list).
 
@@ -188,7 +188,7 @@ def aggregate_values(kind: str, values: list[Any], *, rows: int, n: int = 1) -> 
     >>> aggregate_values("Min", [None], rows=1) is None
     True
     """
-    present = [v for v in values if v is not None]
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]  # NaN is missing
     if kind == "Count":
         return len(present)
     if kind == "CountDistinct":
@@ -260,6 +260,30 @@ def window_aggregate(rows: Sequence[Row], keys: Sequence[str], ts_field: str, ag
                 values = [earlier[agg.on] for earlier in window]
             result[agg.into] = aggregate_values(agg.kind, values, rows=len(window), n=agg.n)
         out.append(result)
+    return out
+
+
+def value_at(
+    rows: Sequence[Row], keys: Sequence[str], key: Sequence[Any], ts_field: str, aggs: Sequence[Agg], at_us: int
+) -> Row | None:
+    """A key's aggregate row at request time T (DESIGN.md "Request-time values"): each
+    aggregate over the key's rows with ``T - window <= ts <= T``, the timestamp of its
+    latest row at or before T; None if it has none. ``rows`` in processing order.
+
+    >>> rows = [{"k": "a", "t": 0, "v": 1.0}, {"k": "a", "t": 2, "v": 4.0}]
+    >>> value_at(rows, ["k"], ["a"], "t", [Agg("Sum", on="v", window_us=1, into="s"), Agg("Count", window_us=10, into="n")], 5)
+    {'k': 'a', 't': 2, 's': None, 'n': 2}
+    """
+    mine = [r for r in rows if [r[k] for k in keys] == list(key) and to_us(r[ts_field]) <= at_us]
+    if not mine:
+        return None
+    latest = max(mine, key=lambda r: to_us(r[ts_field]))
+    out: Row = {k: v for k, v in zip(keys, key)}
+    out[ts_field] = latest[ts_field]
+    for agg in aggs:
+        window = [r for r in mine if agg.window_us is None or to_us(r[ts_field]) >= at_us - agg.window_us]
+        values = [True] * len(window) if agg.on is None else [r[agg.on] for r in window]
+        out[agg.into] = aggregate_values(agg.kind, values, rows=len(window), n=agg.n)
     return out
 
 

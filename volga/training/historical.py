@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TextIO
@@ -19,7 +20,8 @@ import polars as pl
 
 from volga.api.decorators import PipelineDef
 from volga.api.types import Duration
-from volga.serving.executor import OnDemandExecutor
+from volga.plan.request_time import request_time_shape
+from volga.ondemand.plan import check_args, compile_on_demand
 from volga.training.lookup import PipelineRows
 from volga.training.on_demand import OnDemandEvaluator
 from volga.training.request import (
@@ -44,6 +46,8 @@ def get_historical_features(
     full_names: bool = False,
     compute: bool = False,
     progress: TextIO | None = sys.stderr,
+    as_of: str = "request_time",
+    on_error: str = "raise",
 ) -> Any:
     """The training set for ``spine`` and ``features`` from ``client``'s offline store.
 
@@ -51,6 +55,10 @@ def get_historical_features(
     where ``compute=True`` reports on a backfill that takes more than a few seconds
     (None: silent).
     """
+    if on_error not in ("raise", "null"):
+        raise ValueError(f"get_historical_features: on_error must be 'raise' or 'null', got {on_error!r}")
+    if as_of not in ("request_time", "last_event"):
+        raise ValueError(f"get_historical_features: as_of must be 'request_time' or 'last_event', got {as_of!r}")
     checked = Spine.of(spine, timestamp_column)
     requests = parse_features(features, client.definitions)
     apply_key_map(requests, key_map)
@@ -62,10 +70,9 @@ def get_historical_features(
             keys(column, request.schema.field(key).dtype, _what(request))
 
     on_demand = [r for r in requests if not r.is_pipeline]
-    executor = OnDemandExecutor(client.definitions, lambda: client.online_store)
-    plan = executor.plan([r.name for r in on_demand], field="features") if on_demand else None
+    plan = compile_on_demand(client.definitions, [r.name for r in on_demand], field="features") if on_demand else None
     if plan is not None:
-        node_kwargs, read_args = executor._args(plan, args, args, "args", "args")
+        node_kwargs, read_args = check_args(plan, args, args, "args", "args")
     elif args:
         raise ValueError(f"args={dict(args)!r}: only on-demand features take arguments, and none is requested")
 
@@ -80,6 +87,7 @@ def get_historical_features(
             name: pool.submit(
                 PipelineRows.load, client.offline_store, pipe, sorted(columns), " and ".join(dict.fromkeys(users)),
                 until=until, keys=_keys_asked(name, requests, plan, keys),
+                shape=request_time_shape(pipe, client.definitions) if as_of == "request_time" else None,
             )
             for name, (pipe, columns, users) in needed.items()
         }
@@ -91,14 +99,25 @@ def get_historical_features(
         evaluator = None
         if plan is not None:
             history = getattr(client.online_store, "history", None)
-            evaluator = OnDemandEvaluator(plan, node_kwargs, read_args, rows, checked.times, keys, history if isinstance(history, int) else None)
+            evaluator = OnDemandEvaluator(
+                plan, node_kwargs, read_args, rows, checked.times, keys, history if isinstance(history, int) else None,
+                on_error=on_error,
+            )
         produced: list[pl.Series] = []
         for request in requests:
             if request.is_pipeline:
                 produced.extend(looked_up[request.name].result())
             else:
                 produced.extend(_on_demand_values(request, evaluator, plan))
+    if evaluator is not None and evaluator.failed:
+        counts = ", ".join(f"'{name}': {n} row(s)" for name, n in evaluator.failed.items())
+        warnings.warn(f"get_historical_features: on-demand functions raised, their features are null there "
+                      f"(on_error='null'): {counts}", FeatureErrorsWarning, stacklevel=3)
     return _attach(checked, pl.DataFrame([s.alias(name) for s, name in zip(produced, out_names)]))
+
+
+class FeatureErrorsWarning(UserWarning):
+    """``on_error="null"``: some on-demand calls raised; the message counts the rows per feature."""
 
 
 def _what(request: FeatureRequest) -> str:
@@ -150,7 +169,8 @@ def _pipeline_values(request: FeatureRequest, loading: Future[PipelineRows], key
     schema = request.schema
     key_values = [keys(request.key_columns[k], schema.field(k).dtype, _what(request)) for k in schema.keys]
     positions = table.asof(key_values, spine.times)
-    return list(table.values(request.fields, positions, spine.times, request.ttl_us).iter_columns())
+    rows = table.at_times(key_values, spine.times) if table.shape is not None else None
+    return list(table.values(request.fields, positions, spine.times, request.ttl_us, rows).iter_columns())
 
 
 def _on_demand_values(request: FeatureRequest, evaluator: OnDemandEvaluator | None, plan: Any) -> list[pl.Series]:

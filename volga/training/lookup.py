@@ -23,7 +23,9 @@ import numpy as np
 import polars as pl
 
 from volga.api.decorators import PipelineDef
+from volga.plan.request_time import RequestTimeShape
 from volga.storage import OfflineStore
+from volga.training.request_time import values_at
 
 ROW = "__volga_row"
 _TIME = "__volga_t"
@@ -50,8 +52,9 @@ class Grouped:
 class PipelineRows:
     """A pipeline's offline rows, loaded once per call, ready for as-of lookups."""
 
-    def __init__(self, pipeline: PipelineDef, frame: pl.DataFrame) -> None:
+    def __init__(self, pipeline: PipelineDef, frame: pl.DataFrame, shape: RequestTimeShape | None = None) -> None:
         self.pipeline = pipeline
+        self.shape = shape  # evaluated at request time (its hidden columns loaded), else None
         schema = pipeline.schema
         self.keys = list(schema.keys)
         self.ts = schema.timestamp
@@ -63,7 +66,7 @@ class PipelineRows:
     @classmethod
     def load(
         cls, store: OfflineStore, pipeline: PipelineDef, columns: Sequence[str], needed_by: str, *,
-        until: datetime.datetime | None = None, keys: pl.DataFrame | None = None,
+        until: datetime.datetime | None = None, keys: pl.DataFrame | None = None, shape: RequestTimeShape | None = None,
     ) -> PipelineRows:
         """Read ``columns`` (plus keys and timestamp) of ``pipeline``'s offline rows.
 
@@ -81,9 +84,14 @@ class PipelineRows:
             )
         schema = pipeline.schema
         wanted = list(dict.fromkeys([*schema.keys, schema.timestamp, *columns]))
+        if shape is not None:  # every column: the steps after the aggregate may read any of them
+            expected = shape.stored_schema()
+            wanted = expected.names
+        else:
+            expected = schema
         stale = [
             c for c in wanted
-            if not stored.has(c) or stored.field(c).dtype != schema.field(c).dtype
+            if not stored.has(c) or stored.field(c).dtype != expected.field(c).dtype
         ]
         if stale or stored.keys != schema.keys or stored.timestamp != schema.timestamp:
             raise OfflineDataMissing(
@@ -100,7 +108,7 @@ class PipelineRows:
                 lazy = lazy.filter(pl.col(key).is_in(keys.get_column(key).unique().implode()))
             else:
                 lazy = lazy.join(keys.unique().lazy(), on=keys.columns, how="semi", maintain_order="left")
-        return cls(pipeline, lazy.collect())
+        return cls(pipeline, lazy.collect(), shape)
 
     # -- as-of ------------------------------------------------------------------------------
     def asof(self, keys: Sequence[pl.Series], times: pl.Series, *, grouped: bool = False) -> pl.Series:
@@ -114,9 +122,22 @@ class PipelineRows:
         )
         return joined.sort(ROW).get_column(_POS)
 
-    def values(self, fields: Sequence[str], positions: pl.Series, times: pl.Series, ttl_us: int | None) -> pl.DataFrame:
-        """``fields`` of the as-of rows; all null where there is none, or it is older than ``ttl_us``."""
-        picked = self.frame.select(pl.col(*fields, self.ts).gather(positions))
+    def at_times(self, keys: Sequence[pl.Series], times: pl.Series) -> pl.DataFrame:
+        """The pipeline's rows evaluated at each spine time (request-time pipelines; see
+        :mod:`volga.training.request_time`), one per spine row."""
+        assert self.shape is not None
+        return values_at(self.shape, self.group(), keys, times, self.asof(keys, times, grouped=True))
+
+    def values(
+        self, fields: Sequence[str], positions: pl.Series, times: pl.Series, ttl_us: int | None,
+        rows: pl.DataFrame | None = None,
+    ) -> pl.DataFrame:
+        """``fields`` of the as-of rows (or of ``rows``, one per spine row); all null where
+        there is none, or it is older than ``ttl_us``."""
+        if rows is not None:
+            picked = rows.select(*dict.fromkeys([*fields, self.ts]))
+        else:
+            picked = self.frame.select(pl.col(*fields, self.ts).gather(positions))
         if ttl_us is None:
             return picked.select(fields)
         age_us = (times.cast(pl.Int64) - picked.get_column(self.ts).cast(pl.Int64)).alias("age")

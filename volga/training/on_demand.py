@@ -1,9 +1,9 @@
 """On-demand features as of each spine row: what ``get_on_demand`` would have returned at t.
 
-The serving layer compiles the requested features into a plan (its store reads and the
-functions, dependencies first) and validates the arguments; this module reuses both
-(:meth:`OnDemandExecutor.plan`, the executor's argument checks) and only replaces the
-online store by the offline rows as of each spine time t:
+The requested features compile into the plan serving uses (its store reads and the
+functions, dependencies first, :mod:`volga.ondemand.plan`), with the same argument
+checks and calling rules; only the online store is replaced by the offline rows as of
+each spine time t:
 
 - ``latest`` -> the as-of row (the last row of the key with ts <= t), or None;
 - ``last_n`` -> the last n rows of the key with ts <= t, oldest first;
@@ -20,6 +20,7 @@ calls. Functions whose every input is a plain ``latest`` row may run vectorised 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,8 +29,9 @@ import numpy as np
 import polars as pl
 
 from volga.api.types import dtype_name
-from volga.serving.errors import FeatureFunctionError
-from volga.serving.executor import Input, Node, Plan, _RowBuilder
+from volga.ondemand.calls import Call, call_all, call_kwargs
+from volga.ondemand.errors import FeatureFunctionError
+from volga.ondemand.plan import Input, Node, Plan, _RowBuilder
 from volga.training.lookup import PipelineRows
 from volga.training.vectorise import PRESENT, try_vectorised
 
@@ -87,6 +89,7 @@ class OnDemandEvaluator:
         key_series: Callable[[str, pl.DataType, str], pl.Series],
         history_rows: int | None,
         vectorise: bool = True,
+        on_error: str = "raise",
     ) -> None:
         self.plan = plan
         self.node_kwargs = node_kwargs
@@ -99,7 +102,12 @@ class OnDemandEvaluator:
         self._results: dict[tuple[int, tuple[str, ...]], NodeResult] = {}
         self._positions: dict[tuple[str, bool, tuple[str, ...]], pl.Series] = {}
         self._instances: dict[tuple[str, bool], dict[int, Any]] = {}
+        # request-time pipelines read `latest`: their distinct rows at the spine times, per key columns
+        self._at_times: dict[tuple[str, tuple[str, ...]], tuple[pl.DataFrame, list[Any]]] = {}
+        self.input_columns: dict[int, list[tuple[str, ...]]] = {}  # node index -> key columns of each input
         self.paths: dict[str, str] = {}  # node name -> "vectorised" or "row-wise" (for tests and logs)
+        self.on_error = on_error  # "raise": the first failing call stops training; "null": its rows get nulls
+        self.failed: dict[str, int] = {}  # node name -> spine rows whose call failed (on_error="null")
 
     def evaluate(self, node_index: int, columns: tuple[str, ...]) -> NodeResult:
         """Node ``node_index`` with its key fields read from spine ``columns`` (in key order)."""
@@ -115,8 +123,11 @@ class OnDemandEvaluator:
         keys = [self.key_series(c, schema.field(k).dtype, f"on-demand feature '{node.name}'") for k, c in zip(schema.keys, columns)]
         inputs: list[pl.Series] = []
         dependencies: list[NodeResult | None] = []
+        input_columns: list[tuple[str, ...]] = []
         for inp in node.inputs:
             cols = columns if inp.projection is None else tuple(columns[i] for i in inp.projection)
+            input_columns.append(cols)
+            self.input_columns[node.index] = input_columns
             if inp.read:
                 inputs.append(self._read_positions(inp, cols))
                 dependencies.append(None)
@@ -124,31 +135,58 @@ class OnDemandEvaluator:
                 dependency = self.evaluate(inp.index, cols)
                 inputs.append(dependency.ids)
                 dependencies.append(dependency)
+        takes_now = node.definition is not None and node.definition.takes_now
         frame = pl.DataFrame(
-            [*(s.alias(f"k{i}") for i, s in enumerate(keys)), *(s.alias(f"i{i}") for i, s in enumerate(inputs))]
+            [*(s.alias(f"k{i}") for i, s in enumerate(keys)), *(s.alias(f"i{i}") for i, s in enumerate(inputs)),
+             *([self.times.alias("now")] if takes_now else [])]
         )
         distinct = frame.unique(maintain_order=True)
         ids = frame.join(distinct.with_row_index("__sig"), on=frame.columns, how="left", nulls_equal=True, maintain_order="left")
         n_keys = len(keys)
         kwargs = self.node_kwargs[node.index] if self.node_kwargs else {}
         sig_ids = ids.get_column("__sig")
-        if self.vectorise:
+        if self.vectorise and not takes_now and not inspect.iscoroutinefunction(getattr(node.definition, "fn", None)):
             table, why = try_vectorised(node, kwargs, distinct, dependencies, self)
             if table is not None:
                 self.paths[node.name] = "vectorised"
                 log.debug("on-demand feature %s: vectorised over %d distinct inputs", node.name, distinct.height)
                 return NodeResult(node, sig_ids, table=table)
         else:
-            why = "vectorise=False"
+            why = "vectorise=False" if not self.vectorise else "reads the request time, or is async"
         self.paths[node.name] = f"row-wise ({why})"
         log.debug("on-demand feature %s: row-wise over %d distinct inputs (%s)", node.name, distinct.height, why)
         signatures = distinct.rows()
         values = [
-            self._input_values(inp, [sig[n_keys + j] for sig in signatures], dep)
-            for j, (inp, dep) in enumerate(zip(node.inputs, dependencies))
+            self._input_values(inp, [sig[n_keys + j] for sig in signatures], dep, cols)
+            for j, (inp, dep, cols) in enumerate(zip(node.inputs, dependencies, input_columns))
         ]
-        objects = [_call(node, sig[:n_keys], [v[i] for v in values], kwargs) for i, sig in enumerate(signatures)]
+        objects: list[Any] = [None] * len(signatures)
+        calls: list[tuple[int, Call]] = []
+        for i, sig in enumerate(signatures):
+            args = [v[i] for v in values]
+            if any(a is None and not (inp.many or inp.optional) for a, inp in zip(args, node.inputs)):
+                continue  # a required input is missing: None, as served
+            now = sig[-1] if takes_now else None
+            calls.append((i, (sig[:n_keys], args, call_kwargs(node, sig[:n_keys], kwargs, now))))
+        assert node.definition is not None
+        results = call_all(node.definition, [c for _, c in calls], concurrency=64, capture=True)
+        failed = 0
+        for (i, _), result in zip(calls, results):
+            if not isinstance(result, FeatureFunctionError):
+                objects[i] = result
+                continue
+            rows = (sig_ids == i).arg_true()
+            if self.on_error == "raise":
+                result.message = f"{result.message} at spine row {rows[0]} (time {self.times[rows[0]]})"
+                result.args = (result.message,)
+                raise result
+            failed += len(rows)
+        if failed:
+            self.failed[node.name] = self.failed.get(node.name, 0) + failed
         return NodeResult(node, sig_ids, built=objects)
+
+    def _is_at_times(self, inp: Input) -> bool:
+        return inp.read and self.plan.reads[inp.index].query == "latest" and self.rows[self.plan.reads[inp.index].name].shape is not None
 
     def _read_positions(self, inp: Input, columns: tuple[str, ...]) -> pl.Series:
         read = self.plan.reads[inp.index]
@@ -159,16 +197,39 @@ class OnDemandEvaluator:
             table = self.rows[read.name]
             schema = read.pipeline.schema
             keys = [self.key_series(c, schema.field(k).dtype, f"pipeline '{read.name}'") for k, c in zip(schema.keys, columns)]
-            found = self._positions[memo] = table.asof(keys, self.times, grouped=grouped)
+            found = table.asof(keys, self.times, grouped=grouped)
+            if self._is_at_times(inp):  # its value at each spine time: ids of the distinct values
+                found = self._values_at_times(read.name, table, keys, found, columns)
+            self._positions[memo] = found
         return found
 
+    def _values_at_times(self, name: str, table: PipelineRows, keys: list[pl.Series], asof: pl.Series, columns: tuple[str, ...]) -> pl.Series:
+        rows = table.at_times(keys, self.times)
+        distinct = rows.unique(maintain_order=True)
+        ids = rows.join(distinct.with_row_index("__id"), on=rows.columns, how="left", nulls_equal=True, maintain_order="left")
+        build = _RowBuilder(table.pipeline.output, distinct.columns)
+        ts = distinct.columns.index(table.ts)
+        self._at_times[(name, columns)] = (distinct, [None if r[ts] is None else build(r) for r in distinct.rows()])
+        return ids.get_column("__id")
+
+    def read_frame(self, inp: Input, columns: tuple[str, ...]) -> tuple[pl.DataFrame, str | None]:
+        """The rows an input's refs point into, and (request-time reads) the column that is
+        null where a ref points at no row."""
+        read = self.plan.reads[inp.index]
+        if self._is_at_times(inp):
+            return self._at_times[(read.name, columns)][0], self.rows[read.name].ts
+        return self.rows[read.name].frame, None
+
     # -- inputs for the distinct signatures -----------------------------------------------
-    def _input_values(self, inp: Input, refs: list[Any], dependency: NodeResult | None) -> list[Any]:
+    def _input_values(self, inp: Input, refs: list[Any], dependency: NodeResult | None, columns: tuple[str, ...]) -> list[Any]:
         """The value each signature passes for one input: a row, a list of rows, or a result."""
         if dependency is not None:
             objects = dependency.objects
             return [objects[i] for i in refs]
         read = self.plan.reads[inp.index]
+        if self._is_at_times(inp):
+            values = self._at_times[(read.name, columns)][1]
+            return [values[i] for i in refs]
         table = self.rows[read.name]
         if read.query == "latest":
             instances = self._instances_at(read.name, False, np.array([p for p in refs if p is not None], dtype=np.int64))
@@ -206,24 +267,12 @@ class OnDemandEvaluator:
         return cache
 
 
-def _call(node: Node, key: tuple[Any, ...], values: list[Any], kwargs: dict[str, Any]) -> Any:
-    """Call the node's function as the server does: skip it (None) when a required input is
-    missing, wrap its exceptions, check its result type."""
-    defn = node.definition
-    assert defn is not None
-    for inp, value in zip(node.inputs, values):
-        if value is None and not (inp.many or inp.optional):
-            return None
-    try:
-        if node.key_params:
-            result = defn.fn(*values, **kwargs, **{param: key[pos] for param, pos in node.key_params})
-        else:
-            result = defn.fn(*values, **kwargs)
-    except Exception as e:
-        raise FeatureFunctionError.wrap(defn.name, e) from e
-    if result is not None and not isinstance(result, defn.output):
-        raise FeatureFunctionError.wrap(defn.name, TypeError(f"returned {type(result).__name__}, expected {defn.output.__name__} or None"))
-    return result
+def call_one(node: Node, key: tuple[Any, ...], values: list[Any], kwargs: dict[str, Any]) -> Any:
+    """One call as the server makes it: None when a required input is missing."""
+    if any(v is None and not (inp.many or inp.optional) for v, inp in zip(values, node.inputs)):
+        return None
+    assert node.definition is not None
+    return call_all(node.definition, [(key, values, call_kwargs(node, key, kwargs, None))])[0]
 
 
 def _range_bounds(

@@ -25,7 +25,7 @@ from volga.api.decorators import PipelineDef
 from volga.api.entity import Schema
 from volga.api.on_demand import OnDemandDef
 from volga.api.types import Duration, parse_duration_us
-from volga.errors import UnknownFeature
+from volga.errors import UnknownFeature, naming_hint
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ def parse_features(features: Any, definitions: Mapping[str, Any]) -> list[Featur
             known = sorted(n for n, d in definitions.items() if isinstance(d, (PipelineDef, OnDemandDef)))
             raise UnknownFeature(
                 f"unknown feature {name!r} in features entry {item!r}; known pipelines and on-demand features: "
-                f"{known} (client.register(...) makes one known)"
+                f"{known} (client.register(...) makes one known){naming_hint(item)}"
             )
         schema = definition.schema
         if dot:

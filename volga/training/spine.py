@@ -83,10 +83,7 @@ class Spine:
                 f"spine column {column!r} holds {series.dtype}, but {wanted_by} has a {dtype_name(dtype)} key there; "
                 f"convert the column (e.g. pl.col({column!r}).cast(...)) or map another column with key_map="
             )
-        nulls = converted.null_count()
-        if nulls:
-            raise SpineKeyError(f"spine column {column!r} (a key of {wanted_by}) has {nulls} null value(s); drop or fill those rows")
-        return converted
+        return converted  # a null key matches nothing: its features are null, like an unknown key
 
 
 def _to_polars(spine: Any) -> tuple[pl.DataFrame, bool]:

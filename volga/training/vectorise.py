@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from volga.serving.executor import Node
+from volga.ondemand.plan import Node
 
 if TYPE_CHECKING:
     from volga.training.on_demand import NodeResult, OnDemandEvaluator
@@ -196,8 +196,10 @@ def _inputs(
     for j, (inp, dep) in enumerate(zip(node.inputs, dependencies)):
         refs = distinct.get_column(f"i{j}")
         if inp.read:
-            source = evaluator.rows[evaluator.plan.reads[inp.index].name].frame
+            source, ts = evaluator.read_frame(inp, evaluator.input_columns[node.index][j])
             present = present & pl.col(f"i{j}").is_not_null()
+            if ts is not None:
+                present = present & pl.col(f"d{j}.{ts}").is_not_null()
         else:
             assert dep is not None and dep.table is not None
             source = dep.table
@@ -248,7 +250,7 @@ def _sample_agrees(
     evaluator: OnDemandEvaluator, table: pl.DataFrame,
 ) -> bool:
     """Compute a sample of signatures row-wise too; every field must agree."""
-    from volga.training.on_demand import _call
+    from volga.training.on_demand import call_one
 
     present = np.flatnonzero(table.get_column(PRESENT).to_numpy())
     if len(present) == 0:
@@ -258,13 +260,13 @@ def _sample_agrees(
     n_keys = sum(1 for c in distinct.columns if c.startswith("k"))
     signatures = sample.rows()
     values = [
-        evaluator._input_values(inp, [sig[n_keys + j] for sig in signatures], dep)
-        for j, (inp, dep) in enumerate(zip(node.inputs, dependencies))
+        evaluator._input_values(inp, [sig[n_keys + j] for sig in signatures], dep, cols)
+        for j, (inp, dep, cols) in enumerate(zip(node.inputs, dependencies, evaluator.input_columns[node.index]))
     ]
     fields = [f.name for f in node.schema.fields]
     got_rows = table[picks].select(fields).rows()
     for i, sig in enumerate(signatures):
-        want = _call(node, sig[:n_keys], [v[i] for v in values], kwargs)
+        want = call_one(node, sig[:n_keys], [v[i] for v in values], kwargs)
         if want is None:
             return False
         for name, got in zip(fields, got_rows[i]):

@@ -103,7 +103,7 @@ def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metric
             reader = readers[step.id]
             parts = []
             positions: list[tuple[np.ndarray, np.ndarray]] = []
-            partitioned = reader.partition_ids is not None  # type: ignore[attr-defined]
+            partitioned = getattr(reader, "partition_ids", None) is not None
             while not reader.finished:  # type: ignore[attr-defined]
                 part = reader.poll(batch_size)  # type: ignore[attr-defined]
                 if part is not None and part.height:

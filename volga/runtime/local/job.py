@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 
@@ -27,6 +27,7 @@ class Job:
         self.mode = mode
         self.pipelines = pipelines
         self.metrics = Metrics()
+        self.readers: list[Any] = []  # the source readers, when the runtime exposes them (progress bars)
         self._stages = stages
         self._collect_rejected = collect_rejected
         self._rejected: list[Rejected] = []

@@ -15,7 +15,7 @@ from volga.plan.compile import PhysicalPlan
 from volga.runtime.local.checkpointing import Checkpointer, CheckpointOptions
 from volga.runtime.local.executors import Metrics, Sink, StreamOptions, collect_rejected, run_batch, run_streaming
 from volga.runtime.local.job import Job
-from volga.runtime.local.stage import SourceStage
+from volga.runtime.local.stage import LateRowReport, SourceStage
 
 Mode = Literal["offline", "online"]
 
@@ -71,9 +71,12 @@ class LocalRuntime:
     ) -> Job:
         readers = open_sources(plan, mode, params)
 
+        late_report = LateRowReport()
+
         def cleanup() -> None:
             for reader in readers.values():
                 reader.close()
+            late_report.flush()  # the late rows since the last summary line
 
         checkpointer: Checkpointer | None = None
         if mode == "offline":
@@ -82,7 +85,7 @@ class LocalRuntime:
             def work(stop: threading.Event, metrics: Metrics) -> None:
                 run_batch(plan, readers, sink, metrics)
         else:
-            stages = {s.id: SourceStage(s.source, readers[s.id]) for s in plan.source_steps() if s.source}
+            stages = {s.id: SourceStage(s.source, readers[s.id], late_report) for s in plan.source_steps() if s.source}
             if checkpoint is not None:
                 try:
                     checkpointer = Checkpointer(plan, stages, checkpoint)
@@ -113,6 +116,7 @@ class LocalRuntime:
 
         by_name = {stage.source.name: stage for stage in stages.values()}
         job = Job(mode, list(plan.outputs), work, by_name, lambda: collect_rejected(plan, readers), cleanup)
+        job.readers = list(readers.values())  # read-only, for progress reporting
         if mode == "online" and checkpointer is not None:
             try:  # before the job starts: a refused definition change is raised here
                 checkpointer.resume(job.metrics)

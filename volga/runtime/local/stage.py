@@ -17,8 +17,9 @@ online gives the rows, in the order, that the same topic read offline gives.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -28,6 +29,67 @@ from volga.ops.frames import epoch_us
 
 log = logging.getLogger("volga.stream")
 
+LATE_LOG_EVERY_S = 5.0
+
+
+class LateRowReport:
+    """The late-row warning, summarised: at most one log line every ``every_s`` seconds
+    (a stream with a steady trickle of late rows would otherwise log once per
+    micro-batch), each with the total so far and the count per source; ``flush`` logs
+    what arrived since the last line (at the end of a job).
+
+    >>> ticks = iter([0.0, 1.0, 2.0, 6.0])
+    >>> report = LateRowReport(every_s=5.0, clock=lambda: next(ticks))
+    >>> [report.add("orders", 3), report.add("orders", 1), report.add("users", 2), report.add("orders", 1)]
+    [True, False, False, True]
+    >>> report.total, report.counts
+    (7, {'orders': 5, 'users': 2})
+    """
+
+    def __init__(self, every_s: float = LATE_LOG_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.counts: dict[str, int] = {}
+        self.lateness_us: dict[str, int] = {}
+        self.total = 0
+        self.logged_total = 0
+        self.logged_at: float | None = None
+        self._lock = threading.Lock()
+
+    def add(self, source: str, rows: int, lateness_us: int = 0) -> bool:
+        """Count ``rows`` late rows of ``source``; True when this call logged a line."""
+        with self._lock:
+            self.counts[source] = self.counts.get(source, 0) + rows
+            self.lateness_us[source] = lateness_us
+            self.total += rows
+            now = self.clock()
+            if self.logged_at is not None and now - self.logged_at < self.every_s:
+                return False
+            self._log(now)
+            return True
+
+    def flush(self) -> bool:
+        """Log the late rows not reported yet, if any; True when it logged."""
+        with self._lock:
+            if self.total == self.logged_total:
+                return False
+            self._log(self.clock())
+            return True
+
+    def _log(self, now: float) -> None:
+        new = self.total - self.logged_total
+        per_source = ", ".join(
+            f"{name}: {n} (lateness {self.lateness_us[name]} us)" for name, n in sorted(self.counts.items())
+        )
+        names = sorted(self.counts)
+        log.warning(
+            "%d late row(s) set aside since the last report, %d in total (older than their source's watermark) "
+            "by source: %s; read them with job.late_events(%r)",
+            new, self.total, per_source, names[0] if len(names) == 1 else "<source name>",
+        )
+        self.logged_total, self.logged_at = self.total, now
+
+
 FINISHED_WM = 2**62  # watermark of an input that will never send another row
 NO_WM = -(2**62)
 PARTITION = "__volga_partition"  # hidden columns of a partitioned source's buffered rows
@@ -35,8 +97,10 @@ OFFSET = "__volga_offset"
 
 
 class SourceStage:
-    def __init__(self, source: SourceDef, reader: Any) -> None:
+    def __init__(self, source: SourceDef, reader: Any, late_report: LateRowReport | None = None) -> None:
         self.source = source
+        # shared by a job's sources, so one line summarises them all
+        self.late_report = late_report if late_report is not None else LateRowReport()
         self.reader = reader
         self.ts_col = source.schema.timestamp
         self.lateness_us = source.lateness_us
@@ -54,7 +118,7 @@ class SourceStage:
         self.done = False
         self.skip_rows = 0  # rows a restored job re-reads from a source without positions
         self.polled = 0  # rows the reader handed out (restoring a source without positions skips them)
-        parts = reader.partition_ids
+        parts = getattr(reader, "partition_ids", None)  # readers outside SourceReader: unpartitioned
         self.partitions: tuple[int, ...] | None = tuple(parts) if parts is not None else None
         if self.partitions is not None:
             now = time.perf_counter()
@@ -208,10 +272,7 @@ class SourceStage:
         if on_late is not None:
             on_late(self.late[-1])
         self.late_count += int(late.sum())
-        log.warning(
-            "source %s: %d late row(s) set aside (older than watermark, lateness %d us); read them with job.late_events(%r)",
-            self.source.name, int(late.sum()), self.lateness_us, self.source.name,
-        )
+        self.late_report.add(self.source.name, int(late.sum()), self.lateness_us)
         return batch.filter(~mask)
 
     def _release(self) -> pl.DataFrame | None:
@@ -238,7 +299,7 @@ class SourceStage:
             "rows_in": self.rows_in,
             "polled": self.polled + self.skip_rows,  # rows still to skip were handed out before
             "done": self.done,
-            "position": self.reader.position(),
+            "position": self.reader.position() if hasattr(self.reader, "position") else None,
         }
         if self.partitions is not None:
             state["part_max"] = {str(p): m for p, m in self.part_max.items()}

@@ -375,7 +375,7 @@ class _Driver:
         self._settle(outputs, collected, metrics)
         for name, parts in collected.items():
             if self.mode == "offline":
-                rows = pl.concat(parts) if parts else pl.DataFrame(schema=self.plan.pipelines[name].schema.polars_schema())
+                rows = pl.concat(parts) if parts else pl.DataFrame(schema=self.plan.stored_schema(name).polars_schema())
                 self.write(name, rows)
                 metrics.rows_out[name] = rows.height
 

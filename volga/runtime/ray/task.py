@@ -122,6 +122,8 @@ class StageTask:
         rows = self.source.poll(batch_size, max_delay_s)
         self._source_step(rows, self.source.watermark, self.source.idle)
         self.metrics.busy_s += time.perf_counter() - started
+        if self.source.done:
+            self.source.late_report.flush()  # the late rows since the last summary line
         return self.source.done
 
     def read_all(self, batch_size: int) -> None:

@@ -97,7 +97,7 @@ class OpRecipe:
         if isinstance(op, StatelessChain):
             return OpRecipe("chain", (op.steps, op.where))
         if isinstance(op, WindowAggregateOp):
-            return OpRecipe("window", (op.input_schema, op.output_schema, op.keys, op.aggregates))
+            return OpRecipe("window", (op.input_schema, op.output_schema, op.keys, op.aggregates, op.carry, op.carry_outputs))
         if isinstance(op, AsOfJoinOp):
             return OpRecipe("join", (op.node,))
         from volga.stream import ops as so
@@ -148,7 +148,7 @@ def portable(topology: Topology) -> Topology:
     """A copy of ``topology`` that pickles: operators replaced by their recipes."""
     steps = [dataclasses.replace(step, op=OpRecipe.of(step.op), source=_without_late_sink(step.source))  # type: ignore[arg-type]
              for step in topology.plan.steps]
-    plan = PhysicalPlan(steps, dict(topology.plan.outputs), dict(topology.plan.pipelines))
+    plan = PhysicalPlan(steps, dict(topology.plan.outputs), dict(topology.plan.pipelines), dict(topology.plan.request_time))
     return dataclasses.replace(topology, plan=plan)
 
 

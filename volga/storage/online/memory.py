@@ -14,6 +14,7 @@ pick them out (reads). Converting batches and building result frames happen outs
 # No `from __future__ import annotations` here: the docstring example's @entity class needs
 # its annotations evaluated where it is defined (doctest inherits a module's future flags).
 
+import bisect
 import contextlib
 import gc
 import itertools
@@ -26,7 +27,7 @@ import polars as pl
 
 from volga.api.entity import Schema
 from volga.storage.conform import conform_batch, conform_series, same_shape
-from volga.storage.online.base import KEY_INDEX, OnlineStore
+from volga.storage.online.base import KEY_INDEX, OnlineStore, WindowRows
 
 KEY_INDEX_DTYPE = pl.UInt32()
 
@@ -48,6 +49,8 @@ class _Feature:
         "out_schema",
         "indexed_schema",
         "null_row",
+        "retain_us",
+        "evicted_us",
     )
 
     def __init__(self, name: str, schema: Schema) -> None:
@@ -64,6 +67,10 @@ class _Feature:
         self.out_schema: dict[str, pl.DataType] = schema.polars_schema()
         self.indexed_schema = {**self.out_schema, KEY_INDEX: KEY_INDEX_DTYPE}
         self.null_row: Row = (None,) * len(names)
+        # Request-time pipelines: rows younger than this (behind the key's newest row) are
+        # kept beyond `history`; evicted_us[key] is the newest timestamp evicted since.
+        self.retain_us: int | None = None
+        self.evicted_us: dict[Key, int] = {}
 
     def to_rows(self, batch: pl.DataFrame) -> tuple[list[Key], list[Row]]:
         """Row tuples of ``batch`` (in schema order) and the key of each row."""
@@ -136,11 +143,14 @@ class MemoryOnlineStore(OnlineStore):
 
     # -- writing ----------------------------------------------------------------------
 
-    def write(self, name: str, schema: Schema, batch: pl.DataFrame) -> None:
+    def write(self, name: str, schema: Schema, batch: pl.DataFrame, *, retain_us: int | None = None) -> None:
         feature = self._features.get(name)
         if feature is None:
             with self._lock:
                 feature = self._features.setdefault(name, _Feature(name, schema))
+        if retain_us is not None and feature.retain_us != retain_us:
+            with self._lock:
+                feature.retain_us = retain_us if feature.retain_us is None else max(feature.retain_us, retain_us)
         if not same_shape(feature.schema, schema):
             raise ValueError(
                 f"online store feature {name!r} holds rows of schema {feature.schema.describe()}, "
@@ -159,11 +169,35 @@ class MemoryOnlineStore(OnlineStore):
             if self._features.get(name) is not feature:  # cleared meanwhile: start afresh
                 feature = self._features.setdefault(name, _Feature(name, schema))
                 stored = feature.rows
+            if feature.retain_us is not None:
+                self._insert_retaining(feature, keys, rows)
+                return
             for key, row in zip(keys, rows):
                 try:  # a known key is the common case: no lookup-then-branch per row
                     stored[key].append(row)
                 except KeyError:
                     stored[key] = deque((row,), maxlen=history)
+
+    def _insert_retaining(self, feature: "_Feature", keys: list[Key], rows: list[Row]) -> None:
+        """Append, then per touched key drop the oldest rows beyond ``history`` that are
+        older than the retention behind the key's newest row."""
+        stored, history, retain, ts = feature.rows, self.history, feature.retain_us, feature.ts_pos
+        assert retain is not None
+        for key, row in zip(keys, rows):
+            try:
+                stored[key].append(row)
+            except KeyError:
+                stored[key] = deque((row,))
+        for key in set(keys):
+            recent = stored[key]
+            if len(recent) <= history:
+                continue
+            cutoff = recent[-1][ts] - retain
+            evicted = None
+            while len(recent) > history and recent[0][ts] < cutoff:
+                evicted = recent.popleft()[ts]
+            if evicted is not None:
+                feature.evicted_us[key] = evicted
 
     def clear(self, name: str) -> None:
         with self._lock:
@@ -195,6 +229,7 @@ class MemoryOnlineStore(OnlineStore):
         feature = self._feature(name)
         wanted = feature.request_keys(keys)
         get = feature.rows.get
+        n = min(n, self.history)  # rows kept beyond `history` serve request-time windows only
         with self._lock:
             picked = [_tail(recent, n) if (recent := get(key)) else () for key in wanted]
         return _indexed_frame(feature, picked)
@@ -204,12 +239,30 @@ class MemoryOnlineStore(OnlineStore):
         wanted = feature.request_keys(keys)
         get = feature.rows.get
         with self._lock:
-            picked = [tuple(recent) if (recent := get(key)) else () for key in wanted]
+            picked = [_tail(recent, self.history) if (recent := get(key)) else () for key in wanted]
         lo = -(2**63) if start_us is None else start_us
         hi = 2**63 - 1 if end_us is None else end_us
         pos = feature.ts_pos
         in_range = [[row for row in rows if row[pos] is not None and lo <= row[pos] <= hi] for rows in picked]
         return _indexed_frame(feature, in_range)
+
+    def window_rows(self, name: str, keys: pl.DataFrame, start_us: int, end_us: int) -> WindowRows:
+        feature = self._feature(name)
+        wanted = feature.request_keys(keys)
+        get, evicted, ts = feature.rows.get, feature.evicted_us.get, feature.ts_pos
+        per_key: list[list[Row]] = []
+        gone: list[int | None] = []
+        with self._lock:
+            for key in wanted:
+                recent = get(key)
+                per_key.append(list(recent) if recent else [])  # a C-level copy; trimmed outside the lock
+                gone.append(evicted(key))
+        for i, rows in enumerate(per_key):
+            if rows:  # rows are in time order: the window, and the one row before it
+                end = bisect.bisect_right(rows, end_us, key=lambda r: r[ts]) if rows[-1][ts] > end_us else len(rows)
+                start = bisect.bisect_left(rows, start_us, 0, end, key=lambda r: r[ts])
+                per_key[i] = rows[max(start - 1, 0) : end]
+        return WindowRows(feature.schema.names, per_key, gone)
 
     def _feature(self, name: str) -> _Feature:
         feature = self._features.get(name)

@@ -41,7 +41,7 @@ from volga._optional import optional_import
 from volga.api.entity import Schema
 from volga.api.types import Duration, parse_duration_us
 from volga.storage.conform import conform_batch, conform_series
-from volga.storage.online.base import KEY_INDEX, OnlineStore
+from volga.storage.online.base import KEY_INDEX, OnlineStore, WindowRows
 from volga.storage.schema_json import schema_from_json, schema_to_dict, schema_to_json
 
 __all__ = ["RedisOnlineStore"]
@@ -51,8 +51,12 @@ KEY_INDEX_DTYPE = pl.UInt32()
 _ROWS_PER_CALL = 10_000
 _RPUSH_CHUNK = 4_000  # Lua's unpack() limit is ~8k values
 
-# KEYS: meta, then (latest, history) per key. ARGV: schema json, shape json, history,
-# ttl_ms, then per key: n, row_1 .. row_n (oldest first).
+# KEYS: meta, evicted (hash), then (latest, history) per key. ARGV: schema json, shape json,
+# history, ttl_ms, retain_us (-1: keep the last `history` rows only), the timestamp's
+# position in a row (1-based), then per key: n, row_1 .. row_n (oldest first).
+# With retain_us >= 0 (request-time pipelines), rows younger than retain_us behind the
+# key's newest row stay beyond `history`; the newest evicted timestamp is recorded in the
+# evicted hash under the history key's name.
 _WRITE_SCRIPT = """
 local meta = KEYS[1]
 local shape = redis.call('HGET', meta, 'shape')
@@ -63,8 +67,10 @@ elseif shape ~= ARGV[2] then
 end
 local hist = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
-local pos = 5
-for i = 2, #KEYS, 2 do
+local retain = tonumber(ARGV[5])
+local tspos = tonumber(ARGV[6])
+local pos = 7
+for i = 3, #KEYS, 2 do
   local n = tonumber(ARGV[pos])
   local first, last = pos + 1, pos + n
   if ttl > 0 then
@@ -75,11 +81,25 @@ for i = 2, #KEYS, 2 do
   for s = first, last, %d do
     redis.call('RPUSH', KEYS[i + 1], unpack(ARGV, s, math.min(s + %d, last)))
   end
-  redis.call('LTRIM', KEYS[i + 1], -hist, -1)
+  if retain < 0 then
+    redis.call('LTRIM', KEYS[i + 1], -hist, -1)
+  else
+    local cutoff = cmsgpack.unpack(ARGV[last])[tspos] - retain
+    local len = redis.call('LLEN', KEYS[i + 1])
+    local evicted = nil
+    while len > hist do
+      local head = cmsgpack.unpack(redis.call('LINDEX', KEYS[i + 1], 0))[tspos]
+      if head >= cutoff then break end
+      redis.call('LPOP', KEYS[i + 1])
+      len = len - 1
+      evicted = head
+    end
+    if evicted then redis.call('HSET', KEYS[2], KEYS[i + 1], string.format('%%d', evicted)) end
+  end
   if ttl > 0 then redis.call('PEXPIRE', KEYS[i + 1], ttl) end
   pos = last + 1
 end
-return (#KEYS - 1) / 2
+return (#KEYS - 2) / 2
 """ % (_RPUSH_CHUNK, _RPUSH_CHUNK - 1)
 
 # The write script for a contiguous range of a checkpointed job's rows: the last KEYS entry
@@ -94,9 +114,9 @@ local applied = tonumber(redis.call('GET', seq_key) or '0')
 if applied >= seq_first + seq_n then return 0 end
 if applied ~= seq_first then return redis.error_reply('VOLGA_SEQ counter at ' .. applied .. ', write starts at ' .. seq_first) end
 """
-    + _WRITE_SCRIPT.replace("#KEYS", "nkeys").replace(
-        "return (nkeys - 1) / 2", "redis.call('SET', seq_key, seq_first + seq_n)\nreturn (nkeys - 1) / 2"
-    )
+    + _WRITE_SCRIPT.replace("#KEYS", "nkeys")[: _WRITE_SCRIPT.replace("#KEYS", "nkeys").rindex("return (")]
+    + "redis.call('SET', seq_key, seq_first + seq_n)\n"
+    + _WRITE_SCRIPT.replace("#KEYS", "nkeys")[_WRITE_SCRIPT.replace("#KEYS", "nkeys").rindex("return (") :]
 )
 
 
@@ -109,6 +129,7 @@ class _Feature:
         self.meta_key = prefix + b"meta"
         self.latest_prefix = prefix + b"l:"
         self.history_prefix = prefix + b"h:"
+        self.evicted_key = prefix + b"evicted"
         names = schema.names
         self.key_pos = [names.index(k) for k in schema.keys]
         self.ts_pos = names.index(schema.timestamp)
@@ -220,14 +241,15 @@ class RedisOnlineStore(OnlineStore):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write(self, name: str, schema: Schema, batch: pl.DataFrame) -> None:
+    def write(self, name: str, schema: Schema, batch: pl.DataFrame, *, retain_us: int | None = None) -> None:
         frame = conform_batch(batch, schema, what=f"online store feature {name!r}")
         feature = self._features.get(name)
         if feature is None or feature.schema != schema:
             feature = _Feature(self._prefix(name), schema, schema_to_json(schema))
         shape = _shape_json(schema)
+        retain = -1 if retain_us is None else retain_us
         if frame.height == 0:
-            self._call_write(name, feature, shape, [], [])
+            self._call_write(name, feature, shape, [], [], retain)
             return
         encode, history = self._encode, self.history
         columns = [(s.cast(pl.Int64) if s.name in feature.int_cols else s).to_list() for s in frame.iter_columns()]
@@ -247,24 +269,24 @@ class RedisOnlineStore(OnlineStore):
         row_args: list[Any] = []
         pending = 0
         for key, recent in per_key.items():
-            if len(recent) > history:
+            if len(recent) > history and retain < 0:
                 recent = recent[-history:]
             key_args += [feature.latest_prefix + key, feature.history_prefix + key]
             row_args.append(len(recent))
             row_args += recent
             pending += len(recent)
             if pending >= _ROWS_PER_CALL:
-                self._call_write(name, feature, shape, key_args, row_args)
+                self._call_write(name, feature, shape, key_args, row_args, retain)
                 key_args, row_args, pending = [], [], 0
         if key_args:
-            self._call_write(name, feature, shape, key_args, row_args)
+            self._call_write(name, feature, shape, key_args, row_args, retain)
         with self._lock:
             self._features[name] = feature
 
-    def _call_write(self, name: str, feature: _Feature, shape: str, keys: list[bytes], rows: list[Any]) -> None:
-        args = [feature.schema_json, shape, self.history, self.ttl_ms, *rows]
+    def _call_write(self, name: str, feature: _Feature, shape: str, keys: list[bytes], rows: list[Any], retain: int) -> None:
+        args = [feature.schema_json, shape, self.history, self.ttl_ms, retain, feature.ts_pos + 1, *rows]
         try:
-            self._write(keys=[feature.meta_key, *keys], args=args)
+            self._write(keys=[feature.meta_key, feature.evicted_key, *keys], args=args)
         except self._redis.ResponseError as e:
             if "VOLGA_SHAPE" not in str(e):
                 raise
@@ -374,16 +396,35 @@ class RedisOnlineStore(OnlineStore):
             feature = self._features.get(name) or self._stored(name)
             self._request_keys(name, feature, keys)  # still check the key columns
             return pl.DataFrame(schema=feature.indexed_schema)
-        feature, per_key = self._histories(name, keys, -n, -1)
+        feature, per_key = self._histories(name, keys, -min(n, self.history), -1)  # beyond `history`: windows only
         return _indexed_frame(feature, per_key)
 
     def get_range(self, name: str, keys: pl.DataFrame, start_us: int | None, end_us: int | None) -> pl.DataFrame:
-        feature, per_key = self._histories(name, keys, 0, -1)
+        feature, per_key = self._histories(name, keys, -self.history, -1)
         lo = -(2**63) if start_us is None else start_us
         hi = 2**63 - 1 if end_us is None else end_us
         pos = feature.ts_pos
         in_range = [[row for row in rows if row[pos] is not None and lo <= row[pos] <= hi] for rows in per_key]
         return _indexed_frame(feature, in_range)
+
+    def window_rows(self, name: str, keys: pl.DataFrame, start_us: int, end_us: int) -> WindowRows:
+        feature = self._features.get(name) or self._stored(name)
+        encoded = self._request_keys(name, feature, keys)
+        pipe = self._client.pipeline(transaction=False)
+        for k in encoded:
+            pipe.lrange(feature.history_prefix + k, 0, -1)
+        if encoded:
+            pipe.hmget(feature.evicted_key, [feature.history_prefix + k for k in encoded])
+        replies = pipe.execute()
+        decode, ts = self._decode, feature.ts_pos
+        per_key: list[list[tuple[Any, ...]]] = []
+        for values in replies[: len(encoded)]:
+            rows = [tuple(decode(v)) for v in values]
+            rows = [r for r in rows if r[ts] <= end_us]
+            before = [r for r in rows if r[ts] < start_us]
+            per_key.append(before[-1:] + [r for r in rows if r[ts] >= start_us])
+        evicted = [None if v is None else int(v) for v in (replies[-1] if encoded else [])]
+        return WindowRows(feature.schema.names, per_key, evicted)
 
     def close(self) -> None:
         self._client.close()
@@ -403,9 +444,11 @@ class RedisOnlineStore(OnlineStore):
         """Number ``name``'s sequenced rows from 0 again (a job starting without a checkpoint)."""
         self._client.delete(self._prefix(name) + b"seq")
 
-    def write_at(self, name: str, schema: Schema, batch: pl.DataFrame, first_row: int) -> None:
+    def write_at(self, name: str, schema: Schema, batch: pl.DataFrame, first_row: int, *, retain_us: int | None = None) -> None:
         """Write ``batch`` as rows ``first_row ..`` of ``name``'s sequence (atomically per
-        call, with the counter). Rows already applied are skipped; a gap is an error."""
+        call, with the counter). Rows already applied are skipped; a gap is an error.
+        ``retain_us`` as in :meth:`write`."""
+        retain = -1 if retain_us is None else retain_us
         applied = self.applied_rows(name)
         if applied > first_row:
             skip = min(applied - first_row, batch.height)
@@ -426,10 +469,10 @@ class RedisOnlineStore(OnlineStore):
         seq_key = self._prefix(name) + b"seq"
         for start in range(0, frame.height, _ROWS_PER_CALL):
             chunk = frame.slice(start, _ROWS_PER_CALL)
-            keys, rows = self._grouped_args(feature, chunk)
-            args = [feature.schema_json, shape, self.history, self.ttl_ms, *rows, first_row + start, chunk.height]
+            keys, rows = self._grouped_args(feature, chunk, retain)
+            args = [feature.schema_json, shape, self.history, self.ttl_ms, retain, feature.ts_pos + 1, *rows, first_row + start, chunk.height]
             try:
-                script(keys=[feature.meta_key, *keys, seq_key], args=args)
+                script(keys=[feature.meta_key, feature.evicted_key, *keys, seq_key], args=args)
             except self._redis.ResponseError as e:
                 if "VOLGA_SEQ" in str(e):
                     raise RuntimeError(f"online store feature {name!r}: another writer moved its row sequence ({e})") from None
@@ -439,7 +482,7 @@ class RedisOnlineStore(OnlineStore):
         with self._lock:
             self._features[name] = feature
 
-    def _grouped_args(self, feature: _Feature, frame: pl.DataFrame) -> tuple[list[bytes], list[Any]]:
+    def _grouped_args(self, feature: _Feature, frame: pl.DataFrame, retain: int) -> tuple[list[bytes], list[Any]]:
         encode = self._encode
         columns = [(s.cast(pl.Int64) if s.name in feature.int_cols else s).to_list() for s in frame.iter_columns()]
         rows = [encode(row) for row in zip(*columns)]
@@ -453,7 +496,8 @@ class RedisOnlineStore(OnlineStore):
         key_args: list[bytes] = []
         row_args: list[Any] = []
         for key, recent in per_key.items():
-            recent = recent[-self.history :]
+            if retain < 0:  # request-time rows are trimmed by time in the script
+                recent = recent[-self.history :]
             key_args += [feature.latest_prefix + key, feature.history_prefix + key]
             row_args.append(len(recent))
             row_args += recent
