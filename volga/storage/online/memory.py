@@ -287,7 +287,7 @@ class MemoryOnlineStore(OnlineStore):
             # datetimes are held as integer microseconds (see the module docstring)
             held = {c: (pl.Int64 if c in feature.int_cols else t) for c, t in feature.out_schema.items()}
             frame = pl.DataFrame(rows, schema=held, orient="row").cast(feature.out_schema)  # type: ignore[arg-type]
-            out[name] = {"schema": schema_to_json(schema), "rows": frame}
+            out[name] = {"schema": schema_to_json(schema), "rows": frame, "retain_us": getattr(feature, "retain_us", None)}
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -296,7 +296,7 @@ class MemoryOnlineStore(OnlineStore):
 
         for name, saved in state.items():
             self.clear(name)
-            self.write(name, schema_from_json(saved["schema"]), saved["rows"])
+            self.write(name, schema_from_json(saved["schema"]), saved["rows"], retain_us=saved.get("retain_us"))
 
 
 def _tail(recent: deque[Row], n: int) -> tuple[Row, ...]:
