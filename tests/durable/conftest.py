@@ -37,7 +37,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         try:
             urllib.request.urlopen(endpoint, timeout=1).close()
             break
-        except Exception:
+        except OSError:  # connection refused/reset (URLError is an OSError) until it listens
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(f"moto_server did not start on port {port}: {log.read_text()[-2000:]}") from None

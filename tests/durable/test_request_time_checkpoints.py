@@ -70,9 +70,9 @@ def test_request_time_answers_survive_crashes(tmp_path: Path, monkeypatch: pytes
         seen = [0]
         original = WindowAggregateOp.apply
 
-        def apply(self: Any, batch: Any, __original: Any = original) -> Any:
-            seen[0] += 1
-            if seen[0] == crash_at:
+        def apply(self: Any, batch: Any, __original: Any = original, __seen: list[int] = seen, __at: int = crash_at) -> Any:
+            __seen[0] += 1
+            if __seen[0] == __at:
                 raise RuntimeError("simulated crash")
             return __original(self, batch)
 

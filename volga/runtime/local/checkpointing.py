@@ -189,7 +189,7 @@ class Checkpointer:
         """Wait for a write in flight (a failed job's last checkpoint is still consistent)."""
         try:
             self.wait_written()
-        except Exception:  # noqa: BLE001 - the job's own error is what gets reported
+        except Exception:  # the job's own error is what gets reported
             log.exception("checkpoint write failed")
         finally:
             if self._pool is not None:
