@@ -116,7 +116,7 @@ def test_sigkill_at_random_points_then_restart_ends_with_the_uninterrupted_store
             break  # it finished before this kill
         kills += 1
         mid_checkpoint += during_checkpoint
-    assert kills == 20, f"only {kills} kills: the job finished too early"
+    assert kills == 20 and mid_checkpoint == 7, f"only {kills} kills ({mid_checkpoint} mid-checkpoint): the job finished too early"
 
     last = _start(args)
     _, err = last.communicate(timeout=120)
