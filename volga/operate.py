@@ -35,7 +35,7 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("app", help=app_help)
     run.add_argument("--pipelines", nargs="+", default=None, help="pipelines to run (default: every pipeline of the app)")
     run.add_argument("--params", default=None, help='materialize params as JSON (default {"online": true} merged in)')
-    run.add_argument("--checkpoint-dir", default=None, help="checkpoint the job's state here (needs checkpointing support)")
+    run.add_argument("--checkpoint-dir", default=None, help="checkpoint the job's state here (a path or an s3:// URL); a restart resumes from it")
     run.add_argument("--checkpoint-interval", default=None, help="time between checkpoints, e.g. 10s")
     run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics (Prometheus) and /ui on this port")
     run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
