@@ -136,6 +136,23 @@ def test_run_failing_to_start_exits_non_zero_with_one_line(project):
     assert "cannot start user_spend" in reason and "orders.jsonl" in reason
 
 
+def test_run_with_a_checkpoint_dir_takes_a_final_checkpoint_and_resumes_from_it(project):
+    checkpoints = project / "checkpoints"
+    for attempt in range(2):
+        proc = subprocess.Popen([sys.executable, "-m", "volga", "run", "app.py", "--checkpoint-dir", str(checkpoints)],
+                                cwd=project, env=volga_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            started = "".join(wait_for_line(proc, "online job started: user_spend"))
+            proc.send_signal(signal.SIGTERM)
+            rest = proc.communicate(timeout=60)[1]
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, rest
+        manifests = sorted(checkpoints.glob("chk-*.json"))
+        assert manifests, f"no checkpoint after SIGTERM (attempt {attempt}): {rest}"
+    assert "resumed from checkpoint" in started, started  # the second run restored the first one's final state
+
+
 def test_run_refuses_checkpoint_interval_without_dir(project):
     done = volga("run", "app.py", "--checkpoint-interval", "10s", cwd=project)
     assert done.returncode == 2
