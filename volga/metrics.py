@@ -193,10 +193,27 @@ class _JobCollector(Collector):
         freshness = {name: max(0.0, (now_us - us) / 1e6) for name, us in self.metrics.newest_written_us.items()}
         families.append(_gauge("volga_pipeline_freshness_seconds", "Now minus the newest event time written online",
                                "pipeline", freshness))
+        checkpointed = [job.metrics for job in client.jobs if getattr(job.metrics, "checkpoints", 0)]
+        if checkpointed:
+            m = max(checkpointed, key=lambda m: m.checkpoint_unix or 0.0)  # the newest checkpoint of this process
+            families.append(_plain(CounterMetricFamily, "volga_checkpoints", "Checkpoints written",
+                                   sum(c.checkpoints for c in checkpointed)))
+            families.append(_plain(GaugeMetricFamily, "volga_checkpoint_duration_seconds",
+                                   "Snapshot and write time of the last checkpoint", m.checkpoint_seconds or 0.0))
+            families.append(_plain(GaugeMetricFamily, "volga_checkpoint_size_bytes", "Bytes written by the last checkpoint",
+                                   float(m.checkpoint_bytes or 0)))
+            families.append(_plain(GaugeMetricFamily, "volga_checkpoint_age_seconds", "Seconds since the last checkpoint completed",
+                                   max(0.0, time.time() - (m.checkpoint_unix or time.time()))))
         jobs = GaugeMetricFamily("volga_jobs_running", "Jobs of this process that are running")
         jobs.add_metric([], running)
         families.append(jobs)
         return families
+
+
+def _plain(kind: Any, name: str, doc: str, value: float) -> Any:
+    family = kind(name, doc)
+    family.add_metric([], value)
+    return family
 
 
 def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

@@ -114,3 +114,25 @@ def test_feature_server_counts_requests_by_feature_and_status(tmp_path):
     assert samples[("volga_serving_request_seconds_count", ())] == 3
     assert samples[("volga_online_store_write_seconds_count", (("pipeline", "user_spend"),))] == 1
     assert samples[("volga_pipeline_rows_total", (("pipeline", "user_spend"),))] == 2000
+
+
+def test_checkpoint_metrics_of_volga_run(tmp_path):
+    assert subprocess.run([sys.executable, "-m", "volga", "init", "demo"], cwd=tmp_path, env=volga_env(), check=False).returncode == 0
+    project = tmp_path / "demo"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "volga", "run", "app.py", "--metrics-port", str(port),
+                             "--checkpoint-dir", str(tmp_path / "checkpoints"), "--checkpoint-interval", "200ms"],
+                            cwd=project, env=volga_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        wait_for_line(proc, "online job started")
+        first = wait_for(url, ("volga_checkpoints_total", ()), 1)
+        assert first[("volga_checkpoint_size_bytes", ())] > 1000  # the window state and the store's rows
+        assert 0 < first[("volga_checkpoint_duration_seconds", ())] < 60
+        assert 0 <= first[("volga_checkpoint_age_seconds", ())] < 60
+        later = wait_for(url, ("volga_checkpoints_total", ()), first[("volga_checkpoints_total", ())] + 1)
+        assert later[("volga_checkpoints_total", ())] > first[("volga_checkpoints_total", ())]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()

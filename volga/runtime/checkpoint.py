@@ -143,6 +143,8 @@ class CheckpointStore:
         with self.fs.open_output_stream(staging) as out:
             out.write(json.dumps(manifest).encode())
         self.fs.move(staging, final)
+        files = self.fs.get_file_info(pafs.FileSelector(self._path(folder), recursive=True))
+        self.last_bytes = sum(f.size or 0 for f in files if f.type == pafs.FileType.File) + len(json.dumps(manifest))
         self._prune(ckpt)
         return ckpt
 

@@ -92,6 +92,7 @@ class Checkpointer:
         self.fingerprint = plan_fingerprint(plan)
         self.last_at = time.monotonic()
         self.taken = 0
+        self._started: tuple[Metrics, float] | None = None  # the background write in flight: its job and start
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: concurrent.futures.Future[int] | None = None
         for step in plan.steps:
@@ -153,15 +154,25 @@ class Checkpointer:
     def take(self, metrics: Metrics) -> int:
         """Snapshot and write now, waiting for the write (the final checkpoint)."""
         self.wait_written()
+        started = time.perf_counter()
         ckpt = self.options.store.write(self.snapshot(metrics), self.fingerprint)
         self.last_at = time.monotonic()
         self.taken += 1
+        self._record(metrics, time.perf_counter() - started)
         return ckpt
+
+    def _record(self, metrics: Metrics, seconds: float) -> None:
+        """The last checkpoint's figures, for ``volga_checkpoint_*`` metrics."""
+        metrics.checkpoints += 1
+        metrics.checkpoint_seconds = seconds
+        metrics.checkpoint_bytes = getattr(self.options.store, "last_bytes", None)
+        metrics.checkpoint_unix = time.time()
 
     def take_in_background(self, metrics: Metrics) -> None:
         """Snapshot now; write the files in a background thread while the job goes on (Arrow
         writes release the GIL). One write at a time: a previous one is waited for first."""
         self.wait_written()
+        self._started = (metrics, time.perf_counter())
         state = self.snapshot(metrics)
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="volga-checkpoint")
@@ -184,6 +195,10 @@ class Checkpointer:
         if pending is not None:
             pending.result()
             self.taken += 1
+            if self._started is not None:
+                metrics, started = self._started
+                self._record(metrics, time.perf_counter() - started)
+                self._started = None
 
     def close(self) -> None:
         """Wait for a write in flight (a failed job's last checkpoint is still consistent)."""

@@ -38,6 +38,12 @@ class Metrics:
     started_at: float = dataclasses.field(default_factory=time.perf_counter)
     finished_at: float | None = None
     latency_samples: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    # checkpoints (with checkpoint_dir): how many were written, and the last one's
+    # duration (snapshot and write), size and completion (Unix seconds)
+    checkpoints: int = 0
+    checkpoint_seconds: float | None = None
+    checkpoint_bytes: int | None = None
+    checkpoint_unix: float | None = None
 
     @property
     def seconds(self) -> float:
