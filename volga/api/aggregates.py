@@ -218,8 +218,3 @@ def _sum(values: Sequence[Any]) -> Any:
     for v in values:
         total += v
     return total
-
-
-def is_missing(value: Any) -> bool:
-    """Null or NaN: left out by every aggregate (except ``Count()`` without ``on``)."""
-    return value is None or (isinstance(value, float) and value != value)

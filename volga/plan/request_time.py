@@ -52,8 +52,8 @@ from typing import Any
 from volga.api import nodes
 from volga.api.aggregates import Aggregate
 from volga.api.entity import FieldSpec, Schema
+from volga.ops.stateless import HIDDEN_PREFIX
 
-HIDDEN_PREFIX = "__volga_"
 RAW_PREFIX = "__volga_raw."
 PRE_PREFIX = "__volga_pre."
 

@@ -13,7 +13,6 @@ steps after the aggregate then run over those rows, as the pipeline runs them.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -156,7 +155,3 @@ def _events_needed(times_us, starts, positions, from_us):  # type: ignore[no-unt
         marks[first] += 1
         marks[p + 1] -= 1
     return np.cumsum(marks[:-1]) > 0
-
-
-def _plus(schema: Schema, extra: FieldSpec) -> Schema:
-    return dataclasses.replace(schema, fields=(*schema.fields, extra))
