@@ -280,9 +280,9 @@ def _not_allowed(allow: str) -> Response:
 class _Connections:
     """The server's open connections (for deadlines, the connection cap and draining)."""
 
-    def __init__(self, pool: ThreadPoolExecutor | None) -> None:
+    def __init__(self) -> None:
         self.open: set[HttpProtocol] = set()
-        self.pool = pool
+        self.pool: ThreadPoolExecutor | None = None
         self.closed_all = asyncio.Event()  # set when draining and the last connection closed
 
     def sweep(self, limits: ServerLimits) -> None:
@@ -479,6 +479,8 @@ class HttpProtocol(asyncio.Protocol):
         if want != self.reading:
             self.reading = want
             if want:
+                if self.phase != _IDLE:  # the client could not send while we were not reading
+                    self.phase_started = time.monotonic()
                 transport.resume_reading()
             else:
                 transport.pause_reading()
@@ -540,7 +542,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.write_paused_at is not None and now - self.write_paused_at > limits.body_timeout_s:
             transport.abort()  # it has not read its answers for that long: give up on it
-        elif self.closing:
+        elif self.closing or not self.reading:  # (its deadlines do not run while we do not read)
             return
         elif self.phase == _HEAD and now - self.phase_started > limits.head_timeout_s:
             self._fatal(408, f"request head not received within {limits.head_timeout_s:g}s", "headers")
@@ -599,11 +601,13 @@ def _warn_if_few_descriptors(limits: ServerLimits) -> None:
         )
 
 
-async def _run(app: ServingApp, sock: socket.socket, stop: asyncio.Event, ready: Callable[[], None]) -> None:
+async def _run(
+    app: ServingApp, sock: socket.socket, stop: asyncio.Event, ready: Callable[[], None], connections: _Connections
+) -> None:
     loop = asyncio.get_running_loop()
     limits = app.limits
     pool = None if app.inline else ThreadPoolExecutor(max_workers=16, thread_name_prefix="volga-serve")
-    connections = _Connections(pool)
+    connections.pool = pool
     server = await loop.create_server(lambda: HttpProtocol(app, connections), sock=sock)
     _warn_if_few_descriptors(limits)
     every = min(max(min(limits.head_timeout_s, limits.body_timeout_s, limits.keep_alive_s) / 4, 0.02), 1.0)
@@ -652,6 +656,7 @@ class Server:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, args=(sock,), name=f"volga-serve:{self.port}", daemon=True)
+        self._connections = _Connections()  # read by tests: the state of each open connection
 
     @property
     def limits(self) -> ServerLimits:
@@ -666,7 +671,7 @@ class Server:
         asyncio.set_event_loop(self._loop)
         self._stop = asyncio.Event()
         try:
-            self._loop.run_until_complete(_run(self.app, sock, self._stop, self._ready.set))
+            self._loop.run_until_complete(_run(self.app, sock, self._stop, self._ready.set, self._connections))
         except BaseException as e:  # reported by start()/stop()
             self._error = e
         finally:
@@ -743,7 +748,7 @@ def serve_forever(
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
-    main = loop.create_task(_run(app, sock, stop, lambda: on_ready(url) if on_ready else None))
+    main = loop.create_task(_run(app, sock, stop, lambda: on_ready(url) if on_ready else None, _Connections()))
 
     def on_signal() -> None:
         if stop.is_set():
