@@ -484,3 +484,40 @@ def test_stop_drains_requests_in_flight_and_health_says_draining(start, known_us
         busy.close()
         idle.close()
     assert not server.running
+
+
+@pytest.mark.slow
+def test_sigterm_drains_volga_serve():
+    """SIGTERM: the listening socket closes, a request already begun is answered, exit code 0."""
+    import signal
+    from urllib.parse import urlsplit
+
+    from test_cli import start as start_cli
+    from test_cli import wait_url
+
+    process = start_cli("cli_app.py", "--port", "0", "--drain-timeout", "20")
+    try:
+        address = urlsplit(wait_url(process))
+        with socket.create_connection((address.hostname, address.port), timeout=10) as busy:
+            busy.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            busy.sendall(b"X-A: 1\r\n")  # (head not finished: the request is in flight)
+            process.send_signal(signal.SIGTERM)
+
+            def refused() -> bool:
+                try:
+                    socket.create_connection((address.hostname, address.port), timeout=1).close()
+                except OSError:
+                    return True
+                return False
+
+            wait_for(refused, "volga serve to stop accepting")
+            assert process.poll() is None, "it must wait for the request in flight"
+            busy.sendall(b"\r\n")
+            data, closed = read_until_closed(busy)
+        (reply,) = parse_replies(data)
+        assert reply.status == 503 and reply.json["status"] == "draining" and closed
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
