@@ -213,6 +213,14 @@ def test_head_over_limit_in_one_write_is_431(hard):
     assert_rejected(*exchange(hard, many), 431)
 
 
+def test_default_limits_refuse_the_issues_heads(server):
+    """The shapes from issue 15 against default limits (64 KiB): both used to get 200."""
+    long_line = b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n"
+    assert_rejected(*exchange(server, long_line), 431, "65536")
+    many = b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(10_000)) + b"\r\n"
+    assert_rejected(*exchange(server, many), 431)
+
+
 def test_head_over_limit_across_reads_is_431(hard):
     with connect(hard) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\n")
@@ -305,6 +313,15 @@ def test_auth_is_checked_before_the_body(hard):
     replies, closed = exchange(hard, head)
     assert_rejected(replies, closed, 401, "missing bearer token")
     assert replies[0].headers["www-authenticate"] == 'Bearer realm="volga"'
+
+
+def test_only_health_is_open_without_the_token(hard):
+    for target in (b"/health?probe=1", b"/health"):
+        replies, _ = exchange(hard, b"GET %s HTTP/1.1\r\nConnection: close\r\n\r\n" % target)
+        assert [r.status for r in replies] == [200]
+    for target in (b"/healthz", b"/health/../features", b"/features"):
+        replies, closed = exchange(hard, b"GET %s HTTP/1.1\r\nConnection: close\r\n\r\n" % target)
+        assert [r.status for r in replies] == [401] and closed, target
 
 
 @pytest.mark.parametrize("value, status", [

@@ -411,7 +411,7 @@ class HttpProtocol(asyncio.Protocol):
         length = headers.get("content-length")  # llhttp checked: digits only, at most one
         if length is not None and int(length) > self.limits.max_body_bytes:
             self._stop(413, f"body of {length} bytes is larger than the limit of {self.limits.max_body_bytes} bytes", "body")
-        if self.app.auth_required and not b"".join(self.url).startswith(b"/health"):
+        if self.app.auth_required and b"".join(self.url).partition(b"?")[0] != b"/health":
             denied = self.app.unauthorized(headers)
             if denied is not None:  # before reading the body
                 self._stop_with(denied)
