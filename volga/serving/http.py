@@ -296,6 +296,8 @@ class _Stop(Exception):
 
 
 _IDLE, _HEAD, _BODY = 0, 1, 2
+# Request headers the server (and ServingApp.handle) reads, by their lower-case name.
+_KEPT_HEADERS = {n.encode(): n for n in ("authorization", "content-length", "transfer-encoding", "expect", "connection")}
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -309,6 +311,7 @@ class HttpProtocol(asyncio.Protocol):
     def __init__(self, app: ServingApp, connections: _Connections) -> None:
         self.app = app
         self.limits = app.limits
+        self.max_head_bytes = app.limits.max_head_bytes
         self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -399,9 +402,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_tally += len(name) + len(value) + 4
-        if self.head_tally > self.limits.max_head_bytes:
-            self._stop(431, f"request head larger than {self.limits.max_head_bytes} bytes", "headers")
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if self.head_tally > self.max_head_bytes:
+            self._stop(431, f"request head larger than {self.max_head_bytes} bytes", "headers")
+        kept = _KEPT_HEADERS.get(name.lower())
+        if kept is not None:  # (only the headers the server reads: this runs for every header)
+            self.headers[kept] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         version = self.parser.get_http_version()
