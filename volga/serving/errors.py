@@ -29,6 +29,9 @@ def describe(value: Any, limit: int = 120, depth: int = 3) -> str:
     "{'a': [1, [2, [...]]]}"
     >>> describe(list(range(100)), limit=20)
     '[0, 1, 2, 3, 4, 5, 6...'
+    >>> import datetime
+    >>> describe([datetime.date(2025, 1, 2)])
+    '[datetime.date(2025, 1, 2)]'
     """
     if type(value) in _ATOMS:
         text = repr(value)
@@ -69,8 +72,11 @@ def describe(value: Any, limit: int = 120, depth: int = 3) -> str:
                             stack.append(", ")
             elif type(current) in _ATOMS:
                 text = repr(current)
-            else:  # anything else: its type, never its (possibly recursive) repr
-                text = f"<{type(current).__name__}>"
+            else:  # not from JSON (an in-process caller's object): its own repr, cut short
+                try:
+                    text = repr(current)[: limit + 1]
+                except Exception:  # (a repr that fails or recurses says nothing useful)
+                    text = f"<{type(current).__name__}>"
         out.append(text)
         size += len(text)
     text = "".join(out)
