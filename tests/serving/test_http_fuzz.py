@@ -55,7 +55,7 @@ def still_serving(server, good: bytes) -> None:
 @given(data=st.binary(max_size=4096))
 def test_random_bytes(fuzzed, good, data):
     replies, _ = send(fuzzed, data)
-    assert all(r.status in (400, 404, 405, 408, 413, 431) for r in replies), replies
+    assert all(r.status < 500 for r in replies), replies  # (mostly 400: what random bytes deserve)
     still_serving(fuzzed, good)
 
 
@@ -81,7 +81,7 @@ SEPARATORS = st.sampled_from(["\r\n", "\n", "\r", "\r\n "])
 def test_random_http_shaped_requests(fuzzed, good, method, path, version, eol, headers, body, repeat):
     head = f"{method} {path} {version}{eol}" + "".join(f"{n}: {v}{eol}" for n, v in headers) + eol
     replies, _ = send(fuzzed, (head.encode("latin-1") + body) * repeat)
-    assert all(r.status != 500 for r in replies), replies
+    assert all(r.status < 500 for r in replies), replies
     still_serving(fuzzed, good)
 
 
