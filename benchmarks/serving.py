@@ -635,7 +635,7 @@ def soak(args: argparse.Namespace, server: Any, bodies: list[str]) -> None:
 
     print(f"\nsoak: {args.soak:.0f}s at {args.soak_rate:.0f} req/s on {args.connections} connections, beside "
           f"{args.soak_idle} idle connections and {args.soak_slow} slow ones (1 byte per 100 ms: half heads, half bodies)"
-          f"; server limits {server.limits}", flush=True)
+          f"; server limits {getattr(server, 'limits', '(none: before ServerLimits)')}", flush=True)
     samples: list[tuple[float, float, float]] = []  # (seconds since start, RSS MiB, server CPU seconds)
     done = threading.Event()
     t0 = time.perf_counter()
