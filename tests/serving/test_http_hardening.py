@@ -538,3 +538,36 @@ def test_sigterm_drains_volga_serve():
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.slow
+def test_second_sigterm_stops_volga_serve_at_once():
+    """While draining, a second SIGTERM stops without waiting for the request in flight."""
+    import signal
+    from urllib.parse import urlsplit
+
+    from test_cli import start as start_cli
+    from test_cli import wait_url
+
+    process = start_cli("cli_app.py", "--port", "0", "--drain-timeout", "600", "--head-timeout", "600")
+    try:
+        address = urlsplit(wait_url(process))
+        with socket.create_connection((address.hostname, address.port), timeout=30) as busy:
+            busy.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # in flight, never finished
+            process.send_signal(signal.SIGTERM)
+
+            def refused() -> bool:
+                try:
+                    socket.create_connection((address.hostname, address.port), timeout=1).close()
+                except OSError:
+                    return True
+                return False
+
+            wait_for(refused, "volga serve to start draining")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0  # not the 600 s drain
+            assert read_until_closed(busy) == (b"", True)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
