@@ -503,6 +503,19 @@ def test_stop_drains_requests_in_flight_and_health_says_draining(start, known_us
     assert not server.running
 
 
+def server_has_read(server_port: int, sock: socket.socket) -> bool:
+    """True once the server process has read everything ``sock`` sent (its receive queue for
+    this connection, in /proc/net/tcp, is empty): it then knows the request is in flight."""
+    client_port = sock.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+                return int(queues.split(":")[1], 16) == 0
+    return False  # not accepted yet
+
+
 @pytest.mark.slow
 def test_sigterm_drains_volga_serve():
     """SIGTERM: the listening socket closes, a request already begun is answered, exit code 0."""
@@ -518,6 +531,7 @@ def test_sigterm_drains_volga_serve():
         with socket.create_connection((address.hostname, address.port), timeout=10) as busy:
             busy.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
             busy.sendall(b"X-A: 1\r\n")  # (head not finished: the request is in flight)
+            wait_for(lambda: server_has_read(address.port, busy), "volga serve to read the half request")
             process.send_signal(signal.SIGTERM)
 
             def refused() -> bool:
@@ -554,6 +568,7 @@ def test_second_sigterm_stops_volga_serve_at_once():
         address = urlsplit(wait_url(process))
         with socket.create_connection((address.hostname, address.port), timeout=30) as busy:
             busy.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # in flight, never finished
+            wait_for(lambda: server_has_read(address.port, busy), "volga serve to read the half request")
             process.send_signal(signal.SIGTERM)
 
             def refused() -> bool:
