@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serving.py                # everything (first run installs Feast)
     .venv/bin/python benchmarks/serving.py --skip-feast   # Volga only
     .venv/bin/python benchmarks/serving.py --rates 2000,5000 --duration 5
+    .venv/bin/python benchmarks/serving.py --soak 60         # 60 s at 3k req/s beside 1,000 idle + 50 slow connections
 
 What it measures (DESIGN.md "on-demand HTTP serving" and "in-process on-demand lookup"):
 
@@ -128,11 +129,24 @@ class _Generator:
         else:
             self.idle.append(conn)
 
-    async def run(self, rate: float, duration: float, connections: int) -> dict[str, Any]:
+    async def run(self, rate: float, duration: float, connections: int, idle: int = 0, slow: int = 0) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
+        held = _Held(self.host, self.port)
+        if idle or slow:
+            await held.start(idle, slow)
         for _ in range(connections):
             _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
             self.idle.append(conn)
+        try:
+            result = await self._load(rate, duration, connections)
+        finally:
+            if idle or slow:
+                result_held = await held.stop()
+        if idle or slow:
+            result["held"] = result_held
+        return result
+
+    async def _load(self, rate: float, duration: float, connections: int) -> dict[str, Any]:
         total = int(rate * duration)
         t0 = time.perf_counter() + 0.01
         issued = 0
@@ -163,6 +177,89 @@ class _Generator:
         }
 
 
+class _Quiet(asyncio.Protocol):
+    """A connection held open beside the load (idle, or trickling a request): records what
+    the server said and when it closed the connection."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _Held:
+    """The soak's extra connections: ``idle`` ones that never send a byte, and ``slow`` ones
+    that trickle a request one byte per 100 ms (half a head, half a body after a complete
+    head), reconnecting whenever the server cuts them off."""
+
+    TRICKLE_S = 0.1
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.idle: list[_Quiet] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
+        self.answers: dict[str, int] = {}
+        self.connect_errors = 0
+
+    async def start(self, idle: int, slow: int) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(idle):
+            try:
+                _, conn = await loop.create_connection(_Quiet, self.host, self.port)
+            except OSError:
+                self.connect_errors += 1
+                continue
+            self.idle.append(conn)
+        self.tasks = [loop.create_task(self._trickle(body=i % 2 == 1)) for i in range(slow)]
+
+    async def _trickle(self, body: bool) -> None:
+        loop = asyncio.get_running_loop()
+        if body:
+            head, data = b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n", b"[" * 2000
+        else:
+            head, data = b"", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 2000
+        while not self.stopping:
+            try:
+                _, conn = await loop.create_connection(_Quiet, self.host, self.port)
+            except OSError:
+                self.connect_errors += 1
+                await asyncio.sleep(1.0)
+                continue
+            conn.transport.write(head)
+            for i in range(len(data)):
+                if self.stopping or conn.closed.done():
+                    break
+                conn.transport.write(data[i : i + 1])
+                await asyncio.sleep(self.TRICKLE_S)
+            if self.stopping:
+                conn.transport.close()
+                return
+            status = conn.received[9:12].decode() or "closed without answer"
+            key = f"slow {'body' if body else 'head'}: {status}"
+            self.answers[key] = self.answers.get(key, 0) + 1
+
+    async def stop(self) -> dict[str, Any]:
+        self.stopping = True
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        closed = sum(1 for c in self.idle if c.closed.done())
+        for conn in self.idle:
+            conn.transport.close()
+        return {
+            "idle_open": len(self.idle), "idle_closed_by_server": closed, "slow_answers": self.answers,
+            "connect_errors": self.connect_errors,
+        }
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50": float("nan"), "p99": float("nan"), "p99.9": float("nan")}
@@ -182,13 +279,23 @@ def loadgen_main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(_Generator(config).run(config["rate"], config["duration"], config["connections"]))
+    result = asyncio.run(
+        _Generator(config).run(
+            config["rate"], config["duration"], config["connections"], config.get("idle", 0), config.get("slow", 0)
+        )
+    )
     print(json.dumps(result))
 
 
-def drive(host: str, port: int, path: str, bodies: list[str], rate: float, duration: float, connections: int) -> dict[str, Any]:
+def drive(
+    host: str, port: int, path: str, bodies: list[str], rate: float, duration: float, connections: int,
+    idle: int = 0, slow: int = 0,
+) -> dict[str, Any]:
     """Run the load generator in a separate process; return its figures."""
-    config = dict(host=host, port=port, path=path, bodies=bodies, rate=rate, duration=duration, connections=connections)
+    config = dict(
+        host=host, port=port, path=path, bodies=bodies, rate=rate, duration=duration, connections=connections,
+        idle=idle, slow=slow,
+    )
     out = subprocess.run(
         [sys.executable, __file__, "loadgen"], input=json.dumps(config), capture_output=True, text=True, timeout=duration + 60
     )
@@ -510,6 +617,70 @@ def run_feast(args: argparse.Namespace, client: Any, ids: list[str], bodies_ids:
 
 # -- report ---------------------------------------------------------------------------------
 
+def rss_mib() -> float:
+    """This process's resident memory (the in-thread server's, with the data it serves)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def soak(args: argparse.Namespace, server: Any, bodies: list[str]) -> None:
+    """``--soak SECONDS``: the fixed-rate load with idle and slow connections held beside it;
+    good clients' latency and errors, server CPU and RSS at start and end."""
+    import threading
+
+    print(f"\nsoak: {args.soak:.0f}s at {args.soak_rate:.0f} req/s on {args.connections} connections, beside "
+          f"{args.soak_idle} idle connections and {args.soak_slow} slow ones (1 byte per 100 ms: half heads, half bodies)"
+          f"; server limits {getattr(server, 'limits', '(none: before ServerLimits)')}", flush=True)
+    samples: list[tuple[float, float, float]] = []  # (seconds since start, RSS MiB, server CPU seconds)
+    done = threading.Event()
+    t0 = time.perf_counter()
+
+    def sample() -> None:
+        while not done.wait(1.0):
+            samples.append((time.perf_counter() - t0, rss_mib(), cpu_seconds()))
+
+    before = (0.0, rss_mib(), cpu_seconds())
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with Contention() as contention:
+        result = drive(
+            server.host, server.port, "/features", bodies, args.soak_rate, args.soak, args.connections,
+            idle=args.soak_idle, slow=args.soak_slow,
+        )
+    done.set()
+    sampler.join()
+    after = rss_mib()
+    held = result.get("held", {})
+    print(f"  good clients: {_row(result)}  [other programs: {contention.other_cores:.2f} cores]")
+    print(f"  held: {held.get('idle_open')} idle connections opened ({held.get('idle_closed_by_server')} closed by the "
+          f"server's keep-alive limit by the end), slow clients' outcomes {held.get('slow_answers')}, "
+          f"connect errors {held.get('connect_errors')}")
+
+    def window(first: float, last: float) -> str:
+        inside = [x for x in samples if first <= x[0] <= last]
+        if len(inside) < 2:
+            return "n/a"
+        cores = (inside[-1][2] - inside[0][2]) / (inside[-1][0] - inside[0][0])
+        return f"{cores:.2f} cores"
+
+    if samples:
+        start, end = samples[min(4, len(samples) - 1)], samples[-1]
+        peak = max(x[1] for x in samples)
+        growth = (end[1] - start[1]) / start[1] * 100
+        print(f"  server CPU: first 10 s {window(0, 10)}, last 10 s {window(end[0] - 10, end[0])}")
+        print(f"  server RSS: {before[1]:.0f} MiB before, {start[1]:.0f} MiB at {start[0]:.0f}s (connections held), "
+              f"{end[1]:.0f} MiB at the end ({growth:+.1f}%), peak {peak:.0f} MiB, {after:.0f} MiB after they closed")
+        ok = result["from_due_ms"]["p99"] <= P99_TARGET_MS and growth < 10 and result["errors"] == 0
+        print(f"  -> {'meets' if ok else 'MISSES'} the soak targets (good clients' p99 <= {P99_TARGET_MS:.0f} ms, "
+              "0 errors, RSS growth < 10%)")
+
+
 def _row(run: dict[str, Any]) -> str:
     d, s = run["from_due_ms"], run["from_send_ms"]
     return (
@@ -541,6 +712,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per rate; the summary uses the median p99")
     parser.add_argument("--skip-feast", action="store_true")
     parser.add_argument("--feast-venv", default=str(HERE / ".feast-venv"))
+    parser.add_argument("--soak", type=float, default=0.0, help="run only a soak of this many seconds (see soak())")
+    parser.add_argument("--soak-rate", type=float, default=3000.0, help="offered requests/s during the soak")
+    parser.add_argument("--soak-idle", type=int, default=1000, help="idle connections held during the soak")
+    parser.add_argument("--soak-slow", type=int, default=50, help="slow (trickling) connections held during the soak")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
 
@@ -578,6 +753,10 @@ def main() -> None:
           f" open loop, {args.duration:.0f}s per rate, {args.connections} connections:")
     runs = []
     drive(server.host, server.port, "/features", bodies, 500, 1.0, args.connections)  # warm up
+    if args.soak:
+        soak(args, server, bodies)
+        server.stop()
+        return
     cpu_per_request = []
     for rate in args.rates:
         marks: dict[str, float] = {}

@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (needs a shared online store)")
     serve.add_argument("--auth-token", default=None, help="require 'Authorization: Bearer TOKEN' (default: $VOLGA_AUTH_TOKEN)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted (default 1 MiB)")
+    serve.add_argument("--max-head-bytes", type=int, default=64 * 1024, help="largest request head (default 64 KiB)")
+    serve.add_argument("--max-keys", type=int, default=10_000, help="most lookup keys in one request (default 10000)")
+    serve.add_argument("--max-connections", type=int, default=4096, help="open connections per process; more get 503 (default 4096)")
+    serve.add_argument("--head-timeout", type=float, default=10.0, help="seconds to receive a request head (default 10)")
+    serve.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a request body (default 30)")
+    serve.add_argument("--keep-alive", type=float, default=60.0, help="seconds an idle connection stays open (default 60)")
+    serve.add_argument("--drain-timeout", type=float, default=10.0, help="on SIGTERM: seconds to finish requests received (default 10)")
     serve.add_argument("--ray", action="store_true", help="run the servers as Ray actors (needs volga[ray] and a shared store)")
     serve.add_argument("--replicas", type=int, default=2, help="with --ray: server replicas behind the port (default 2)")
     serve.add_argument("--ray-address", default=None, help="with --ray: an existing Ray cluster (default: start one)")
@@ -51,12 +58,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LIMIT_FLAGS = {  # ServerLimits field -> its `volga serve` flag
+    "max_head_bytes": "max_head_bytes", "max_body_bytes": "max_body_bytes", "max_keys": "max_keys",
+    "max_connections": "max_connections", "head_timeout_s": "head_timeout", "body_timeout_s": "body_timeout",
+    "keep_alive_s": "keep_alive", "drain_timeout_s": "drain_timeout",
+}
+
+
+def _limits(args: argparse.Namespace) -> object:
+    from volga.serving.http import ServerLimits
+
+    for field, flag in _LIMIT_FLAGS.items():
+        value = getattr(args, flag)
+        if value <= 0:
+            raise ValueError(f"volga serve: --{flag.replace('_', '-')} must be positive, got {value}")
+    return ServerLimits(**{field: getattr(args, flag) for field, flag in _LIMIT_FLAGS.items()})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         from volga.serving.run import AppError, serve_app
 
         token = args.auth_token or os.environ.get("VOLGA_AUTH_TOKEN") or None
+        try:
+            limits = _limits(args)
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 2
         try:
             if args.ray:
                 from volga.runtime.ray.serve import serve_on_ray
@@ -68,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             from volga.operate import server_hooks
 
             return serve_app(
-                args.app, host=args.host, port=args.port, workers=args.workers, auth_token=token,
-                max_body_bytes=args.max_body_bytes, hooks=lambda client: server_hooks(client, token),
+                args.app, host=args.host, port=args.port, workers=args.workers, auth_token=token, limits=limits,
+                hooks=lambda client: server_hooks(client, token),
             )
         except AppError as e:
             print(e, file=sys.stderr)

@@ -449,15 +449,25 @@ class Client:
         return self._on_demand.get(self._named(name), keys, args, at=at)
 
     def serve(
-        self, port: int = 0, host: str = "127.0.0.1", *, auth_token: str | None = None, max_body_bytes: int = 1 << 20
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        auth_token: str | None = None,
+        max_body_bytes: int | None = None,
+        limits: Any = None,
     ) -> Any:
         """Serve the registered features over HTTP from a background thread.
 
-        Returns the running :class:`volga.serving.http.Server` (``.url``, ``.stop()``).
+        ``limits`` is a :class:`volga.serving.http.ServerLimits` (sizes, timeouts, connection
+        cap, drain time); ``max_body_bytes`` overrides its ``max_body_bytes`` (1 MiB by default).
+        Returns the running :class:`volga.serving.http.Server` (``.url``, ``.stop()``, which drains).
         """
         from volga.serving.http import serve_in_thread
 
-        return serve_in_thread(self._on_demand, host=host, port=port, auth_token=auth_token, max_body_bytes=max_body_bytes)
+        return serve_in_thread(
+            self._on_demand, host=host, port=port, auth_token=auth_token, max_body_bytes=max_body_bytes, limits=limits
+        )
 
     def _named(self, feature: Any) -> Any:
         """A definition given where a name is expected: known under its name from now on."""

@@ -16,6 +16,71 @@ from typing import Any
 
 from volga.errors import KeyMismatch, UnknownFeature
 
+_ATOMS = (str, int, float, bool, type(None))
+
+
+def describe(value: Any, limit: int = 120, depth: int = 3) -> str:
+    """A short ``repr`` of client data for error messages: iterative (a value nested 10,000
+    deep cannot exhaust the stack), at most ``depth`` levels shown and about ``limit``
+    characters long.
+
+    >>> describe({"a": [1, [2, [3, [4]]]]})
+    "{'a': [1, [2, [...]]]}"
+    >>> describe(list(range(100)), limit=20)
+    '[0, 1, 2, 3, 4, 5, 6...'
+    >>> import datetime
+    >>> describe([datetime.date(2025, 1, 2)])
+    '[datetime.date(2025, 1, 2)]'
+    """
+    if type(value) in _ATOMS:
+        text = repr(value)
+        return text if len(text) <= limit else text[:limit] + "..."
+    out: list[str] = []
+    size = 0
+    # a stack of (value, depth) to render, or plain strings to emit as they are
+    stack: list[Any] = [(value, 0)]
+    while stack and size <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            text = item
+        else:
+            current, level = item
+            if isinstance(current, (list, tuple)) and type(current) in (list, tuple):
+                open_, close = ("[", "]") if type(current) is list else ("(", ")")
+                if level >= depth and current:
+                    text = f"{open_}...{close}"
+                else:
+                    text = open_
+                    stack.append(close)
+                    for i in range(len(current) - 1, -1, -1):
+                        stack.append((current[i], level + 1))
+                        if i:
+                            stack.append(", ")
+            elif type(current) is dict:
+                if level >= depth and current:
+                    text = "{...}"
+                else:
+                    text = "{"
+                    stack.append("}")
+                    entries = list(current.items())
+                    for i in range(len(entries) - 1, -1, -1):
+                        name, inner = entries[i]
+                        stack.append((inner, level + 1))
+                        stack.append(f"{describe(name, limit=40, depth=0)}: ")
+                        if i:
+                            stack.append(", ")
+            elif type(current) in _ATOMS:
+                text = repr(current)
+            else:  # not from JSON (an in-process caller's object): its own repr, cut short
+                try:
+                    text = repr(current)[: limit + 1]
+                except Exception:  # (a repr that fails or recurses says nothing useful)
+                    text = f"<{type(current).__name__}>"
+        out.append(text)
+        size += len(text)
+    text = "".join(out)
+    return text if not stack and len(text) <= limit else text[:limit] + "..."
+
 
 class ServingError(Exception):
     """Base class: a request the serving layer could not answer."""

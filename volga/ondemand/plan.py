@@ -23,7 +23,7 @@ from volga.api.keys import key_records
 from volga.api.on_demand import QUERY_ARGS, QUERY_DEFAULTS, OnDemandDef, OnDemandDefinitionError, dependency_order
 from volga.api.types import datetime_to_us, dtype_name, moment_us, to_utc, unwrap_optional
 from volga.errors import naming_hint
-from volga.ondemand.errors import BadRequest, FeatureNotFound, InternalError, InvalidKeys
+from volga.ondemand.errors import BadRequest, FeatureNotFound, InternalError, InvalidKeys, describe
 from volga.ondemand.rows import Row
 from volga.plan.request_time import RequestTimeShape, request_time_shape
 
@@ -64,7 +64,7 @@ def check_keys(label: str, schema: Schema, keys: Any, where: str, *, numbered: b
     n = len(fields)
     for i, key in enumerate(keys):
         if not isinstance(key, Mapping):
-            raise InvalidKeys(f"'{label}': {spot(i)} must be an object with {list(fields)}, got {key!r}", field=f"{where}[{i}]")
+            raise InvalidKeys(f"'{label}': {spot(i)} must be an object with {list(fields)}, got {describe(key)}", field=f"{where}[{i}]")
         if len(key) != n or any(k not in key for k in fields):
             missing = [k for k in fields if k not in key]
             extra = sorted(str(k) for k in key if k not in fields)
@@ -82,7 +82,7 @@ def check_keys(label: str, schema: Schema, keys: Any, where: str, *, numbered: b
                     value = check(value, f"{where}[{i}].{name}")
                 except BadRequest as e:
                     raise InvalidKeys(
-                        f"'{label}': {spot(i, name)} must be {dtype_name(schema.field(name).dtype)}, got {key[name]!r}",
+                        f"'{label}': {spot(i, name)} must be {dtype_name(schema.field(name).dtype)}, got {describe(key[name])}",
                         field=e.field,
                     ) from None
             values.append(value)
@@ -99,7 +99,7 @@ def parse_datetime(value: Any, field: str) -> datetime.datetime:
             return to_utc(datetime.datetime.fromisoformat(value))
         except ValueError:
             pass
-    raise BadRequest(f"{field} must be an ISO 8601 datetime, got {value!r}", field=field)
+    raise BadRequest(f"{field} must be an ISO 8601 datetime, got {describe(value)}", field=field)
 
 
 def _converter(dtype: pl.DataType) -> Callable[[Any, str], Any] | None:
@@ -115,7 +115,7 @@ def _converter(dtype: pl.DataType) -> Callable[[Any, str], Any] | None:
         def to_float(value: Any, field: str) -> Any:
             if type(value) is float or (type(value) is int):
                 return float(value)
-            raise BadRequest(f"{field} must be float, got {value!r}", field=field)
+            raise BadRequest(f"{field} must be float, got {describe(value)}", field=field)
         return to_float
     if isinstance(dtype, pl.Datetime):
         return parse_datetime
@@ -126,7 +126,7 @@ def _exact(cls: type, name: str) -> Callable[[Any, str], Any]:
     def check(value: Any, field: str) -> Any:
         if type(value) is cls:
             return value
-        raise BadRequest(f"{field} must be {name}, got {value!r}", field=field)
+        raise BadRequest(f"{field} must be {name}, got {describe(value)}", field=field)
     return check
 
 
@@ -141,7 +141,7 @@ def _arg_converter(annotation: Any) -> Callable[[Any, str], Any] | None:
 
         def check_list(value: Any, field: str) -> Any:
             if not isinstance(value, list):
-                raise BadRequest(f"{field} must be a list, got {value!r}", field=field)
+                raise BadRequest(f"{field} must be a list, got {describe(value)}", field=field)
             return value if check_item is None else [check_item(v, f"{field}[{i}]") for i, v in enumerate(value)]
         base: Callable[[Any, str], Any] | None = check_list
     else:
@@ -363,7 +363,7 @@ def check_args(
     merged = q_label == u_label
     for label, value in ((q_label, query_args), (u_label, udf_args)):
         if value is not None and not isinstance(value, Mapping):
-            raise BadRequest(f"{label} must be an object, got {value!r}", field=label)
+            raise BadRequest(f"{label} must be an object, got {describe(value)}", field=label)
     query_args = query_args or {}
     udf_args = udf_args or {}
     udf_scopes = {n.name: set(n.arg_checks) for n in plan.nodes if n.definition is not None}
@@ -446,7 +446,7 @@ def _check_names(label: str, given: Mapping[str, Any], scopes: dict[str, set[str
 def _query_value(name: str, value: Any, field: str) -> Any:
     if name == "n":
         if type(value) is not int or value < 1:
-            raise BadRequest(f"n must be a positive int, got {value!r}", field=field)
+            raise BadRequest(f"n must be a positive int, got {describe(value)}", field=field)
         return value
     if value is None:
         return None

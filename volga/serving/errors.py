@@ -10,10 +10,11 @@ from volga.ondemand.errors import (
     PayloadTooLarge,
     ServingError,
     Unauthorized,
+    describe,
     error_from_payload,
 )
 
 __all__ = [
     "BadRequest", "FeatureFunctionError", "FeatureNotFound", "InternalError", "InvalidKeys", "PayloadTooLarge",
-    "ServingError", "Unauthorized", "error_from_payload",
+    "ServingError", "Unauthorized", "describe", "error_from_payload",
 ]

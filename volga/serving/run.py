@@ -26,6 +26,7 @@ from typing import Any
 
 from volga.api.decorators import PipelineDef
 from volga.api.on_demand import OnDemandDef
+from volga.serving.http import ServerLimits
 from volga.storage import MemoryOnlineStore
 
 
@@ -78,10 +79,10 @@ def check_workers(client: Any, workers: int, spec: str) -> None:
 
 
 def serve_app(
-    spec: str, *, host: str, port: int, workers: int, auth_token: str | None, max_body_bytes: int,
-    hooks: Callable[[Any], dict[str, Any]] | None = None,
+    spec: str, *, host: str, port: int, workers: int, auth_token: str | None, max_body_bytes: int | None = None,
+    limits: ServerLimits | None = None, hooks: Callable[[Any], dict[str, Any]] | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM; returns the process exit code.
+    """Serve until SIGINT/SIGTERM (then drain: see :class:`ServerLimits`); returns the exit code.
 
     ``hooks(client)`` gives the server's ``extra_routes``/``observer`` (``/metrics`` and
     ``/ui``, from the CLI); with ``workers > 1`` the workers serve features only."""
@@ -93,10 +94,12 @@ def serve_app(
         client = load_app(spec)
         serve_forever(
             client._on_demand, host=host, port=port, auth_token=auth_token, max_body_bytes=max_body_bytes,
-            on_ready=lambda url: _announce(url, client, 1), **(hooks(client) if hooks else {}),
+            limits=limits, on_ready=lambda url: _announce(url, client, 1), **(hooks(client) if hooks else {}),
         )
         return 0
-    return _supervise(spec, host=host, port=port, workers=workers, auth_token=auth_token, max_body_bytes=max_body_bytes)
+    return _supervise(
+        spec, host=host, port=port, workers=workers, auth_token=auth_token, max_body_bytes=max_body_bytes, limits=limits
+    )
 
 
 def _announce(url: str, client: Any, workers: int) -> None:
@@ -105,7 +108,10 @@ def _announce(url: str, client: Any, workers: int) -> None:
           f"{', '.join(names)}", flush=True)
 
 
-def _worker(spec: str, host: str, port: int, workers: int, auth_token: str | None, max_body_bytes: int, conn: Any) -> None:
+def _worker(
+    spec: str, host: str, port: int, workers: int, auth_token: str | None, max_body_bytes: int | None,
+    limits: ServerLimits | None, conn: Any,
+) -> None:
     from volga.serving.http import serve_forever
 
     try:
@@ -117,16 +123,19 @@ def _worker(spec: str, host: str, port: int, workers: int, auth_token: str | Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C and stops us with SIGTERM
     serve_forever(
         client._on_demand, host=host, port=port, auth_token=auth_token, max_body_bytes=max_body_bytes, reuse_port=True,
-        on_ready=lambda url: conn.send(("ready", url, [n for n in sorted(client.definitions)])),
+        limits=limits, on_ready=lambda url: conn.send(("ready", url, [n for n in sorted(client.definitions)])),
     )
 
 
-def _supervise(spec: str, *, host: str, port: int, workers: int, auth_token: str | None, max_body_bytes: int) -> int:
+def _supervise(
+    spec: str, *, host: str, port: int, workers: int, auth_token: str | None, max_body_bytes: int | None,
+    limits: ServerLimits | None,
+) -> int:
     context = multiprocessing.get_context("spawn")
     processes: list[Any] = []
     stopping = False
 
-    def stop(*_: Any) -> None:
+    def stop(*_: Any) -> None:  # SIGTERM makes each worker drain; a second one stops it at once
         nonlocal stopping
         stopping = True
         for p in processes:
@@ -139,7 +148,8 @@ def _supervise(spec: str, *, host: str, port: int, workers: int, auth_token: str
     for index in range(workers):
         ours, theirs = context.Pipe(duplex=False)
         process = context.Process(
-            target=_worker, args=(spec, host, port, workers, auth_token, max_body_bytes, theirs), name=f"volga-serve-{index}"
+            target=_worker, args=(spec, host, port, workers, auth_token, max_body_bytes, limits, theirs),
+            name=f"volga-serve-{index}",
         )
         process.start()
         processes.append(process)
@@ -157,9 +167,10 @@ def _supervise(spec: str, *, host: str, port: int, workers: int, auth_token: str
     while not stopping and all(p.is_alive() for p in processes):
         multiprocessing.connection.wait([p.sentinel for p in processes], timeout=1.0)
     failed = not stopping
-    stop()
+    if failed:  # (after a signal, stop() already ran: calling it again would cut the drain short)
+        stop()
     for p in processes:
-        p.join(10)
+        p.join((limits or ServerLimits()).drain_timeout_s + 5)
     if failed:
         print("volga serve: a worker exited unexpectedly; stopped the others", file=sys.stderr, flush=True)
         return 1
