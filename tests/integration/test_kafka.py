@@ -25,7 +25,7 @@ from volga.testing.quickstart import (
     wait_until,
 )
 from volga.testing.quickstart import order_records as make_orders
-from volga.testing.servers import KafkaBroker, free_port
+from tests.support.servers import KafkaBroker, free_port
 
 pytestmark = pytest.mark.integration
 

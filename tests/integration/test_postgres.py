@@ -26,7 +26,7 @@ from volga.testing.quickstart import (
     wait_until,
 )
 from volga.testing.quickstart import order_records as make_orders
-from volga.testing.servers import PostgresServer, free_port
+from tests.support.servers import PostgresServer, free_port
 
 pytestmark = pytest.mark.integration
 
