@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import polars as pl
 
+from volga.api.times import to_utc
 from volga.api.types import TIMESTAMP_DTYPE, dtype_name, dtype_of, unwrap_optional
 
 SCHEMA_ATTR = "__volga_schema__"
@@ -256,5 +257,5 @@ def make_instance(cls: type[T], row: dict[str, Any]) -> T:
     values = {f.name: row.get(f.name) for f in schema.fields}
     ts = values.get(schema.timestamp)
     if isinstance(ts, datetime.datetime):  # always datetime.timezone.utc, whatever tz object polars used
-        values[schema.timestamp] = ts.replace(tzinfo=datetime.timezone.utc) if ts.tzinfo is None else ts.astimezone(datetime.timezone.utc)
+        values[schema.timestamp] = to_utc(ts)
     return cls(**values)

@@ -58,6 +58,7 @@ from typing import Any, Callable, Literal, Union
 
 from volga.api.decorators import PipelineDef, defined, record
 from volga.api.entity import Schema, entity_schema, is_entity
+from volga.api.times import parse_utc
 from volga.api.types import dtype_name, unwrap_optional
 
 Query = Literal["latest", "last_n", "range"]
@@ -319,15 +320,10 @@ def _query_args(fn_name: str, target: str, query: str, given: Any) -> tuple[tupl
                 ) from None
         out.append((name, value))
     if query == "range" and len(out) == 2 and None not in (v for _, v in out):
-        start, end = (_as_utc(v) for _, v in sorted(out, key=lambda item: item[0] != "start"))
+        start, end = (parse_utc(v) for _, v in sorted(out, key=lambda item: item[0] != "start"))
         if start > end:
             raise OnDemandDefinitionError(f"{where}: start {start} is after end {end}")
     return tuple(out)
-
-
-def _as_utc(value: Any) -> datetime.datetime:
-    moment = value if isinstance(value, datetime.datetime) else datetime.datetime.fromisoformat(value)
-    return moment.replace(tzinfo=datetime.timezone.utc) if moment.tzinfo is None else moment
 
 
 def _hints(fn: Callable[..., Any], name: str, localns: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,9 @@ from typing import Any, Literal, Union
 
 import polars as pl
 
+# The timestamp rules live in volga.api.times; re-exported here for existing importers.
+from volga.api.times import datetime_to_us, to_utc, us_to_datetime  # noqa: F401
+
 TIMESTAMP_DTYPE = pl.Datetime("us", "UTC")
 FOREVER: Literal["forever"] = "forever"
 
@@ -129,18 +132,3 @@ def parse_duration_us(value: Duration | int, *, what: str = "duration") -> int:
     return us
 
 
-def to_utc(value: datetime.datetime) -> datetime.datetime:
-    """Naive datetimes are read as UTC (never local time)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc)
-
-
-def datetime_to_us(value: datetime.datetime) -> int:
-    delta = to_utc(value) - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def us_to_datetime(us: int) -> datetime.datetime:
-    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-    return epoch + datetime.timedelta(microseconds=us)

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from volga.api.times import parse_utc
+
 JSONDecodeError = orjson.JSONDecodeError
 
 
@@ -54,19 +56,15 @@ class Row(dict):  # type: ignore[type-arg]
             raise AttributeError(f"row has no field {name!r} (its fields: {list(self)})") from None
 
 
-def _utc(moment: datetime.datetime) -> datetime.datetime:
-    return moment.replace(tzinfo=datetime.timezone.utc) if moment.tzinfo is None else moment.astimezone(datetime.timezone.utc)
-
-
 def parse_datetime_fields(row: dict[str, Any], fields: list[str], list_fields: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     """Turn the named ISO 8601 string fields of a response row (and the items of the
     ``list_fields``) back into aware UTC datetimes; naive strings are UTC."""
     for name in fields:
         value = row.get(name)
         if isinstance(value, str):
-            row[name] = _utc(datetime.datetime.fromisoformat(value))
+            row[name] = parse_utc(value)
     for name in list_fields:
         value = row.get(name)
         if isinstance(value, list):
-            row[name] = [_utc(datetime.datetime.fromisoformat(v)) if isinstance(v, str) else v for v in value]
+            row[name] = [parse_utc(v) if isinstance(v, str) else v for v in value]
     return row

@@ -206,7 +206,7 @@ class _RowBuilder:
         for name in self.datetimes:
             value = values[name]
             if value is not None and value.tzinfo is not UTC:
-                values[name] = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+                values[name] = to_utc(value)
         return self.cls(**values)
 
 
@@ -224,18 +224,14 @@ def _row_maker(schema: Schema) -> Callable[[Any], Row]:
         for name in moments:
             value = row[name]
             if value is not None and value.tzinfo is not UTC:
-                row[name] = _utc(value)
+                row[name] = to_utc(value)
         for name in moment_lists:
             value = row[name]
             if value:
-                row[name] = [v if v is None or v.tzinfo is UTC else _utc(v) for v in value]
+                row[name] = [v if v is None or v.tzinfo is UTC else to_utc(v) for v in value]
         return row
 
     return make
-
-
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class OnDemandExecutor:

@@ -56,7 +56,8 @@ import polars as pl
 import pyarrow as pa
 
 from volga.api.entity import FieldSpec, Schema, to_record
-from volga.api.types import TIMESTAMP_DTYPE, dtype_name, to_utc
+from volga.api.times import to_utc, utc_us_series
+from volga.api.types import TIMESTAMP_DTYPE, dtype_name
 from volga.sources.base import Rejected
 
 __all__ = ["conform", "conform_indexed", "missing_columns", "require_columns"]
@@ -270,8 +271,7 @@ def _to_timestamps(src: pl.Series, f: FieldSpec) -> tuple[pl.Series, Problems]:
     """Any Datetime/Date/ISO-string column as UTC microseconds (naive means UTC)."""
     have = src.dtype
     if isinstance(have, pl.Datetime):
-        zoned = src.dt.replace_time_zone("UTC") if have.time_zone is None else src.dt.convert_time_zone("UTC")
-        return zoned.dt.cast_time_unit("us"), []
+        return utc_us_series(src), []
     if have == pl.Date:
         return src.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), []
     if have in (pl.String, pl.Categorical) or isinstance(have, pl.Enum):
