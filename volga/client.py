@@ -17,8 +17,8 @@ from typing import Any, Literal
 import polars as pl
 
 from volga.api.decorators import Params, PipelineDef, SourceDef, defined
-from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.entity import Schema, make_instance
+from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.types import Duration, datetime_to_us, dtype_name, parse_duration_us
 from volga.errors import KeyMismatch, UnknownFeature
 from volga.plan.compile import PhysicalPlan, compile_plan

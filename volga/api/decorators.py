@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
 
 from volga.api import nodes
 from volga.api.entity import Schema, entity_schema, is_entity

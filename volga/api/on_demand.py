@@ -40,10 +40,10 @@ without calling the function; a parameter typed ``Optional[X]`` receives ``None`
 ...     return Greeting(user_id="", at=datetime.datetime(2025, 1, 1), text=text)
 >>> welcome.name, [a.name for a in welcome.args]
 ('welcome', ['shout'])
->>> @on_demand(dependencies=[])
+>>> @on_demand(dependencies=[])  # doctest: +ELLIPSIS
 ... def broken(factor: float) -> Greeting: ...
 Traceback (most recent call last):
-volga.api.on_demand.OnDemandDefinitionError: on_demand broken: parameter 'factor' comes after the 0 dependencies, so it is a per-request argument and needs a default
+volga.api.on_demand.OnDemandDefinitionError: on_demand broken: parameter 'factor' comes after the 0 dependencies, ... needs a default
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ import datetime
 import inspect
 import sys
 import typing
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Literal, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Union
 
 from volga.api.decorators import PipelineDef, defined, record
 from volga.api.entity import Schema, entity_schema, is_entity

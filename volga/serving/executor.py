@@ -31,9 +31,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 

@@ -386,7 +386,8 @@ class KeyedStream(DataStream):
         (``window=`` on each; default "forever"). Output: a record stream."""
         aggs = self._check_aggregates(aggregates, "aggregate")
         keys = self._out_keys()
-        schema = sn.make_schema(self.schema.name, {**keys, self.schema.timestamp: self.schema.field(self.schema.timestamp).dtype, **self._agg_columns(aggs)}, tuple(keys), self.schema.timestamp)
+        ts = self.schema.timestamp
+        schema = sn.make_schema(self.schema.name, {**keys, ts: self.schema.field(ts).dtype, **self._agg_columns(aggs)}, tuple(keys), ts)
         return KeyedStream(self._ctx, sn.AggregateNode(schema=schema, input=self._node, aggregates=aggs, key_alias=self._key_alias()))
 
     def window(
@@ -480,7 +481,8 @@ class KeyedStream(DataStream):
         if pairs:
             cols = {sn.VALUE: sn.OBJECT, **{k: self.schema.field(k).dtype for k in self.schema.keys}}
         schema = sn.make_schema(self.schema.name, cols, self.schema.keys, self.schema.timestamp)
-        node = sn.JoinNode(schema=schema, left=self._node, right=other._node, kind=kind, how=how, lower_us=lower, upper_us=upper, right_columns=tuple(right_columns))
+        node = sn.JoinNode(schema=schema, left=self._node, right=other._node, kind=kind, how=how, lower_us=lower, upper_us=upper,
+                           right_columns=tuple(right_columns))
         return KeyedStream(self._ctx, node)
 
 

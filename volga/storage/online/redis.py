@@ -80,7 +80,7 @@ for i = 2, #KEYS, 2 do
   pos = last + 1
 end
 return (#KEYS - 1) / 2
-""" % (_RPUSH_CHUNK, _RPUSH_CHUNK - 1)
+""" % (_RPUSH_CHUNK, _RPUSH_CHUNK - 1)  # noqa: UP031 - Lua source; %d is clearer than {} here
 
 
 class _Feature:
