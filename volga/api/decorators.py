@@ -148,7 +148,7 @@ class PipelineDef:
         out: list[SourceDef | PipelineDef] = []
         for dep in self.dependencies:
             if isinstance(dep, str):
-                found = next((p for p in reversed(_building) if p.name == dep), None)
+                found: SourceDef | PipelineDef | None = next((p for p in reversed(_building) if p.name == dep), None)
                 if found is None:
                     found = (lookup or {}).get(dep)
                 if not isinstance(found, (SourceDef, PipelineDef)):

@@ -80,7 +80,7 @@ def dtype_name(dtype: pl.DataType) -> str:
     except TypeError:
         return str(dtype)
     if typing.get_origin(ann) is list:
-        inner: pl.DataType = dtype.inner  # type: ignore[attr-defined, assignment]
+        inner: pl.DataType = dtype.inner  # type: ignore[attr-defined]
         return f"list[{dtype_name(inner)}]"
     return "datetime" if ann is datetime.datetime else ann.__name__
 

@@ -52,7 +52,7 @@ class StatelessChain:
         if isinstance(step, nodes.FilterNode):
             if isinstance(step.predicate, pl.Expr):
                 return batch.filter(step.predicate)
-            predicate = self._predicate(step)
+            predicate = self._predicate(step, step.predicate)
             if predicate is not None and predicate.applies_to(batch):
                 return batch.filter(predicate.expr)
             batch, mask = self._row_values(step, batch, step.predicate)
@@ -77,9 +77,9 @@ class StatelessChain:
             return batch.drop_nulls(list(step.columns))
         raise AssertionError(f"not a stateless node: {step!r}")
 
-    def _predicate(self, step: nodes.FilterNode) -> RowPredicate | None:
+    def _predicate(self, step: nodes.FilterNode, fn: Callable[[dict[str, Any]], Any]) -> RowPredicate | None:
         if id(step) not in self._predicates:
-            self._predicates[id(step)] = translate(step.predicate, step.schema.polars_schema())
+            self._predicates[id(step)] = translate(fn, step.schema.polars_schema())
         return self._predicates[id(step)]
 
     def _row_values(self, step: nodes.UnaryNode, batch: pl.DataFrame, fn: Callable[[dict[str, Any]], Any]) -> tuple[pl.DataFrame, list[Any]]:

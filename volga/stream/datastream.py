@@ -100,7 +100,7 @@ def _signed_us(value: Duration | int, what: str) -> int:
         return sign * parse_duration_us(abs(value), what=what)
     if isinstance(value, str) and value.strip().startswith("-"):
         return -parse_duration_us(value.strip()[1:], what=what)
-    return parse_duration_us(value, what=what)  # type: ignore[arg-type]
+    return parse_duration_us(value, what=what)
 
 
 def _exprs(exprs: Sequence[Any], where: str) -> tuple[pl.Expr, ...]:
@@ -257,7 +257,7 @@ class DataStream:
                     f"ctx.from_...() or after stateless steps (map/filter/flat_map), not after {node.label()}"
                 )
             path.append(node)
-            node = node.input  # type: ignore[attr-defined]
+            node = node.input
         return node, path[::-1]
 
     def timestamp_assigner(self, assigner: Callable[[Any], Any] | str, *, unit: Literal["s", "ms", "us"] = "s") -> DataStream:

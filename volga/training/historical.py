@@ -170,7 +170,7 @@ def _attach(spine: Spine, features: pl.DataFrame) -> Any:
 
 def _to_pandas(original: Any, features: pl.DataFrame) -> Any:
     import pandas as pd  # type: ignore[import-untyped]
-    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow as pa
 
     nullable = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
     frame = features.to_arrow().to_pandas(types_mapper=nullable.get)
