@@ -138,6 +138,22 @@ def entity(cls: type[T]) -> type[T]:
 
     Raises ``TypeError``/``ValueError`` naming the class and field when the
     declaration is invalid (no or two timestamps, unsupported type, Optional key...).
+
+    >>> import datetime
+    >>> from typing import Optional
+    >>> @entity
+    ... class Payment:
+    ...     account: str = field(key=True)
+    ...     paid_at: datetime.datetime = field(timestamp=True)
+    ...     amount: float
+    ...     note: Optional[str] = field(default=None)
+    >>> Payment(account="a1", paid_at=datetime.datetime(2025, 1, 1), amount=9.5).note is None
+    True
+    >>> @entity
+    ... class NoTime:
+    ...     account: str = field(key=True)
+    Traceback (most recent call last):
+    ValueError: entity NoTime: no timestamp field; mark one datetime field with field(timestamp=True)
     """
     where = cls.__name__
     own = dict(cls.__dict__.get("__annotations__", {}))
