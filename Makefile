@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench setup services clean
+.PHONY: demo lint test test-fast bench setup services clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,13 @@ services:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql chromium chromium-driver >/dev/null; \
 	else echo "note: install the Debian packages redis-server, postgresql, chromium and chromium-driver for the integration tests"; fi
 
+# ruff (config in pyproject.toml), mypy on volga/, and the import-linter layer contracts
+# (the layer list in README "How it works").
+lint: setup
+	$(BIN)/ruff check
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
 test: setup services
 	$(BIN)/python -m pytest -q
 
@@ -37,4 +44,4 @@ bench: setup
 	$(BIN)/python benchmarks/engine.py
 
 clean:
-	rm -rf $(VENV) volga_data examples/volga_data .pytest_cache .hypothesis
+	rm -rf $(VENV) volga_data examples/volga_data .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

@@ -6,7 +6,7 @@
 3. RedisOnlineStore batched ``get_latest``: keys/s and p50/p99 latency for 1 and 100 keys.
    Target: 100-key p99 <= 2 ms.
 
-It starts its own Tansu broker and redis-server on free ports (``volga.testing.servers``).
+It starts its own Tansu broker and redis-server on free ports (``tests.support.servers``).
 
     .venv/bin/python benchmarks/connectors.py [--events 500000] [--lookups 3000]
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,11 @@ from volga.sources import KafkaSource
 from volga.storage import ParquetOfflineStore
 from volga.storage.online.redis import RedisOnlineStore
 from volga.testing.quickstart import N_USERS, Order, UserSpentInfo, quickstart
-from volga.testing.servers import KafkaBroker, RedisServer
+
+# The throwaway servers are test-only code (tests/support, not shipped in the package);
+# a benchmark runs from a checkout, so it reuses them from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.servers import KafkaBroker, RedisServer  # noqa: E402
 
 
 def produce_orders(bootstrap: str, topic: str, n: int, partitions: int) -> None:

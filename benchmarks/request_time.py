@@ -24,7 +24,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -48,11 +48,11 @@ class CardStats:
     card: str = field(key=True)
     at: datetime.datetime = field(timestamp=True)
     n_7d: int
-    sum_7d: Optional[float]
-    avg_7d: Optional[float]
-    min_7d: Optional[float]
-    max_7d: Optional[float]
-    std_7d: Optional[float]
+    sum_7d: float | None
+    avg_7d: float | None
+    min_7d: float | None
+    max_7d: float | None
+    std_7d: float | None
 
 
 @entity

@@ -761,7 +761,7 @@ def main() -> None:
     for rate in args.rates:
         marks: dict[str, float] = {}
 
-        def once(r: float = rate) -> dict[str, Any]:
+        def once(r: float = rate, marks: dict[str, float] = marks) -> dict[str, Any]:
             marks["cpu"] = cpu_seconds()
             result = drive(server.host, server.port, "/features", bodies, r, args.duration, args.connections)
             result["server_cpu_us"] = (cpu_seconds() - marks["cpu"]) / max(result["completed"], 1) * 1e6

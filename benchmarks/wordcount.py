@@ -243,7 +243,8 @@ def main() -> None:
         if python is None:
             print(f"bytewax: not measured: {why}")
         else:
-            version = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('bytewax'))"], capture_output=True, text=True).stdout.strip()
+            code = "import importlib.metadata as m; print(m.version('bytewax'))"
+            version = subprocess.run([str(python), "-c", code], capture_output=True, text=True).stdout.strip()
             for batch in (1, 1000):
                 try:
                     r = run_bytewax(python, words, batch, args.repeat)

@@ -6,9 +6,9 @@ Run it with ``make demo`` (or ``python quickstart.py`` inside the venv).
 import datetime
 import os
 import tempfile
-from typing import Optional
 import time
 from pathlib import Path
+from typing import Optional
 
 import volga
 from volga import Avg, Count, Entity, Max, entity, field, pipeline, source

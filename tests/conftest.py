@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The repository root, so tests import their helpers as ``tests.support`` (test-only code
+# kept out of the installed package); --import-mode=importlib does not add it itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 @pytest.fixture
@@ -22,7 +27,7 @@ def client(tmp_path):
 
 @pytest.fixture(scope="session")
 def redis_server():
-    from volga.testing.servers import RedisServer
+    from tests.support.servers import RedisServer
 
     with RedisServer() as server:
         yield server
@@ -30,7 +35,7 @@ def redis_server():
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    from volga.testing.servers import PostgresServer
+    from tests.support.servers import PostgresServer
 
     with PostgresServer() as server:
         yield server
@@ -38,7 +43,7 @@ def postgres_server():
 
 @pytest.fixture(scope="session")
 def kafka_broker():
-    from volga.testing.servers import KafkaBroker
+    from tests.support.servers import KafkaBroker
 
     with KafkaBroker() as broker:
         yield broker

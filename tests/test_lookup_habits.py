@@ -13,11 +13,10 @@ import polars as pl
 import pytest
 
 import volga
+from tests.test_request_time import Velocity, at, swipe, velocity_pipeline
 from volga import entity, field, on_demand
 from volga.serving import FeatureFunctionError
 from volga.training.historical import FeatureErrorsWarning
-
-from tests.test_request_time import Velocity, at, swipe, velocity_pipeline
 
 
 @pytest.fixture

@@ -23,7 +23,22 @@ from hypothesis import strategies as st
 
 import volga
 from volga import (
-    Avg, Count, CountDistinct, Entity, First, Last, LastN, Max, Min, Stddev, Sum, entity, field, on_demand, pipeline, source,
+    Avg,
+    Count,
+    CountDistinct,
+    Entity,
+    First,
+    Last,
+    LastN,
+    Max,
+    Min,
+    Stddev,
+    Sum,
+    entity,
+    field,
+    on_demand,
+    pipeline,
+    source,
 )
 from volga.serving import FeatureFunctionError
 from volga.sources import MemorySource

@@ -11,9 +11,9 @@ from volga.api.entity import entity, field
 from volga.api.frame import Entity, PipelineDefinitionError, col
 from volga.api.on_demand import OnDemandDef, OnDemandDefinitionError, on_demand
 from volga.client import Client
-from volga.serving.client import OnDemandClient
 from volga.errors import JobFailed, KeyMismatch, Rejected, RequestTimeUnavailable, UnknownFeature
 from volga.runtime.local.job import Job
+from volga.serving.client import OnDemandClient
 from volga.sources.base import Source
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
 

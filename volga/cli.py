@@ -24,6 +24,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from volga.serving.http import ServerLimits
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,10 +69,10 @@ _LIMIT_FLAGS = {  # ServerLimits field -> its `volga serve` flag
 }
 
 
-def _limits(args: argparse.Namespace) -> object:
+def _limits(args: argparse.Namespace) -> ServerLimits:
     from volga.serving.http import ServerLimits
 
-    for field, flag in _LIMIT_FLAGS.items():
+    for flag in _LIMIT_FLAGS.values():
         value = getattr(args, flag)
         if value <= 0:
             raise ValueError(f"volga serve: --{flag.replace('_', '-')} must be positive, got {value}")

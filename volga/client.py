@@ -16,20 +16,20 @@ from typing import Any, Literal
 import polars as pl
 
 from volga.api.decorators import Params, PipelineDef, SourceDef, defined
-from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.entity import Schema, make_instance
+from volga.api.on_demand import OnDemandDef, dependency_order
 from volga.api.types import Duration, datetime_to_us, moment_us, parse_duration_us
 from volga.errors import UnknownFeature, naming_hint
+from volga.ondemand.plan import check_keys
+from volga.ondemand.request_time import read_at
+from volga.ondemand.rows import Row
 from volga.plan.compile import PhysicalPlan, compile_plan
 from volga.plan.request_time import is_hidden, request_time_shape
 from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
 from volga.runtime.local.runtime import LocalRuntime
-from volga.ondemand.plan import check_keys
-from volga.ondemand.rows import Row
 from volga.serving.executor import OnDemandExecutor
 from volga.storage import MemoryOnlineStore, OfflineStore, OnlineStore, ParquetOfflineStore
-from volga.storage.request_time import read_at
 
 Mode = Literal["offline", "online"]
 AsOf = Literal["request_time", "last_event"]

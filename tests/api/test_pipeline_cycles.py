@@ -93,7 +93,8 @@ def test_unknown_names_stay_unknown(tmp_path):
         def mod_waiting(x: Entity) -> Entity:
             return x
     """)
-    with pytest.raises(volga.PipelineDefinitionError, match=r"^pipeline mod_waiting: unknown dependency 'mod_never_defined' \(no @source or @pipeline of that name is known\)$"):
+    want = r"^pipeline mod_waiting: unknown dependency 'mod_never_defined' \(no @source or @pipeline of that name is known\)$"
+    with pytest.raises(volga.PipelineDefinitionError, match=want):
         volga.Client(data_dir=tmp_path).explain([module.mod_waiting])
 
 

@@ -190,7 +190,7 @@ def test_ui_serves_the_console_until_stopped(project):
     import urllib.error
     import urllib.request
 
-    from volga.testing.servers import free_port
+    from tests.support.servers import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "volga", "ui", "app.py", "--port", str(port), "--auth-token", "t0k"],

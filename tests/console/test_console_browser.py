@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import find_debian_binary
 from volga.console import ConsoleApp
 from volga.scaffold import init_project
 from volga.serving.run import load_app
-from volga.testing.servers import ensure_debian_package
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "console.png"
@@ -26,8 +26,8 @@ def browser(tmp_path_factory):
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
-    chromium = ensure_debian_package("chromium", "chromium")
-    chromedriver = ensure_debian_package("chromedriver", "chromium-driver")
+    chromium = find_debian_binary("chromium", "chromium")
+    chromedriver = find_debian_binary("chromedriver", "chromium-driver")
     os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager try to download a browser
     options = Options()
     options.binary_location = chromium

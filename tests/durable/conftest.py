@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from volga.testing.servers import free_port
+from tests.support.servers import free_port
 
 
 @pytest.fixture(scope="session")

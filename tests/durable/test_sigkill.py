@@ -16,11 +16,11 @@ from typing import Any
 import polars as pl
 import pytest
 
+from tests.support.servers import KafkaBroker
 from volga.storage import ParquetOfflineStore
 from volga.storage.online.redis import RedisOnlineStore
 from volga.testing.quickstart import N_USERS
 from volga.testing.quickstart import order_records as make_orders
-from volga.testing.servers import KafkaBroker
 
 from .kill_job import run_job
 

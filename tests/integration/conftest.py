@@ -1,6 +1,6 @@
 """Fixtures for the connector tests. The servers are session fixtures in tests/conftest.py
 (``redis_server``, ``postgres_server``, ``kafka_broker``); tests that restart a server or need
-credentials start their own from ``volga.testing.servers``. The quickstart pipeline and the
+credentials start their own from ``tests.support.servers``. The quickstart pipeline and the
 batch reference are in ``volga.testing.quickstart``.
 """
 

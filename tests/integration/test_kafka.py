@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import volga
+from tests.support.servers import KafkaBroker, free_port
 from volga.sources import KafkaSource
 from volga.storage import MemoryOnlineStore, ParquetOfflineStore
 from volga.storage.online.redis import RedisOnlineStore
@@ -25,7 +26,6 @@ from volga.testing.quickstart import (
     wait_until,
 )
 from volga.testing.quickstart import order_records as make_orders
-from volga.testing.servers import KafkaBroker, free_port
 
 pytestmark = pytest.mark.integration
 

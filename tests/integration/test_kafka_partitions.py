@@ -14,12 +14,12 @@ from typing import Any
 import polars as pl
 import pytest
 
+from tests.support.servers import KafkaBroker
 from volga.sources import KafkaSource
 from volga.storage.online.redis import RedisOnlineStore
 from volga.testing import reference as ref
 from volga.testing.quickstart import N_USERS, assert_same_rows, latest_rows, offline_rows, online_latest, quickstart, wait_until
 from volga.testing.quickstart import order_records as make_orders
-from volga.testing.servers import KafkaBroker
 
 from .test_kafka import create_topic, new_client, produce
 

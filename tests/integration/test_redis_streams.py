@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import volga
+from tests.support.servers import RedisServer, free_port
 from volga.api.entity import entity_schema
 from volga.sources import RedisStreamSource
 from volga.storage import MemoryOnlineStore, ParquetOfflineStore
@@ -26,7 +27,6 @@ from volga.testing.quickstart import (
     wait_until,
 )
 from volga.testing.quickstart import order_records as make_orders
-from volga.testing.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 

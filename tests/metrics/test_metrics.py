@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cli.conftest import volga_env, wait_for_line
+from tests.support.servers import free_port
 from volga.console import ConsoleApp
-from volga.testing.servers import free_port
 
 pytestmark = pytest.mark.integration
 

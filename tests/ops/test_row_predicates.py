@@ -8,9 +8,9 @@ import math
 import sys
 
 import polars as pl
-from polars.testing import assert_frame_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from volga.ops.row_predicates import translate
 

@@ -20,7 +20,8 @@ def ray_session() -> Iterator[Any]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     # Pipelines defined in test modules are shipped by value: workers cannot import tests.
     for name, module in list(sys.modules.items()):
-        if name.split(".")[-1].startswith(("test_consistency", "test_ray", "test_operators", "test_entity_layer", "test_request_time")) and getattr(module, "__file__", None):
+        shipped = ("test_consistency", "test_ray", "test_operators", "test_entity_layer", "test_request_time")
+        if name.split(".")[-1].startswith(shipped) and getattr(module, "__file__", None):
             ray.cloudpickle.register_pickle_by_value(module)
     try:
         yield ray

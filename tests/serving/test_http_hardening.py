@@ -14,7 +14,6 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import httptools

@@ -205,7 +205,7 @@ def test_in_process_rows_equal_http_rows(fresh):
     assert row["naive"].tzinfo is UTC and row["naive"] == row["timestamp"]
     assert [t.tzinfo for t in row["seen"]] == [UTC, UTC] and row["maybe"] is None
     with pytest.raises(AttributeError, match="no field 'nope'"):
-        row.nope
+        _ = row.nope
 
 
 # -- 3. query arguments: declared, defaulted, scoped -------------------------------------------

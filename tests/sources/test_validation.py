@@ -171,7 +171,11 @@ def test_datetime_columns_of_any_unit_and_zone_become_us_utc() -> None:
         ({"paid": 1}, "field 'paid': expected bool, got 1"),
         ({"paid": "true"}, "field 'paid': expected bool, got 'true'"),
         ({"buyer_id": 7}, "field 'buyer_id': expected str, got 7"),
-        ({"at": 1_700_000_000}, "field 'at': expected datetime, got 1700000000 (an epoch number? declare its unit: field(timestamp=True, unit='ms'), or 's'/'us')"),
+        (
+            {"at": 1_700_000_000},
+            "field 'at': expected datetime, got 1700000000 (an epoch number? declare its unit: "
+            "field(timestamp=True, unit='ms'), or 's'/'us')",
+        ),
         ({"at": "2024-13-01T00:00:00"}, "field 'at': expected datetime, got '2024-13-01T00:00:00'"),
         ({"at": "01/02/2024"}, "field 'at': expected datetime, got '01/02/2024'"),
         ({"tags": ["x"]}, "field 'tags': expected list[float], got ['x']"),

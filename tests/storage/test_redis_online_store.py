@@ -101,7 +101,7 @@ def test_rows_are_msgpack_not_pickle(redis_server, namespace: str) -> None:
 
 
 def test_unreachable_server_and_password_in_repr() -> None:
-    from volga.testing.servers import free_port
+    from tests.support.servers import free_port
 
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
     started = time.monotonic()

@@ -63,7 +63,7 @@ def test_one_line_per_interval_with_totals_and_per_source_counts(caplog):
     stage_c = SourceStage(clicks, ListReader([batch(10)] + [batch(0, 20 + i) for i in range(50)]), report)
     stage_v = SourceStage(views, ListReader([batch(10)] + [batch(0, 0, 20 + i) for i in range(50)]), report)
     with caplog.at_level(logging.WARNING, logger="volga.stream"):
-        for i in range(51):
+        for _ in range(51):
             stage_c.poll(100)
             stage_v.poll(100)
             clock.now += 0.25  # 50 micro-batches over 12.5 s

@@ -19,7 +19,6 @@ from training_defs import EVENTS, Stats, at, spine, stats
 import volga
 import volga.client
 from volga import Count, Last, Max, Sum, entity, field, on_demand
-from volga.api.types import datetime_to_us
 from volga.serving import BadRequest, FeatureFunctionError
 from volga.sources import MemorySource
 from volga.training import OfflineDataMissing, SpineError, SpineKeyError, backfill

@@ -22,8 +22,6 @@ import training_defs as defs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import volga.client
-from volga.api.types import datetime_to_us
 from volga.training import vectorise
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

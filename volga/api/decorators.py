@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
 
 from volga.api import nodes
 from volga.api.entity import Schema, entity_schema, is_entity
@@ -106,6 +106,16 @@ def source(
     ``lateness`` bounds how far out of event-time order events may arrive (streaming
     watermarks); ``idle_timeout`` lets a silent source stop holding other inputs back.
     ``tags`` and ``owner`` are catalog metadata shown by ``volga list`` and the console.
+
+    Parameters need defaults: ``materialize(params=...)`` fills them.
+
+    >>> from volga.sources import MemorySource
+    >>> from volga.testing.quickstart import Order
+    >>> @source(Order, lateness="5s")
+    ... def example_order_feed(limit: int = 100) -> MemorySource:
+    ...     return MemorySource([])
+    >>> example_order_feed, example_order_feed.lateness_us
+    (<source example_order_feed -> Order>, 5000000)
     """
     if not is_entity(entity_cls):
         raise TypeError(f"@source expects an @entity class, got {entity_cls!r}")
@@ -159,7 +169,7 @@ class PipelineDef:
         out: list[SourceDef | PipelineDef] = []
         for dep in self.dependencies:
             if isinstance(dep, str):
-                found = next((p for p in reversed(_building) if p.name == dep), None)
+                found: SourceDef | PipelineDef | None = next((p for p in reversed(_building) if p.name == dep), None)
                 if found is None:
                     found = (lookup or {}).get(dep)
                 if not isinstance(found, (SourceDef, PipelineDef)):
@@ -244,7 +254,24 @@ def pipeline(
     """Declare a feature pipeline over sources and other pipelines.
 
     The body runs once now, on symbolic frames, to validate it; at materialize time it
-    runs again with the job's ``params``. ``tags`` and ``owner`` are catalog metadata.
+    runs again with the job's ``params``. Its result must carry the ``output`` entity's
+    columns, keys and timestamp. ``tags`` and ``owner`` are catalog metadata.
+
+    >>> import datetime
+    >>> from volga import Count, Entity, entity, field
+    >>> from volga.testing.quickstart import Order
+    >>> @entity
+    ... class OrderCount:
+    ...     buyer_id: str = field(key=True)
+    ...     purchased_at: datetime.datetime = field(timestamp=True)
+    ...     orders_1h: int
+    >>> @source(Order)
+    ... def example_orders() -> Any: ...
+    >>> @pipeline(dependencies=[example_orders], output=OrderCount)
+    ... def example_order_count(orders: Entity) -> Entity:
+    ...     return orders.group_by("buyer_id").aggregate([Count(window="1h", into="orders_1h")])
+    >>> example_order_count, example_order_count.schema.keys
+    (<pipeline example_order_count -> OrderCount>, ('buyer_id',))
     """
     if not is_entity(output):
         raise TypeError(f"@pipeline output must be an @entity class, got {output!r}")

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import polars as pl
 
+from volga.api.times import to_utc
 from volga.api.types import TIMESTAMP_DTYPE, dtype_name, dtype_of, unwrap_optional
 
 SCHEMA_ATTR = "__volga_schema__"
@@ -156,6 +157,22 @@ def entity(cls: type[T]) -> type[T]:
 
     Raises ``TypeError``/``ValueError`` naming the class and field when the
     declaration is invalid (no or two timestamps, unsupported type, Optional key...).
+
+    >>> import datetime
+    >>> from typing import Optional
+    >>> @entity
+    ... class Payment:
+    ...     account: str = field(key=True)
+    ...     paid_at: datetime.datetime = field(timestamp=True)
+    ...     amount: float
+    ...     note: Optional[str] = field(default=None)
+    >>> Payment(account="a1", paid_at=datetime.datetime(2025, 1, 1), amount=9.5).note is None
+    True
+    >>> @entity
+    ... class NoTime:
+    ...     account: str = field(key=True)
+    Traceback (most recent call last):
+    ValueError: entity NoTime: no timestamp field; mark one datetime field with field(timestamp=True)
     """
     where = cls.__name__
     own = dict(cls.__dict__.get("__annotations__", {}))
@@ -303,5 +320,5 @@ def make_instance(cls: type[T], row: dict[str, Any]) -> T:
     values = {f.name: row.get(f.name) for f in schema.fields}
     ts = values.get(schema.timestamp)
     if isinstance(ts, datetime.datetime):  # always datetime.timezone.utc, whatever tz object polars used
-        values[schema.timestamp] = ts.replace(tzinfo=datetime.timezone.utc) if ts.tzinfo is None else ts.astimezone(datetime.timezone.utc)
+        values[schema.timestamp] = to_utc(ts)
     return cls(**values)

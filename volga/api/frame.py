@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Sequence
-from typing import Any, Callable, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import polars as pl
 
@@ -27,7 +27,16 @@ class PipelineDefinitionError(ValueError):
 
 
 class Entity:
-    """A typed, keyed, timestamped stream of rows inside a ``@pipeline`` body."""
+    """A typed, keyed, timestamped stream of rows inside a ``@pipeline`` body.
+
+    The examples use ``orders`` and ``users`` from :mod:`volga.testing.examples`: frames over
+    the quickstart's ``Order`` and ``User`` entities, as a pipeline body receives them.
+
+    >>> from volga.testing.examples import orders
+    >>> orders  # doctest: +NORMALIZE_WHITESPACE
+    Entity<source[orders]>(buyer_id: str, product_id: str, product_type: str, purchased_at: datetime,
+                           product_price: float; keys=['buyer_id'], timestamp='purchased_at')
+    """
 
     def __init__(self, node: nodes.Node, where: str) -> None:
         self._node = node
@@ -63,7 +72,17 @@ class Entity:
 
     # -- stateless operators ---------------------------------------------------
     def filter(self, predicate: Callable[[dict[str, Any]], bool] | pl.Expr) -> Entity:
-        """Keep rows where ``predicate`` holds: a row function or a boolean polars expression."""
+        """Keep rows where ``predicate`` holds: a row function or a boolean polars expression.
+
+        >>> from volga.testing.examples import orders
+        >>> orders.filter(pl.col("product_price") > 100).columns == orders.columns
+        True
+        >>> orders.filter(lambda o: o["product_type"] == "ON_SALE")
+        Entity<filter>(buyer_id: str, ...)
+        >>> orders.filter(pl.col("product_price") * 2)
+        Traceback (most recent call last):
+        volga.api.frame.PipelineDefinitionError: example frame orders: filter: expression must be boolean, got float
+        """
         if isinstance(predicate, pl.Expr):
             out = _expr_dtype(self, predicate, "filter")
             if out != pl.Boolean():
@@ -124,7 +143,14 @@ class Entity:
         return self._new(nodes.TransformNode(new_schema, self._node, fn, exact_keys=False))
 
     def assign(self, column: str, type: Any, fn: Callable[[dict[str, Any]], Any] | pl.Expr) -> Entity:
-        """Add (or replace) ``column`` of ``type`` computed by a row function or an expression."""
+        """Add (or replace) ``column`` of ``type`` computed by a row function or an expression.
+
+        >>> from volga.testing.examples import orders
+        >>> orders.assign("with_tax", float, pl.col("product_price") * 1.2).columns[-1]
+        'with_tax'
+        >>> orders.assign("is_sale", bool, lambda o: o["product_type"] == "ON_SALE").schema.field("is_sale").type_name
+        'bool'
+        """
         try:
             dtype = dtype_of(type)
         except TypeError as e:
@@ -149,7 +175,13 @@ class Entity:
         return self._new(nodes.AssignNode(_with_fields(self.schema, fields), self._node, column, fn))
 
     def rename(self, columns: dict[str, str]) -> Entity:
-        """Rename columns; keys and timestamp keep their role under the new name."""
+        """Rename columns; keys and timestamp keep their role under the new name.
+
+        >>> from volga.testing.examples import orders
+        >>> renamed = orders.rename({"buyer_id": "user_id", "purchased_at": "timestamp"})
+        >>> renamed.schema.keys, renamed.schema.timestamp
+        (('user_id',), 'timestamp')
+        """
         self._require(list(columns), "rename")
         mapping = dict(columns)
         names = [mapping.get(n, n) for n in self.columns]
@@ -166,7 +198,12 @@ class Entity:
         return self._new(nodes.RenameNode(schema, self._node, tuple(mapping.items())))
 
     def drop(self, columns: Sequence[str]) -> Entity:
-        """Remove value columns (keys and the timestamp cannot be dropped)."""
+        """Remove value columns (keys and the timestamp cannot be dropped).
+
+        >>> from volga.testing.examples import orders
+        >>> orders.drop(["product_id", "product_type"]).columns
+        ['buyer_id', 'purchased_at', 'product_price']
+        """
         columns = [columns] if isinstance(columns, str) else list(columns)
         self._require(columns, "drop")
         protected = [c for c in columns if c in self.schema.keys or c == self.schema.timestamp]
@@ -175,7 +212,12 @@ class Entity:
         return self.select([c for c in self.columns if c not in columns])
 
     def select(self, columns: Sequence[str]) -> Entity:
-        """Keep only these columns, plus the keys and timestamp (always kept)."""
+        """Keep only these columns, plus the keys and timestamp (always kept).
+
+        >>> from volga.testing.examples import orders
+        >>> orders.select(["product_price"]).columns
+        ['buyer_id', 'purchased_at', 'product_price']
+        """
         columns = [columns] if isinstance(columns, str) else list(columns)
         self._require(columns, "select")
         keep = set(columns) | set(self.schema.keys) | {self.schema.timestamp}
@@ -184,7 +226,13 @@ class Entity:
         return self._new(nodes.SelectNode(schema, self._node, tuple(f.name for f in fields)))
 
     def dropnull(self, columns: Sequence[str] | None = None) -> Entity:
-        """Drop rows with a null in ``columns`` (default: every Optional column)."""
+        """Drop rows with a null in ``columns`` (default: every Optional column).
+
+        >>> from volga.testing.examples import orders, users
+        >>> joined = orders.join(users, left_on="buyer_id", right_on="user_id")  # a left join: name is Optional
+        >>> joined.schema.field("name").optional, joined.dropnull(["name"]).schema.field("name").optional
+        (True, False)
+        """
         if columns is None:
             columns = [f.name for f in self.schema.fields if f.optional]
         columns = [columns] if isinstance(columns, str) else list(columns)
@@ -213,6 +261,13 @@ class Entity:
         taken gets ``suffix`` appended; if that name is taken too, the join is an error
         (never a silent overwrite). To keep the matched row's time, ``assign`` it to a
         value column of ``other`` before the join.
+
+        >>> from volga.testing.examples import orders, users
+        >>> orders.join(users, left_on=["buyer_id"], right_on=["user_id"]).columns
+        ['buyer_id', 'product_id', 'product_type', 'purchased_at', 'product_price', 'name']
+        >>> orders.join(users, left_on=["product_id"], right_on=["name"])
+        Traceback (most recent call last):
+        volga.api.frame.PipelineDefinitionError: example frame orders: join: right_on ['name'] must be the key of User ...
         """
         if not isinstance(other, Entity):
             raise self._error(f"join: expected an Entity frame, got {type(other).__name__}")
@@ -266,7 +321,13 @@ class Entity:
         return self._new(node)
 
     def group_by(self, keys: Sequence[str] | str) -> GroupBy:
-        """Group by key columns, then ``.aggregate([...])``."""
+        """Group by key columns, then ``.aggregate([...])`` (see :meth:`GroupBy.aggregate`).
+
+        >>> from volga import Count
+        >>> from volga.testing.examples import orders
+        >>> orders.group_by("product_type").aggregate([Count(window="1h", into="n")]).schema.keys
+        ('product_type',)
+        """
         keys = [keys] if isinstance(keys, str) else list(keys)
         if not keys:
             raise self._error("group_by: needs at least one key column")
@@ -284,7 +345,15 @@ class GroupBy:
 
     def aggregate(self, aggregates: Sequence[Aggregate]) -> Entity:
         """One output row per input row: the keys, the timestamp, and each aggregate
-        over the key's events in ``[t - window, t]`` up to and including this row."""
+        over the key's events in ``[t - window, t]`` up to and including this row.
+
+        >>> from volga import Avg, Count
+        >>> from volga.testing.examples import orders
+        >>> orders.group_by("buyer_id").aggregate(
+        ...     [Count(window="1h", into="orders_1h"), Avg(on="product_price", window="7d", into="avg_price_7d")]
+        ... )
+        Entity<aggregate>(buyer_id: str, purchased_at: datetime, orders_1h: int, avg_price_7d: float; keys=['buyer_id'], timestamp='purchased_at')
+        """
         frame = self._frame
         if not aggregates:
             raise frame._error("aggregate: needs at least one aggregate")

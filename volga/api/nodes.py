@@ -8,7 +8,8 @@ operators.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal, Union
+from collections.abc import Callable
+from typing import Any, Literal, Union
 
 import polars as pl
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import datetime
 import numbers
-import time
 import re
+import time
 import types
 import typing
 from typing import Any, Literal, Union
 
 import polars as pl
+
+# The timestamp rules live in volga.api.times; re-exported here for existing importers.
+from volga.api.times import datetime_to_us, to_utc, us_to_datetime  # noqa: F401
 
 TIMESTAMP_DTYPE = pl.Datetime("us", "UTC")
 FOREVER: Literal["forever"] = "forever"
@@ -132,7 +135,7 @@ def dtype_name(dtype: pl.DataType) -> str:
     except TypeError:
         return str(dtype)
     if typing.get_origin(ann) is list:
-        inner: pl.DataType = dtype.inner  # type: ignore[attr-defined, assignment]
+        inner: pl.DataType = dtype.inner  # type: ignore[attr-defined]
         return f"list[{dtype_name(inner)}]"
     return "datetime" if ann is datetime.datetime else ann.__name__
 
@@ -184,18 +187,6 @@ def parse_duration_us(value: Duration | int, *, what: str = "duration") -> int:
     return us
 
 
-def to_utc(value: datetime.datetime) -> datetime.datetime:
-    """Naive datetimes are read as UTC (never local time)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc)
-
-
-def datetime_to_us(value: datetime.datetime) -> int:
-    delta = to_utc(value) - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def moment_us(value: object, what: str) -> int:
     """A request time (``at=``): a datetime (naive means UTC) or an ISO 8601 string, in
     microseconds since the epoch; None means now."""
@@ -209,8 +200,3 @@ def moment_us(value: object, what: str) -> int:
     if not isinstance(value, datetime.datetime):
         raise TypeError(f"{what} must be a datetime or an ISO 8601 string, got {type(value).__name__} {value!r}")
     return datetime_to_us(value)
-
-
-def us_to_datetime(us: int) -> datetime.datetime:
-    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-    return epoch + datetime.timedelta(microseconds=us)

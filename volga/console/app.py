@@ -111,7 +111,7 @@ class ConsoleApp:
         if kind not in STATIC_TYPES or "/" in name:
             return 404, b"no such asset", b"Content-Type: text/plain\r\n"
         try:
-            data = resources.files("volga.console").joinpath("static", name).read_bytes()
+            data = resources.files("volga.console").joinpath("static").joinpath(name).read_bytes()
         except FileNotFoundError:
             return 404, b"no such asset", b"Content-Type: text/plain\r\n"
         return 200, data, STATIC_TYPES[kind]

@@ -24,7 +24,7 @@ class ConsoleServer:
         handler = type("Handler", (_Handler,), {"app": app})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
-        self.host, self.port = self.httpd.server_address[0], self.httpd.server_address[1]
+        self.host, self.port = str(self.httpd.server_address[0]), int(self.httpd.server_address[1])
         self.url = f"http://{self.host}:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="volga-console", daemon=True)
 

@@ -55,7 +55,7 @@ def lineage(upstream: dict[str, list[str]], kinds: dict[str, str], focus: str | 
     return "".join(parts)
 
 
-def time_series(times_us: list[int], values: list[float], label: str, width: int = 720, height: int = 240) -> str:
+def time_series(times_us: list[int], values: list[float | None], label: str, width: int = 720, height: int = 240) -> str:
     """A line of ``values`` over ``times_us`` (UTC microseconds), with min/max axis labels."""
     pad_l, pad_r, pad_t, pad_b = 64, 16, 16, 36
     points = [(t, v) for t, v in zip(times_us, values) if v is not None]

@@ -41,7 +41,10 @@ def call_all(defn: OnDemandDef, calls: Sequence[Call], *, concurrency: int = 256
     if not calls:
         return []
     if not inspect.iscoroutinefunction(defn.fn):
-        return [_guarded(capture, lambda: _checked(defn, key, _call_sync(defn, key, values, kwargs))) for key, values, kwargs in calls]
+        return [
+            _guarded(capture, lambda key=key, values=values, kwargs=kwargs: _checked(defn, key, _call_sync(defn, key, values, kwargs)))
+            for key, values, kwargs in calls
+        ]
     future = asyncio.run_coroutine_threadsafe(_gather(defn, calls, concurrency, capture), _background_loop())
     results = future.result()
     return [r if isinstance(r, FeatureFunctionError) else _guarded(capture, lambda r=r, key=key: _checked(defn, key, r))

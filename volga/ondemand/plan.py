@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import typing
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import polars as pl
 

@@ -9,7 +9,8 @@ reason.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import polars as pl
 
@@ -61,7 +62,7 @@ class StatelessChain:
         if isinstance(step, nodes.FilterNode):
             if isinstance(step.predicate, pl.Expr):
                 return batch.filter(step.predicate)
-            predicate = self._predicate(step)
+            predicate = self._predicate(step, step.predicate)
             if predicate is not None and predicate.applies_to(batch):
                 return batch.filter(predicate.expr)
             batch, mask = self._row_values(step, batch, step.predicate)
@@ -110,9 +111,9 @@ class StatelessChain:
             ))
         return out.filter(~bad)
 
-    def _predicate(self, step: nodes.FilterNode) -> RowPredicate | None:
+    def _predicate(self, step: nodes.FilterNode, fn: Callable[[dict[str, Any]], Any]) -> RowPredicate | None:
         if id(step) not in self._predicates:
-            self._predicates[id(step)] = translate(step.predicate, step.schema.polars_schema())
+            self._predicates[id(step)] = translate(fn, step.schema.polars_schema())
         return self._predicates[id(step)]
 
     def _row_values(self, step: nodes.UnaryNode, batch: pl.DataFrame, fn: Callable[[dict[str, Any]], Any]) -> tuple[pl.DataFrame, list[Any]]:
@@ -161,7 +162,7 @@ def _non_null_outputs(step: nodes.TransformNode, batch: pl.DataFrame) -> list[st
 def _writes(step: nodes.TransformNode, name: str) -> bool:
     for expr in step.fn:  # type: ignore[union-attr]
         try:
-            if expr.meta.output_name() == name:  # type: ignore[union-attr]
+            if expr.meta.output_name() == name:
                 return True
         except Exception:  # multi-output expressions (pl.all()...): assume they write it
             return True

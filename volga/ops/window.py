@@ -64,6 +64,26 @@ class _Arrays:
 
 
 class WindowAggregateOp:
+    """Sliding-window aggregates per key: one output row per input row, over that key's rows
+    in ``[t - window, t]`` up to and including it; state carries over between ``apply`` calls.
+
+    >>> import datetime
+    >>> from volga import Count, Sum
+    >>> from volga.testing.examples import orders
+    >>> aggs = (Count(window="1h", into="n_1h"), Sum(on="product_price", window="1h", into="spent_1h"))
+    >>> out = orders.group_by("buyer_id").aggregate(list(aggs))
+    >>> op = WindowAggregateOp(orders.schema, out.schema, ("buyer_id",), aggs)
+    >>> def batch(minutes, prices):
+    ...     t0 = datetime.datetime(2025, 1, 1)
+    ...     times = [t0 + datetime.timedelta(minutes=m) for m in minutes]
+    ...     return pl.DataFrame({"buyer_id": "a", "product_id": "p", "product_type": "REGULAR", "purchased_at": times,
+    ...                          "product_price": prices}, schema=orders.schema.polars_schema())
+    >>> op.apply(batch([0, 30], [10.0, 5.0])).select("n_1h", "spent_1h").rows()
+    [(1, 10.0), (2, 15.0)]
+    >>> op.apply(batch([61], [1.0])).select("n_1h", "spent_1h").rows()  # the row at minute 0 has left the hour
+    [(2, 6.0)]
+    """
+
     # The log is compacted once it holds more than twice the rows that survived the last
     # compaction plus this slack: amortised O(1) per row, and at most ~2x the live state.
     compact_slack_rows = 65_536

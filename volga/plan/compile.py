@@ -82,7 +82,23 @@ def _lookup_rule(shape: RequestTimeShape | None) -> str:
 def compile_plan(
     pipelines: Sequence[PipelineDef], params: Params | None = None, lookup: Mapping[str, Any] | None = None
 ) -> PhysicalPlan:
-    """Build fresh operators for ``pipelines`` (each call gives new, empty state)."""
+    """Build fresh operators for ``pipelines`` (each call gives new, empty state).
+
+    Each pipeline body runs on symbolic frames; the logical nodes it returns become steps,
+    stateless runs fused into one ``chain``, and a source shared by pipelines is read once.
+
+    >>> from volga.sources import MemorySource
+    >>> from volga.testing.quickstart import order_records, quickstart
+    >>> user_spent = quickstart(lambda online: MemorySource(order_records(30)))
+    >>> print(compile_plan([user_spent]).explain())
+    [0] source order_source (Order) <- []
+    [1] chain filter <- [0]
+    [2] source user_source (User) <- []
+    [3] join <- [1, 2]
+    [4] window <- [3]
+    [5] chain rename -> select <- [4]  => user_spent
+    user_spent: lookups evaluate windows at request time (avg_spent_7d, num_purchases_1h, max_price_1d; the steps after the aggregate applied to them)
+    """
     steps: list[Step] = []
     by_node: dict[int, int] = {}
     by_source: dict[int, int] = {}

@@ -114,7 +114,7 @@ def request_time_shape(pipeline: Any, lookup: Mapping[str, Any] | None = None) -
     Cached per definition object."""
     cached = getattr(pipeline, "_request_time_shape", _UNSET)
     if cached is not _UNSET:
-        return cached  # type: ignore[no-any-return]
+        return cached  # type: ignore[return-value]
     shape = shape_of(pipeline.build(None, lookup), pipeline.schema)
     object.__setattr__(pipeline, "_request_time_shape", shape)
     return shape
@@ -194,7 +194,7 @@ def steps_carrying(shape: RequestTimeShape, extra: tuple[FieldSpec, ...]) -> tup
         if isinstance(step, nodes.SelectNode):
             changes["columns"] = (*step.columns, *names)
         upstream = dataclasses.replace(step, **changes)
-        steps.append(upstream)  # type: ignore[arg-type]
+        steps.append(upstream)
     return new_agg, steps
 
 

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.fs as pafs  # type: ignore[import-untyped]
+import pyarrow as pa
+import pyarrow.fs as pafs
 
 from volga.ops.protocol import State, check_state
 

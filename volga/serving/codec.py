@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from volga.ondemand.rows import Row  # noqa: E402,F401 - re-exported: response rows
+from volga.api.times import parse_utc
+from volga.ondemand.rows import Row  # noqa: F401 - re-exported: response rows
 
 JSONDecodeError = orjson.JSONDecodeError
 
@@ -38,8 +39,6 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     return orjson.loads(data)
 
 
-def _utc(moment: datetime.datetime) -> datetime.datetime:
-    return moment.replace(tzinfo=datetime.timezone.utc) if moment.tzinfo is None else moment.astimezone(datetime.timezone.utc)
 
 
 def parse_datetime_fields(row: dict[str, Any], fields: list[str], list_fields: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
@@ -48,9 +47,9 @@ def parse_datetime_fields(row: dict[str, Any], fields: list[str], list_fields: l
     for name in fields:
         value = row.get(name)
         if isinstance(value, str):
-            row[name] = _utc(datetime.datetime.fromisoformat(value))
+            row[name] = parse_utc(value)
     for name in list_fields:
         value = row.get(name)
         if isinstance(value, list):
-            row[name] = [_utc(datetime.datetime.fromisoformat(v)) if isinstance(v, str) else v for v in value]
+            row[name] = [parse_utc(v) if isinstance(v, str) else v for v in value]
     return row

@@ -29,21 +29,30 @@ for the same request.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
 from volga.api.types import us_to_datetime
 from volga.ondemand.calls import Call, call_all, call_kwargs
 from volga.ondemand.plan import (
-    _MISSING, Key, Node, Plan, Read, _at_us, _RowBuilder, check_args, check_keys, compile_on_demand,
+    _MISSING,
+    Key,
+    Node,
+    Plan,
+    Read,
+    _at_us,
+    _RowBuilder,
+    check_args,
+    check_keys,
+    compile_on_demand,
 )
+from volga.ondemand.request_time import read_at
 from volga.ondemand.rows import Row
 from volga.serving.errors import BadRequest, InvalidKeys
 from volga.storage import KEY_INDEX, MemoryOnlineStore, OnlineStore
-from volga.storage.request_time import read_at
 
 
 class OnDemandExecutor:

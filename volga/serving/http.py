@@ -378,7 +378,7 @@ class HttpProtocol(asyncio.Protocol):
             self._write((503, _error_body(error), b"Retry-After: 1\r\n"), keep_alive=False)
             return
         self.connections.open.add(self)
-        self.transport.set_write_buffer_limits(high=self.limits.write_buffer_bytes)
+        self.transport.set_write_buffer_limits(high=self.limits.write_buffer_bytes)  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.open.discard(self)
@@ -490,9 +490,9 @@ class HttpProtocol(asyncio.Protocol):
         while pending and not self.busy and self.write_paused_at is None and self.transport is not None:
             item = pending.popleft()
             if len(item) == 3:  # a fatal answer: the last thing this connection says
-                self._write(item, keep_alive=False)  # type: ignore[arg-type]
+                self._write(item, keep_alive=False)
                 return
-            method, path, headers, body, keep_alive = item  # type: ignore[misc]
+            method, path, headers, body, keep_alive = item
             if self.app.draining and not pending and self.phase == _IDLE:
                 keep_alive = False  # the last request of a draining connection
             if path == "/features" and method == "POST" and not self.app.inline:
@@ -574,7 +574,7 @@ class HttpProtocol(asyncio.Protocol):
     def _close_after_pending(self) -> None:
         self.closing = True
         if self.pending and len(self.pending[-1]) == 5:
-            method, path, headers, body, _ = self.pending[-1]  # type: ignore[misc]
+            method, path, headers, body, _ = self.pending[-1]
             self.pending[-1] = (method, path, headers, body, False)
         self._update_reading()
 

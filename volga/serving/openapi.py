@@ -173,7 +173,8 @@ def openapi_spec(definitions: Mapping[str, Any], *, auth: bool) -> dict[str, Any
                         "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}},
             },
             "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}},
+                "get": {"summary": "This document", "responses": {
+                    "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}},
             },
         },
         "components": {"schemas": schemas},

@@ -20,8 +20,8 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from volga.api.decorators import PipelineDef

@@ -50,7 +50,8 @@ import numpy as np
 import polars as pl
 
 from volga.api.entity import FieldSpec, Schema, entity_schema, is_entity
-from volga.api.types import TIMESTAMP_DTYPE, Duration, parse_duration_us, to_utc
+from volga.api.times import datetime_to_us, to_utc
+from volga.api.types import TIMESTAMP_DTYPE, Duration, parse_duration_us
 from volga.sources.base import Source, SourceMode, SourceReader
 
 __all__ = ["DatagenSource"]
@@ -122,7 +123,7 @@ class DatagenSource(Source):
         else:
             interval_us = round(1e6 / self.rate_per_s) if self.rate_per_s else 1000
         start = to_utc(self.start) if self.start is not None else datetime.datetime.now(datetime.timezone.utc)
-        start_us = int((start - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)) / datetime.timedelta(microseconds=1))
+        start_us = datetime_to_us(start)
         return DatagenReader(self, schema, start_us=start_us, interval_us=interval_us)
 
     def describe(self) -> str:

@@ -166,7 +166,7 @@ class _CapturingLogger(logging.Logger):
         super().__init__("volga.sources.kafka.librdkafka")
         self.last_error: str | None = None
 
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         text = str(msg) % args if args else str(msg)
         if level >= logging.ERROR:
             self.last_error = text

@@ -49,6 +49,7 @@ type check so that polars never coerces e.g. ``True`` into an ``int`` field.
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,9 +58,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from polars.datatypes import DataTypeClass
 
 from volga.api.entity import FieldSpec, Schema, to_record
-from volga.api.types import TIMESTAMP_DTYPE, dtype_name, to_utc
+from volga.api.times import to_utc, utc_us_series
+from volga.api.types import TIMESTAMP_DTYPE, dtype_name
 from volga.sources.base import Rejected
 
 __all__ = ["conform", "conform_indexed", "missing_columns", "require_columns"]
@@ -185,7 +188,7 @@ def _record_columns(
         series, bad = _values_to_series(values, f, parse_strings)
         problems += bad
         failed = {i for i, _ in bad} | not_records
-        problems += _null_problems(series, f, failed, lambda i, name=f.name: name not in records[i])
+        problems += _null_problems(series, f, failed, functools.partial(_lacks, records, f.name))
         columns.append(series)
     return columns, problems
 
@@ -289,8 +292,7 @@ def _to_timestamps(src: pl.Series, f: FieldSpec, parse_strings: bool = False) ->
         out = parsed.zip_with(iso, epoch).alias(f.name)
         return _with_failures(src, out, out.is_null() & src.is_not_null(), f)
     if isinstance(have, pl.Datetime):
-        zoned = src.dt.replace_time_zone("UTC") if have.time_zone is None else src.dt.convert_time_zone("UTC")
-        return zoned.dt.cast_time_unit("us"), []
+        return utc_us_series(src), []
     if have == pl.Date:
         return src.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), []
     if have in (pl.String, pl.Categorical) or isinstance(have, pl.Enum):
@@ -373,7 +375,7 @@ def _python_values(values: list[Any], f: FieldSpec, parse_strings: bool) -> tupl
 Checker = Callable[[Any], Any]
 
 
-def _checker(dtype: pl.DataType, parse_strings: bool) -> Checker:
+def _checker(dtype: pl.DataType | DataTypeClass, parse_strings: bool) -> Checker:
     """A function converting one non-null value to what polars stores for ``dtype``.
 
     It raises _BadValue when the value doesn't fit. Built once per column so the per-value
@@ -383,7 +385,9 @@ def _checker(dtype: pl.DataType, parse_strings: bool) -> Checker:
         return _list_checker(dtype, parse_strings)
     if dtype == TIMESTAMP_DTYPE:
         return _check_timestamp
-    scalar = {pl.Int64(): _check_int, pl.Float64(): _check_float, pl.String(): _check_str, pl.Boolean(): _check_bool}
+    scalar: dict[pl.DataType | DataTypeClass, Checker] = {
+        pl.Int64(): _check_int, pl.Float64(): _check_float, pl.String(): _check_str, pl.Boolean(): _check_bool,
+    }
     check = scalar.get(dtype)
     if check is None:
         raise TypeError(f"no value check for dtype {dtype}")  # dtype_of never produces one
@@ -447,7 +451,7 @@ def _check_timestamp(value: Any) -> datetime.datetime:
     raise _BadValue
 
 
-def _text_checker(dtype: pl.DataType, check: Checker) -> Checker:
+def _text_checker(dtype: pl.DataType | DataTypeClass, check: Checker) -> Checker:
     """Also accept text for numbers/booleans (CSV-like inputs only)."""
 
     def parse(value: Any) -> Any:
@@ -533,6 +537,10 @@ def _all_bad(src: pl.Series, f: FieldSpec) -> tuple[pl.Series, Problems]:
     """A column whose dtype can't hold the field: every non-null value is a problem."""
     out = pl.Series(f.name, [None] * len(src), dtype=f.dtype)
     return _with_failures(src, out, src.is_not_null(), f)
+
+
+def _lacks(records: Sequence[Mapping[str, Any]], name: str, i: int) -> bool:
+    return name not in records[i]
 
 
 def _null_problems(

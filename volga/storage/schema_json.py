@@ -25,6 +25,7 @@ import json
 from typing import Any
 
 import polars as pl
+from polars.datatypes import DataTypeClass
 
 from volga.api.entity import FieldSpec, Schema
 
@@ -47,7 +48,7 @@ _SIMPLE: dict[str, pl.DataType] = {
 }
 
 
-def dtype_to_str(dtype: pl.DataType) -> str:
+def dtype_to_str(dtype: pl.DataType | DataTypeClass) -> str:
     """``Datetime("us", "UTC")`` -> ``"Datetime(us,UTC)"``; raise TypeError if unsupported."""
     if isinstance(dtype, pl.List):
         return f"List({dtype_to_str(dtype.inner)})"

@@ -134,7 +134,7 @@ def fuse_reduce(prev: Step, node: sn.ReduceNode) -> ops.FusedKeyedReduce | None:
     start = len(chain)
     while start > 0 and isinstance(chain[start - 1], sn.RowNode) and chain[start - 1].op in ("map", "filter", "key_by"):
         start -= 1
-    kinds = [s.op for s in chain[start:]]  # type: ignore[attr-defined]
+    kinds = [s.op for s in chain[start:]]
     keyed_at = [i for i, kind in enumerate(kinds) if kind == "key_by"]
     if not keyed_at or any(kind != "filter" for kind in kinds[keyed_at[-1] + 1 :]):
         return None  # the key comes from an earlier step (a column, or before a map)
@@ -142,7 +142,7 @@ def fuse_reduce(prev: Step, node: sn.ReduceNode) -> ops.FusedKeyedReduce | None:
     if start:
         prefix = ops.RowChain(chain[:start], prev.op.where)
         prefix.entity_ops = prev.op.entity_ops
-    return ops.FusedKeyedReduce(prefix, chain[start:], node, prev.op.where)  # type: ignore[arg-type]
+    return ops.FusedKeyedReduce(prefix, chain[start:], node, prev.op.where)
 
 
 def route_late_rows(window: sn.WindowNode, steps: list[Step]) -> None:
@@ -153,7 +153,7 @@ def route_late_rows(window: sn.WindowNode, steps: list[Step]) -> None:
     node = window.input
     while isinstance(node, sn.STATELESS):
         path.insert(0, node)
-        node = node.input  # type: ignore[attr-defined]
+        node = node.input
     if not isinstance(node, sn.SourceNode):
         return
     for step in steps:

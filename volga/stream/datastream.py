@@ -100,7 +100,7 @@ def _signed_us(value: Duration | int, what: str) -> int:
         return sign * parse_duration_us(abs(value), what=what)
     if isinstance(value, str) and value.strip().startswith("-"):
         return -parse_duration_us(value.strip()[1:], what=what)
-    return parse_duration_us(value, what=what)  # type: ignore[arg-type]
+    return parse_duration_us(value, what=what)
 
 
 def _exprs(exprs: Sequence[Any], where: str) -> tuple[pl.Expr, ...]:
@@ -167,6 +167,13 @@ class DataStream:
         the results are Python objects (a value stream); with ``schema={"col": type}`` (or
         an @entity) ``fn`` returns dicts or tuples and the result is a record stream.
         Polars expressions (the fast path) are evaluated like ``select``.
+
+        >>> from volga.stream import ListSink, StreamingContext
+        >>> ctx, out = StreamingContext(), ListSink()
+        >>> _ = ctx.from_collection([1, 2]).map(lambda x: {"n": x, "sq": x * x}, schema={"n": int, "sq": int}).sink(out)
+        >>> _ = ctx.execute()
+        >>> out.items
+        [{'n': 1, 'sq': 1}, {'n': 2, 'sq': 4}]
         """
         if isinstance(fn, pl.Expr) or (isinstance(fn, (list, tuple)) and fn and all(isinstance(e, pl.Expr) for e in fn)):
             return self.select(fn)
@@ -179,13 +186,29 @@ class DataStream:
         return self._new(sn.RowNode(schema=sn.make_schema(self.schema.name, cols), input=self._node, op="map", fn=fn, output="records"))
 
     def flat_map(self, fn: Callable[[Any], Any]) -> DataStream:
-        """Zero or more elements per element (``fn`` returns an iterable), each with its input's event time."""
+        """Zero or more elements per element (``fn`` returns an iterable), each with its input's event time.
+
+        >>> from volga.stream import ListSink, StreamingContext
+        >>> ctx, out = StreamingContext(), ListSink()
+        >>> _ = ctx.from_collection(["a b", "c"]).flat_map(str.split).sink(out)
+        >>> _ = ctx.execute()
+        >>> out.items
+        ['a', 'b', 'c']
+        """
         if not callable(fn):
             raise TypeError(f"{self._where('flat_map')}: expected a callable, got {type(fn).__name__}")
         return self._new(sn.RowNode(schema=sn.value_schema(self.schema.name), input=self._node, op="flat_map", fn=fn))
 
     def filter(self, predicate: Callable[[Any], Any] | pl.Expr) -> DataStream:
-        """Keep elements where ``predicate`` is true (a callable, or a polars expression: faster)."""
+        """Keep elements where ``predicate`` is true (a callable, or a polars expression: faster).
+
+        >>> from volga.stream import ListSink, StreamingContext
+        >>> ctx, out = StreamingContext(), ListSink()
+        >>> _ = ctx.from_collection([{"n": 1}, {"n": 5}]).filter(pl.col("n") > 2).sink(out)
+        >>> _ = ctx.execute()
+        >>> out.items
+        [{'n': 5}]
+        """
         if isinstance(predicate, pl.Expr):
             self._infer(lambda lf: lf.filter(predicate), "filter")
             return self._new(sn.BatchNode(schema=self.schema, input=self._node, op="filter", payload=predicate))
@@ -194,14 +217,30 @@ class DataStream:
         return self._new(sn.RowNode(schema=self.schema, input=self._node, op="filter", fn=predicate))
 
     def with_columns(self, *exprs: pl.Expr | Sequence[pl.Expr]) -> DataStream:
-        """Add or replace columns with polars expressions (columnar)."""
+        """Add or replace columns with polars expressions (columnar).
+
+        >>> from volga.stream import ListSink, StreamingContext
+        >>> ctx, out = StreamingContext(), ListSink()
+        >>> _ = ctx.from_collection([{"n": 1}, {"n": 5}]).with_columns((pl.col("n") * 2).alias("twice")).sink(out)
+        >>> _ = ctx.execute()
+        >>> out.items
+        [{'n': 1, 'twice': 2}, {'n': 5, 'twice': 10}]
+        """
         flat = _exprs(exprs, self._where("with_columns"))
         cols = self._infer(lambda lf: lf.with_columns(*flat), "with_columns")
         keys = self.schema.keys if all(cols.get(k) == self.schema.field(k).dtype for k in self.schema.keys) else ()
         return self._new(sn.BatchNode(schema=self._unkeyed(cols, keys), input=self._node, op="with_columns", payload=flat))
 
     def select(self, *exprs: pl.Expr | str | Sequence[pl.Expr | str]) -> DataStream:
-        """Keep/compute these columns (polars expressions or names); event time is kept."""
+        """Keep/compute these columns (polars expressions or names); event time is kept.
+
+        >>> from volga.stream import ListSink, StreamingContext
+        >>> ctx, out = StreamingContext(), ListSink()
+        >>> _ = ctx.from_collection([{"n": 1, "s": "x"}]).select("s", (pl.col("n") + 1).alias("m")).sink(out)
+        >>> _ = ctx.execute()
+        >>> out.items
+        [{'s': 'x', 'm': 2}]
+        """
         flat = tuple(pl.col(e) if isinstance(e, str) else e for e in exprs)
         flat = _exprs(flat, self._where("select"))
         internal = [c for c in self.schema.names if c.startswith("__")]
@@ -229,7 +268,15 @@ class DataStream:
         return self._new(sn.BatchNode(schema=out, input=self._node, op="map_batches", payload=fn))
 
     def key_by(self, key: Callable[[Any], Any] | str | Sequence[str]) -> KeyedStream:
-        """Partition by key: column name(s) (columnar) or a function of the element."""
+        """Partition by key: column name(s) (columnar) or a function of the element.
+
+        >>> from volga.stream import ListSink, StreamingContext
+        >>> ctx, out = StreamingContext(), ListSink()
+        >>> _ = ctx.from_collection([("a", 1), ("b", 2), ("a", 3)]).key_by(lambda kv: kv[0]).reduce(lambda acc, kv: (kv[0], acc[1] + kv[1])).sink(out)
+        >>> _ = ctx.execute()
+        >>> out.items
+        [('a', 1), ('b', 2), ('a', 4)]
+        """
         if isinstance(key, str):
             key = [key]
         if isinstance(key, (list, tuple)):
@@ -257,13 +304,22 @@ class DataStream:
                     f"ctx.from_...() or after stateless steps (map/filter/flat_map), not after {node.label()}"
                 )
             path.append(node)
-            node = node.input  # type: ignore[attr-defined]
+            node = node.input
         return node, path[::-1]
 
     def timestamp_assigner(self, assigner: Callable[[Any], Any] | str, *, unit: Literal["s", "ms", "us"] = "s") -> DataStream:
         """Take event time from each element: a function returning a datetime (naive = UTC)
         or a number of ``unit`` since the epoch, or a column name. Without one, a stream's
-        event time is its connector's timestamp column, or the ingestion time."""
+        event time is its connector's timestamp column, or the ingestion time.
+
+        >>> from volga.stream import ListSink, StreamingContext
+        >>> ctx, out = StreamingContext(), ListSink()
+        >>> events = ctx.from_collection([{"t": 60, "n": 1}, {"t": 0, "n": 2}], name="events")
+        >>> _ = events.timestamp_assigner("t").sink(out)  # t in seconds; no lateness allowed
+        >>> job = ctx.execute()
+        >>> out.items, job.late_events("events")["n"].to_list()  # the row at t=0 came after t=60
+        ([{'t': 60, 'n': 1}], [2])
+        """
         source, path = self._source_path("timestamp_assigner")
         if source.timestamps is not None:
             raise ValueError(f"{self._where('timestamp_assigner')}: the stream already has a timestamp_assigner")
@@ -383,10 +439,22 @@ class KeyedStream(DataStream):
     def aggregate(self, aggregates: Sequence[Aggregate]) -> KeyedStream:
         """The Entity API's aggregates, per event: for each element, one row with the key,
         its event time and each aggregate over the key's events in the aggregate's window
-        (``window=`` on each; default "forever"). Output: a record stream."""
+        (``window=`` on each; default "forever"). Output: a record stream.
+
+        >>> from volga.stream import ListSink, StreamingContext
+        >>> ctx, out = StreamingContext(), ListSink()
+        >>> from volga import Count, Sum
+        >>> rows = [{"user": "u", "amount": 5.0, "t": 0}, {"user": "u", "amount": 7.0, "t": 30}, {"user": "u", "amount": 1.0, "t": 90}]
+        >>> per_user = ctx.from_collection(rows).timestamp_assigner("t").key_by("user")
+        >>> _ = per_user.aggregate([Count(window="1m", into="n"), Sum(on="amount", window="1m", into="total")]).sink(out)
+        >>> _ = ctx.execute()
+        >>> out.items
+        [{'user': 'u', 'n': 1, 'total': 5.0}, {'user': 'u', 'n': 2, 'total': 12.0}, {'user': 'u', 'n': 2, 'total': 8.0}]
+        """
         aggs = self._check_aggregates(aggregates, "aggregate")
         keys = self._out_keys()
-        schema = sn.make_schema(self.schema.name, {**keys, self.schema.timestamp: self.schema.field(self.schema.timestamp).dtype, **self._agg_columns(aggs)}, tuple(keys), self.schema.timestamp)
+        ts = self.schema.timestamp
+        schema = sn.make_schema(self.schema.name, {**keys, ts: self.schema.field(ts).dtype, **self._agg_columns(aggs)}, tuple(keys), ts)
         return KeyedStream(self._ctx, sn.AggregateNode(schema=schema, input=self._node, aggregates=aggs, key_alias=self._key_alias()))
 
     def window(
@@ -398,7 +466,18 @@ class KeyedStream(DataStream):
 
         Shorthands: ``window("1m")`` or ``window(size="1m")`` is ``TumblingWindow("1m")``;
         ``window("1m", slide="10s")`` or ``window(size="1m", slide="10s")`` is
-        ``HoppingWindow("1m", "10s")``."""
+        ``HoppingWindow("1m", "10s")``.
+
+        >>> from volga.stream import ListSink, StreamingContext
+        >>> ctx, out = StreamingContext(), ListSink()
+        >>> from volga import Sum
+        >>> rows = [{"user": "u", "amount": 5.0, "t": 0}, {"user": "u", "amount": 7.0, "t": 30}, {"user": "u", "amount": 1.0, "t": 90}]
+        >>> per_minute = ctx.from_collection(rows).timestamp_assigner("t").key_by("user").window("1m")
+        >>> _ = per_minute.aggregate([Sum(on="amount", into="total")]).select("window_start", "total").sink(out)
+        >>> _ = ctx.execute()
+        >>> [(row["window_start"].minute, row["total"]) for row in out.items]
+        [(0, 12.0), (1, 1.0)]
+        """
         if spec is None and size is not None:
             spec = size
         elif size is not None:
@@ -480,7 +559,8 @@ class KeyedStream(DataStream):
         if pairs:
             cols = {sn.VALUE: sn.OBJECT, **{k: self.schema.field(k).dtype for k in self.schema.keys}}
         schema = sn.make_schema(self.schema.name, cols, self.schema.keys, self.schema.timestamp)
-        node = sn.JoinNode(schema=schema, left=self._node, right=other._node, kind=kind, how=how, lower_us=lower, upper_us=upper, right_columns=tuple(right_columns))
+        node = sn.JoinNode(schema=schema, left=self._node, right=other._node, kind=kind, how=how, lower_us=lower, upper_us=upper,
+                           right_columns=tuple(right_columns))
         return KeyedStream(self._ctx, node)
 
 

@@ -369,7 +369,8 @@ def _prepare_values(schema: Schema, aggregates: tuple[Aggregate, ...], where: st
         if agg.on is None:
             continue
         if not schema.has(agg.on):
-            raise ValueError(f"{where}: {type(agg).__name__}(into={agg.into!r}) reads column {agg.on!r}, which the stream lacks (columns: {sn.data_columns(schema)})")
+            raise ValueError(f"{where}: {type(agg).__name__}(into={agg.into!r}) reads column {agg.on!r}, "
+                             f"which the stream lacks (columns: {sn.data_columns(schema)})")
         dtype = schema.field(agg.on).dtype
         if dtype == sn.OBJECT:
             if agg.kind not in _NUMERIC_KINDS and agg.kind != "count":
@@ -455,7 +456,8 @@ class UnionOp:
         out = []
         for name in self.schema.names:
             src = name if schema.has(name) else (schema.timestamp if name == self.ts else name)
-            out.append(pl.col(src).cast(self.schema.field(name).dtype).alias(name) if schema.field(src).dtype != sn.OBJECT or self.schema.field(name).dtype == sn.OBJECT else pl.col(src))
+            keep_object = schema.field(src).dtype == sn.OBJECT and self.schema.field(name).dtype != sn.OBJECT
+            out.append(pl.col(src) if keep_object else pl.col(src).cast(self.schema.field(name).dtype).alias(name))
         return out
 
     def push(self, side: int, batch: pl.DataFrame) -> None:
@@ -635,7 +637,8 @@ class EventWindowOp(_Calls):
         fn = self.node.reduce_fn
         assert fn is not None
         items = items_of(rows, self.in_schema)
-        groups = rows.with_row_index("__row").group_by(group, maintain_order=True).agg(pl.col("__row"), *([pl.col(SEQ).first()] if SEQ in rows.columns else []), pl.col(_SEQ).min().alias("__first"))
+        seq = [pl.col(SEQ).first()] if SEQ in rows.columns else []
+        groups = rows.with_row_index("__row").group_by(group, maintain_order=True).agg(pl.col("__row"), *seq, pl.col(_SEQ).min().alias("__first"))
         values = []
         keep = []
         for g, members in enumerate(groups["__row"].to_list()):

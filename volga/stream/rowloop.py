@@ -83,7 +83,7 @@ class RowLoop:
             lines.append("        kappend(k)")
         lines.append("    return values, keys, dropped")
         exec(compile("\n".join(lines), "<volga row loop>", "exec"), names)
-        return names["run"]  # type: ignore[no-any-return]
+        return names["run"]
 
     def run(self, items: list[Any], state: dict[Any, Any], reject: Callable[[int, Exception, Any], None]) -> RowLoopResult:
         def rejected(line: int, error: Exception, item: Any) -> None:

@@ -21,7 +21,8 @@ import numpy as np
 import polars as pl
 
 from volga.api.entity import Schema
-from volga.api.types import TIMESTAMP_DTYPE, datetime_to_us
+from volga.api.times import datetime_to_us, utc_us_series
+from volga.api.types import TIMESTAMP_DTYPE
 from volga.errors import Rejected
 from volga.ops.frames import pick
 from volga.sources.base import Source, SourceMode, SourceReader
@@ -240,7 +241,7 @@ class StreamReader(SourceReader):
         if spec.column is not None:
             col = batch[spec.column]
             if col.dtype.is_temporal():
-                ts = col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC") if getattr(col.dtype, "time_zone", None) is None else col.cast(TIMESTAMP_DTYPE)
+                ts = utc_us_series(col if isinstance(col.dtype, pl.Datetime) else col.cast(pl.Datetime("us")))
             else:
                 ts = (col.cast(pl.Float64) * unit).cast(pl.Int64).cast(TIMESTAMP_DTYPE)
             return batch.with_columns(ts.alias(sn.TS))

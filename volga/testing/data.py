@@ -5,6 +5,8 @@ import datetime
 import numpy as np
 import polars as pl
 
+from volga.api.times import datetime_to_us
+
 PRODUCT_TYPES = ["ON_SALE", "REGULAR", "CLEARANCE"]
 
 
@@ -18,7 +20,7 @@ def make_users(n_users: int, *, start: datetime.datetime, seed: int = 0) -> pl.D
     rng = np.random.default_rng(seed)
     ids = np.arange(n_users).astype(str)
     offsets_us = rng.integers(0, 30 * 86_400_000_000, n_users)
-    start_us = int(start.replace(tzinfo=datetime.timezone.utc).timestamp() * 1_000_000)
+    start_us = datetime_to_us(start)
     return pl.DataFrame(
         {
             "user_id": ids,
@@ -37,7 +39,7 @@ def make_orders(
     5
     """
     rng = np.random.default_rng(seed)
-    start_us = int(start.replace(tzinfo=datetime.timezone.utc).timestamp() * 1_000_000)
+    start_us = datetime_to_us(start)
     ts = np.sort(rng.integers(0, int(days * 86_400_000_000), n_orders)) + start_us
     buyers = rng.zipf(1.3, n_orders) % n_users  # a few heavy buyers, a long tail
     return pl.DataFrame(

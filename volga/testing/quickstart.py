@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import polars as pl
 import polars.testing
@@ -68,9 +68,9 @@ class Order:
 class UserSpentInfo:
     user_id: str = field(key=True)
     timestamp: datetime.datetime = field(timestamp=True)
-    avg_spent_7d: Optional[float]  # None at a request time whose window holds no order
+    avg_spent_7d: float | None  # None at a request time whose window holds no order
     num_purchases_1h: int
-    max_price_1d: Optional[float]
+    max_price_1d: float | None
 
 
 USERS = [{"user_id": str(i), "registered_at": T0, "name": f"u{i}"} for i in range(N_USERS)]

@@ -20,8 +20,8 @@ import polars as pl
 
 from volga.api.decorators import PipelineDef
 from volga.api.types import Duration
-from volga.plan.request_time import request_time_shape
 from volga.ondemand.plan import check_args, compile_on_demand
+from volga.plan.request_time import request_time_shape
 from volga.training.lookup import PipelineRows
 from volga.training.on_demand import OnDemandEvaluator
 from volga.training.request import (
@@ -190,7 +190,7 @@ def _attach(spine: Spine, features: pl.DataFrame) -> Any:
 
 def _to_pandas(original: Any, features: pl.DataFrame) -> Any:
     import pandas as pd  # type: ignore[import-untyped]
-    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow as pa
 
     nullable = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
     frame = features.to_arrow().to_pandas(types_mapper=nullable.get)

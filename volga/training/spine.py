@@ -27,7 +27,8 @@ from typing import Any
 
 import polars as pl
 
-from volga.api.types import TIMESTAMP_DTYPE, dtype_name
+from volga.api.times import utc_us_series
+from volga.api.types import dtype_name
 from volga.errors import KeyMismatch
 
 
@@ -112,9 +113,7 @@ def _times(series: pl.Series) -> pl.Series:
         raise SpineError(f"spine timestamp column {name!r} must hold datetimes, not {series.dtype}; {hint}")
     if series.null_count():
         raise SpineError(f"spine timestamp column {name!r} has {series.null_count()} null value(s); drop or fill those rows")
-    if series.dtype.time_zone is None:  # naive: read as UTC, never local time
-        series = series.dt.replace_time_zone("UTC")
-    return series.cast(TIMESTAMP_DTYPE)
+    return utc_us_series(series)  # naive: read as UTC, never local time
 
 
 def _key_values(series: pl.Series, dtype: pl.DataType) -> pl.Series | None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from volga.api.times import to_utc
 from volga.ondemand.plan import Node
 
 if TYPE_CHECKING:
@@ -279,5 +280,5 @@ def _same_value(got: Any, want: Any) -> bool:
     if isinstance(want, float) and isinstance(got, float):
         return got == want or (math.isnan(got) and math.isnan(want))
     if isinstance(want, datetime.datetime) and isinstance(got, datetime.datetime):
-        return got == (want if want.tzinfo is not None else want.replace(tzinfo=datetime.timezone.utc))
+        return got == to_utc(want)
     return type(got) is type(want) and got == want

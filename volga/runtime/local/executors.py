@@ -100,7 +100,18 @@ def sort_by_position(rows: pl.DataFrame, ts_col: str, positions: list[tuple[np.n
 
 
 def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metrics: Metrics, batch_size: int = 1_000_000) -> None:
-    """Read every bounded source fully, then run each step once over all its input."""
+    """Read every bounded source fully, then run each step once over all its input.
+
+    >>> from volga.plan.compile import compile_plan
+    >>> from volga.runtime.local.runtime import open_sources
+    >>> from volga.sources import MemorySource
+    >>> from volga.testing.quickstart import order_records, quickstart
+    >>> plan = compile_plan([quickstart(lambda online: MemorySource(order_records(30)))])
+    >>> written = {}
+    >>> run_batch(plan, open_sources(plan, "offline", None), written.__setitem__, Metrics())
+    >>> written["user_spent"].columns
+    ['user_id', 'timestamp', 'avg_spent_7d', 'num_purchases_1h', 'max_price_1d', '__volga_raw.product_price']
+    """
     results: dict[int, pl.DataFrame] = {}
     remaining = {s.id: len(plan.consumers(s.id)) for s in plan.steps}
     for step in plan.steps:

@@ -61,7 +61,7 @@ def to_wire(rows: pl.DataFrame) -> bytes:
     would go through Ray's own per-column Arrow reducer, about ten times slower for a
     small batch). Python-object columns (which Arrow cannot hold) travel in the schema's
     metadata, each pickled as one list (one ``pickle`` call per column)."""
-    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow as pa
 
     objects = [c for c, dt in rows.schema.items() if dt == pl.Object]
     table = rows.drop(objects).to_arrow() if objects else rows.to_arrow()
@@ -71,7 +71,7 @@ def to_wire(rows: pl.DataFrame) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
+    return sink.getvalue().to_pybytes()
 
 
 def from_wire(table: Any) -> pl.DataFrame | None:

