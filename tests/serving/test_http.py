@@ -311,3 +311,32 @@ def test_stores_that_do_io_are_read_off_the_event_loop(tmp_path, served, known_u
         request = b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(one), one)
         response = raw(server, request * 2 + b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n", read_until_close=True)
         assert response.count(b"200 OK") == 3
+
+
+def test_async_feature_waits_off_the_event_loop(tmp_path):
+    """An ``async def`` feature awaiting I/O must not hold the loop: other requests (here
+    /health) are answered while it waits, though the store is in memory."""
+    import serving_defs
+
+    client = serving_defs.make_client(tmp_path)
+    release = threading.Event()
+
+    @on_demand(dependencies=[])
+    async def waits_for_io(user_id: str, now: datetime.datetime) -> UserStats:
+        while not release.is_set():  # an I/O wait the test ends
+            await asyncio.sleep(0.01)
+        return UserStats(user_id=user_id, timestamp=now, total_spent=0.0, purchase_count=0)
+
+    client.register(waits_for_io)
+    with client.serve(port=0) as server:
+        answers: list[int] = []
+        slow = threading.Thread(target=lambda: answers.append(post(server, b'{"target_features":["waits_for_io"],"keys":[{"user_id":"1"}]}')[0]))
+        slow.start()
+        time.sleep(0.2)  # the slow request is in flight
+        health = raw(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+        assert health.startswith(b"HTTP/1.1 200"), health
+        assert slow.is_alive() and answers == [], "/health waited for the async feature"
+        release.set()
+        slow.join(10)
+        assert answers == [200]
+        assert json.loads(health.partition(b"\r\n\r\n")[2])["inline"] is False

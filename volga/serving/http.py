@@ -12,7 +12,8 @@ stack costs several times that per request in CPython, capping one process far b
 versions, ``Transfer-Encoding`` with ``Content-Length``): any parse error is a 400 and the
 connection is closed. Keep-alive, pipelining, ``Expect: 100-continue`` and chunked request
 bodies are supported. Requests for the in-memory store are answered on the event loop
-itself; requests for stores that do I/O go to a thread pool so the loop keeps accepting.
+itself; requests for stores that do I/O, or for `async def` features, go to a thread pool so the
+loop keeps accepting.
 It uses uvloop when installed.
 
 Limits and timeouts are :class:`ServerLimits`. The bearer token is checked as soon as a
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import inspect
 import itertools
 import logging
 import os
@@ -43,6 +45,7 @@ from typing import Any
 
 import httptools
 
+from volga.api.on_demand import OnDemandDef
 from volga.serving import codec
 from volga.serving.errors import (
     BadRequest,
@@ -148,8 +151,14 @@ class ServingApp:
 
     @property
     def inline(self) -> bool:
-        """True when requests are cheap enough to answer on the event loop (in-memory store)."""
-        return isinstance(self.executor.store(), MemoryOnlineStore)
+        """True when requests are cheap enough to answer on the event loop: an in-memory store
+        and no ``async def`` on-demand function (those wait on I/O, which must not hold the
+        loop and every other connection). Definitions may be registered while serving."""
+        if not isinstance(self.executor.store(), MemoryOnlineStore):
+            return False
+        return not any(
+            isinstance(d, OnDemandDef) and inspect.iscoroutinefunction(d.fn) for d in self.executor.definitions.values()
+        )
 
     @property
     def auth_required(self) -> bool:
@@ -649,7 +658,9 @@ async def _run(
 ) -> None:
     loop = asyncio.get_running_loop()
     limits = app.limits
-    pool = None if app.inline else ThreadPoolExecutor(max_workers=16, thread_name_prefix="volga-serve")
+    # Threads start on first use: an inline server (in-memory store, no async features) never
+    # starts one, but a feature registered later may need them.
+    pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="volga-serve")
     connections.pool = pool
     server = await loop.create_server(lambda: HttpProtocol(app, connections), sock=sock)
     _warn_if_few_descriptors(limits)
