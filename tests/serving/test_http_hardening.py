@@ -455,6 +455,7 @@ def test_unexpected_failure_is_500_with_request_id_and_one_log_line(start, known
     class Broken:  # an executor with a bug
         def __init__(self, real: Any) -> None:
             self.store = real.store
+            self.definitions = real.definitions
 
         def request(self, *args: Any) -> Any:
             raise KeyError("a bug")
