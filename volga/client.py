@@ -475,6 +475,12 @@ class Client:
             if self.definitions.get(feature.name) is not feature:
                 self.register(feature)
             return feature.name
+        if not isinstance(feature, str):
+            many = " (one feature per call: loop, or use get_historical_features/OnDemandClient.request for several)"
+            raise TypeError(
+                f"expected a feature name or definition, got {type(feature).__name__} {feature!r:.100}"
+                + (many if isinstance(feature, (list, tuple)) else "")
+            )
         return feature
 
     def _feature(self, name: str) -> tuple[Any, Schema]:

@@ -54,6 +54,17 @@ def test_dicts_and_dataframes_are_accepted() -> None:
     assert from_dicts.rows() == from_frame.rows() == [("a", T0.replace(tzinfo=UTC), 1.0)]
 
 
+def test_pandas_dataframes_are_accepted_like_polars_ones() -> None:
+    import pandas as pd  # the `pandas` extra (installed with `test`)
+    naive = pd.DataFrame({"sym": ["a", "b"], "at": pd.to_datetime([T0, T0 + datetime.timedelta(seconds=1)]), "px": [1.0, 2.5]})
+    aware = naive.assign(at=naive["at"].dt.tz_localize("Europe/Paris"))
+    from_pandas = MemorySource(naive).open(SCHEMA, name="ticks").poll(10)
+    from_aware = MemorySource(aware).open(SCHEMA, name="ticks").poll(10)
+    assert from_pandas is not None and from_aware is not None
+    assert from_pandas.rows() == [("a", T0.replace(tzinfo=UTC), 1.0), ("b", T0.replace(tzinfo=UTC, second=1), 2.5)]
+    assert from_aware["at"].to_list()[0] == T0.replace(tzinfo=UTC) - datetime.timedelta(hours=1)  # the instant is kept
+
+
 def test_bad_rows_are_rejected_at_open_and_the_rest_flow() -> None:
     rows = [{"sym": "a", "at": T0, "px": 1.0}, {"sym": "b", "at": T0, "px": "abc"}, {"at": T0, "px": 2.0}]
     reader = MemorySource(rows).open(SCHEMA, name="ticks")

@@ -76,7 +76,7 @@ class MemoryReader(SourceReader):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MemorySource(Source):
-    """Entity instances, dicts or a polars DataFrame, read in order. Always bounded.
+    """Entity instances, dicts, or a polars or pandas DataFrame, read in order. Always bounded.
 
     ``rate_per_s`` paces the rows in processing time (see the module docstring); the source
     still ends when the rows run out. Rows are validated once, when the source is opened;
@@ -93,9 +93,11 @@ class MemorySource(Source):
             raise ValueError(
                 f"MemorySource: rate_per_s must be a positive number of rows per second, not {self.rate_per_s!r}"
             )
+        if _is_pandas_frame(self.rows):  # converted once (pandas needs pyarrow for this)
+            object.__setattr__(self, "rows", pl.from_pandas(self.rows))
         if not isinstance(self.rows, (pl.DataFrame, Sequence)) or isinstance(self.rows, (str, bytes)):
             raise TypeError(
-                f"MemorySource: rows must be a list of entity instances or dicts, or a polars DataFrame, "
+                f"MemorySource: rows must be a list of entity instances or dicts, or a polars or pandas DataFrame, "
                 f"not {type(self.rows).__name__} (the rows are read again at every open, so an iterator "
                 "won't do; pass list(...))"
             )
@@ -112,3 +114,7 @@ class MemorySource(Source):
         count = self.rows.height if isinstance(self.rows, pl.DataFrame) else len(self.rows)
         pace = f", {self.rate_per_s:g} rows/s" if self.rate_per_s is not None else ""
         return f"MemorySource({count} rows{pace})"
+
+
+def _is_pandas_frame(rows: object) -> bool:
+    return type(rows).__name__ == "DataFrame" and type(rows).__module__.startswith("pandas")
