@@ -168,9 +168,11 @@ def _pipeline_values(request: FeatureRequest, loading: Future[PipelineRows], key
     table = loading.result()
     schema = request.schema
     key_values = [keys(request.key_columns[k], schema.field(k).dtype, _what(request)) for k in schema.keys]
-    positions = table.asof(key_values, spine.times)
-    rows = table.at_times(key_values, spine.times) if table.shape is not None else None
-    return list(table.values(request.fields, positions, spine.times, request.ttl_us, rows).iter_columns())
+    if table.shape is not None:  # evaluated at the spine times
+        values = table.values(request.fields, None, spine.times, request.ttl_us, table.at_times(key_values, spine.times))
+    else:
+        values = table.values(request.fields, table.asof(key_values, spine.times), spine.times, request.ttl_us)
+    return list(values.iter_columns())
 
 
 def _on_demand_values(request: FeatureRequest, evaluator: OnDemandEvaluator | None, plan: Any) -> list[pl.Series]:

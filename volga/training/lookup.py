@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
+from numba import njit
 
 from volga.api.decorators import PipelineDef
 from volga.plan.request_time import RequestTimeShape
@@ -28,6 +30,8 @@ from volga.storage import OfflineStore
 from volga.training.request_time import values_at
 
 ROW = "__volga_row"
+_START = "__volga_start"
+_END = "__volga_end"
 _TIME = "__volga_t"
 _POS = "__volga_pos"
 
@@ -41,12 +45,27 @@ class OfflineDataMissing(LookupError):
 
 @dataclasses.dataclass
 class Grouped:
-    """A pipeline's rows grouped by key, time-ordered inside each group."""
+    """A pipeline's rows grouped by key, time-ordered inside each group.
 
-    frame: pl.DataFrame
+    The rows stay where they were loaded: grouped position ``i`` is row ``order[i]`` of
+    ``source``. Gathering every column into grouped order (``frame``) is done only when a
+    caller needs it; request-time lookups gather just the rows they read.
+    """
+
+    source: pl.DataFrame
+    order: np.ndarray  # grouped position -> row of source
     starts: np.ndarray  # per row: the position of its key group's first row
     ends: np.ndarray  # per row: one past its key group's last row
     times_us: np.ndarray  # per row: its timestamp in microseconds
+    heads: pl.DataFrame  # one row per key group: its key values, _START and _END
+
+    @functools.cached_property
+    def frame(self) -> pl.DataFrame:
+        return self.source[self.order]
+
+    def source_rows(self, positions: pl.Series) -> pl.Series:
+        """Rows of ``source`` at grouped ``positions`` (nulls stay null)."""
+        return pl.Series(self.order).gather(positions)
 
 
 class PipelineRows:
@@ -126,10 +145,24 @@ class PipelineRows:
         """The pipeline's rows evaluated at each spine time (request-time pipelines; see
         :mod:`volga.training.request_time`), one per spine row."""
         assert self.shape is not None
-        return values_at(self.shape, self.group(), keys, times, self.asof(keys, times, grouped=True))
+        return values_at(self.shape, self.group(), keys, times, self.asof_grouped(keys, times))
+
+    def asof_grouped(self, keys: Sequence[pl.Series], times: pl.Series) -> pl.Series:
+        """``asof(keys, times, grouped=True)`` by a hash join on the key groups and a binary
+        search of each group's times: no as-of join over every loaded row. On equal times
+        the later-written row, as ``asof``."""
+        grouped = self.group()
+        asked = pl.DataFrame([s.alias(k) for k, s in zip(self.keys, keys)])
+        spans = asked.join(grouped.heads, on=self.keys, how="left", maintain_order="left")
+        at_us = times.cast(pl.Datetime("us", "UTC")).cast(pl.Int64).to_numpy()
+        found = _latest_at(
+            grouped.times_us, spans.get_column(_START).fill_null(0).to_numpy(),
+            spans.get_column(_END).fill_null(0).to_numpy(), at_us,
+        )
+        return pl.Series(_POS, found, dtype=pl.Int64).replace(-1, None)
 
     def values(
-        self, fields: Sequence[str], positions: pl.Series, times: pl.Series, ttl_us: int | None,
+        self, fields: Sequence[str], positions: pl.Series | None, times: pl.Series, ttl_us: int | None,
         rows: pl.DataFrame | None = None,
     ) -> pl.DataFrame:
         """``fields`` of the as-of rows (or of ``rows``, one per spine row); all null where
@@ -137,6 +170,7 @@ class PipelineRows:
         if rows is not None:
             picked = rows.select(*dict.fromkeys([*fields, self.ts]))
         else:
+            assert positions is not None
             picked = self.frame.select(pl.col(*fields, self.ts).gather(positions))
         if ttl_us is None:
             return picked.select(fields)
@@ -147,26 +181,79 @@ class PipelineRows:
     # -- grouped by key (for last_n and range) ----------------------------------------------
     def group(self) -> Grouped:
         if self._grouped is None:
-            frame = self.frame.sort(self.keys, maintain_order=True)  # stable: time order within a key
-            n = frame.height
+            order, codes = _key_order(self.frame, self.keys)  # stable: time order within a key
+            n = self.frame.height
             if n:
-                keys = frame.select(self.keys)
-                new_group = np.ones(n, dtype=bool)
-                new_group[1:] = ~_equal_rows(keys.slice(1), keys.slice(0, n - 1))
+                new_group = np.zeros(n, dtype=bool)
+                new_group[0] = True
+                for code in codes:  # a key group starts where any key's code changes
+                    sorted_code = code[order]
+                    new_group[1:] |= sorted_code[1:] != sorted_code[:-1]
                 first = np.flatnonzero(new_group)
                 sizes = np.diff(np.append(first, n))
                 starts = np.repeat(first, sizes)
                 ends = np.repeat(first + sizes, sizes)
             else:
-                starts = ends = np.zeros(0, dtype=np.int64)
-            times_us = frame.get_column(self.ts).cast(pl.Int64).to_numpy()
-            self._grouped = Grouped(frame, starts, ends, times_us)
+                first = sizes = starts = ends = np.zeros(0, dtype=np.int64)
+            heads = self.frame.select(self.keys)[order[first]].with_columns(
+                pl.Series(_START, first, dtype=pl.Int64), pl.Series(_END, first + sizes, dtype=pl.Int64)
+            )
+            times_us = self.frame.get_column(self.ts).cast(pl.Int64).to_numpy()[order]
+            self._grouped = Grouped(self.frame, order, starts, ends, times_us, heads)
         return self._grouped
 
 
-def _equal_rows(a: pl.DataFrame, b: pl.DataFrame) -> np.ndarray:
-    """Row-wise equality of two frames with the same columns and no nulls."""
-    out = np.ones(a.height, dtype=bool)
-    for column in a.columns:
-        out &= (a.get_column(column) == b.get_column(column)).to_numpy()
+def _key_order(frame: pl.DataFrame, keys: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A stable order that makes each key's rows contiguous (groups in no particular order),
+    and each key column as integer codes (equal values, equal codes).
+
+    Sorting by integer codes (strings: their categorical codes) is several times faster than
+    sorting strings, and only contiguity matters here.
+    """
+    codes = []
+    for key in keys:
+        column = frame.get_column(key)
+        if column.dtype == pl.String:
+            column = column.cast(pl.Categorical).to_physical()
+        elif not (column.dtype.is_integer() or column.dtype == pl.Boolean):
+            column = column.rank("dense")
+        codes.append(column.cast(pl.Int64).fill_null(-1).to_numpy())
+    if len(codes) > 1:
+        return np.lexsort(codes[::-1]), codes
+    code = codes[0]
+    low = int(code.min()) if len(code) else 0
+    if len(code) and int(code.max()) - low <= 4 * len(code):  # small code range: a counting sort, O(n)
+        return _counting_order(code - low, int(code.max()) - low + 1), codes
+    return np.argsort(code, kind="stable"), codes
+
+
+@njit(cache=True, nogil=True)
+def _counting_order(code, size):  # type: ignore[no-untyped-def]
+    """The stable order that sorts ``code`` (ints in [0, size)): a counting sort."""
+    next_slot = np.zeros(size + 1, dtype=np.int64)
+    for c in code:
+        next_slot[c + 1] += 1
+    for i in range(size):
+        next_slot[i + 1] += next_slot[i]
+    out = np.empty(len(code), dtype=np.int64)
+    for i in range(len(code)):
+        c = code[i]
+        out[next_slot[c]] = i
+        next_slot[c] += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _latest_at(times_us, lo, hi, at_us):  # type: ignore[no-untyped-def]
+    """Per query: the last position in times_us[lo:hi] (sorted) with time <= at, else -1."""
+    out = np.empty(len(at_us), dtype=np.int64)
+    for i in range(len(at_us)):
+        a, b = lo[i], hi[i]
+        while a < b:
+            m = (a + b) // 2
+            if times_us[m] <= at_us[i]:
+                a = m + 1
+            else:
+                b = m
+        out[i] = a - 1 if a > lo[i] else -1
     return out

@@ -53,7 +53,8 @@ def values_at(
     positions = asof.fill_null(0).cast(pl.Int64).to_numpy()
     stale = _stale(grouped.times_us, grouped.starts, positions, present, at_us, windows_us)
     # every column of the rows at their latest event: keys, timestamp, per-event aggregate values
-    base = grouped.frame.select([pl.col(where).gather(asof).alias(col) for col, where in shape.pre_columns.items()])
+    rows = grouped.source_rows(asof)
+    base = grouped.source.select([pl.col(where).gather(rows).alias(col) for col, where in shape.pre_columns.items()])
     if stale.any():
         fresh = pl.Series(~stale)
         evaluated = _evaluate_stale(shape, grouped, keys, times, positions, stale, at_us)
@@ -82,7 +83,7 @@ def _evaluate_stale(
     rows = np.flatnonzero(stale)
     needed = _events_needed(grouped.times_us, grouped.starts, positions[rows], at_us[rows] - shape.longest_window_us)
     by_output_key = dict(zip(output.keys, keys))
-    event_rows = grouped.frame.filter(pl.Series(needed)).select(
+    event_rows = grouped.source[grouped.order[needed]].select(
         *(pl.col(shape.pre_columns[k]).alias(k) for k in agg.keys),
         pl.col(shape.pre_columns[ts]).alias(ts),
         *(pl.col(raw_of[col]).alias(col) for col in ons),
