@@ -206,6 +206,38 @@ def test_column_steps_after_the_aggregate_apply_to_request_time_values(tmp_path)
 
 
 @entity
+class Rate:
+    card: str = field(key=True)
+    at: datetime.datetime = field(timestamp=True)
+    recent: int
+    per_item: float
+
+
+def test_a_step_that_fails_at_request_time_gives_that_key_no_row_online_and_in_training(tmp_path, caplog):
+    """A row function after the aggregate that raises on request-time values (here: no
+    events left in the window) leaves that key without a row at that time, online and in
+    training alike, with a log line naming the key; other keys are unaffected."""
+    @source(Swipe)
+    def swipes() -> volga.Source:
+        return MemorySource([swipe("a", 0), swipe("b", 0), swipe("b", 9)])
+
+    @pipeline(dependencies=[swipes], output=Rate)
+    def rate(s: Entity) -> Entity:
+        agg = s.group_by(keys=["card"]).aggregate([Count(window="5m", into="recent")])
+        return agg.assign("per_item", float, lambda r: 10.0 / r["recent"])  # ZeroDivisionError once the window empties
+
+    client = volga.Client(data_dir=tmp_path)
+    client.materialize([rate], mode="offline", write_online=True)
+    with caplog.at_level("WARNING", logger="volga.serving"):
+        online = client.get_latest("rate", [{"card": "a"}, {"card": "b"}], at=at(10))
+    assert online[0] is None and (online[1].recent, online[1].per_item) == (1, 10.0)
+    assert any("key {'card': 'a'}" in r.getMessage() and "ZeroDivisionError" in r.getMessage() for r in caplog.records)
+    spine = pl.DataFrame({"card": ["a", "b"], "timestamp": [at(10), at(10)]})
+    train = client.get_historical_features(spine, ["rate"])
+    assert train.select("recent", "per_item").rows() == [(None, None), (1, 10.0)]
+
+
+@entity
 class Busy:
     card: str = field(key=True)
     at: datetime.datetime = field(timestamp=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import logging
 from typing import Any
 
 import polars as pl
@@ -29,6 +30,8 @@ from volga.ops.frames import pick
 from volga.ops.stateless import StatelessChain
 from volga.plan.request_time import RAW_PREFIX, RequestTimeShape, is_hidden, steps_carrying
 from volga.storage.online.base import OnlineStore
+
+log = logging.getLogger("volga.serving")
 
 _INDEX = "__volga_key_pos"  # hidden: carried past row functions, which never see it
 _INDEX_FIELD = FieldSpec(_INDEX, pl.Int64(), optional=True)
@@ -120,9 +123,11 @@ def _apply_steps(shape: RequestTimeShape, pre_rows: list[dict[str, Any] | None],
     frame = pl.DataFrame([{**pre_rows[i], _INDEX: i} for i in present], schema=pre_schema, orient="row")  # type: ignore[dict-item]
     chain = StatelessChain(steps_carrying(shape, (_INDEX_FIELD,))[1], f"pipeline {output.name} (request time)")
     result = chain.apply(frame) if frame.height else pl.DataFrame(schema={**out_schema, _INDEX: pl.Int64()})
-    if chain.rejected:
-        first = chain.rejected[0]
-        raise ValueError(f"pipeline {output.name}: a step after the aggregate failed at request time: {first.reason}")
+    for rejected in chain.rejected:  # as in training: that key has no row at this time (and a log line says why)
+        record = rejected.record
+        key = {k: record.get(k) for k in shape.aggregate.keys} if isinstance(record, dict) else record
+        log.warning("pipeline %s: a step after the aggregate failed at request time for key %s, so it has no row: %s",
+                    output.name, key, rejected.reason)
     by_index = dict(zip(result.get_column(_INDEX).to_list(), result.select(output.names).rows()))
     rows = [by_index.get(i) or _missing(output.names, keys, i) for i in range(len(pre_rows))]
     return pl.DataFrame(rows, schema=out_schema, orient="row")
