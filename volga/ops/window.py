@@ -1,8 +1,9 @@
 """Keyed, per-event sliding window aggregation (DESIGN.md "Windowed aggregation").
 
 One operator serves batch and streaming: ``apply`` takes the next input rows in
-processing order and returns one output row per input row. State is incremental (see
-``kernels``): an append-only row log plus per-key window pointers and partial
+processing order and returns one output row per input row. Each aggregate keeps the
+state its class names (``Aggregate.sliding``, implemented in ``volga.ops.sliding``). State
+is incremental (see ``kernels``): an append-only row log plus per-key window pointers and partial
 aggregates, so a micro-batch costs O(its rows), whatever the window length. Rows that no
 window can see any more (older than every window start of their key, and not the few
 rows a "forever" aggregate keeps) are dropped when the log is compacted, which happens
