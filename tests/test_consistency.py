@@ -39,6 +39,7 @@ from volga import (
     Min,
     Stddev,
     Sum,
+    Variance,
     entity,
     field,
     pipeline,
@@ -54,7 +55,7 @@ KEYS = ("a", "b", "c", "d")
 TAGS = ("x", "y", "z")
 VOLGA_AGGREGATES: dict[str, Any] = {
     "Count": Count, "Sum": Sum, "Avg": Avg, "Min": Min, "Max": Max, "First": First,
-    "Last": Last, "Stddev": Stddev, "CountDistinct": CountDistinct, "LastN": LastN,
+    "Last": Last, "Stddev": Stddev, "Variance": Variance, "CountDistinct": CountDistinct, "LastN": LastN,
 }
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -229,6 +230,7 @@ AGG_COLUMNS: dict[str, tuple[str | None, ...]] = {
     "Sum": ("v", "q"),
     "Avg": ("v", "q"),
     "Stddev": ("v", "q"),
+    "Variance": ("v", "q"),
     "Min": ("v", "q", "tag"),
     "Max": ("v", "q", "tag"),
     "First": ("v", "q", "tag"),
@@ -262,8 +264,8 @@ class AggCase:
         base = COLUMN_TYPE[self.on or ""]
         if self.kind == "LastN":
             return list[base]  # type: ignore[valid-type]
-        if self.kind in ("Avg", "Stddev"):
-            return Optional[float] if self.kind == "Stddev" or self.on in NULLABLE else float
+        if self.kind in ("Avg", "Stddev", "Variance"):
+            return Optional[float] if self.kind != "Avg" or self.on in NULLABLE else float
         return Optional[base] if self.on in NULLABLE else base  # type: ignore[valid-type]
 
 
@@ -286,6 +288,8 @@ EVERY_KIND = [
     AggCase("Last", "v", "forever", 1),
     AggCase("Stddev", "v", "60m", 1),
     AggCase("Stddev", "q", "forever", 1),
+    AggCase("Variance", "v", "5m", 1),
+    AggCase("Variance", "q", "forever", 1),
     AggCase("CountDistinct", "tag", "60m", 1),
     AggCase("Count", "tag", "forever", 1),
     AggCase("Max", "tag", "60m", 1),

@@ -5,7 +5,7 @@
 ['Client', 'entity', 'pipeline', 'source']
 """
 
-from volga.api.aggregates import Avg, Count, CountDistinct, First, Last, LastN, Max, Min, Stddev, Sum
+from volga.api.aggregates import Avg, Count, CountDistinct, First, Last, LastN, Max, Min, Stddev, Sum, Variance
 from volga.api.decorators import PipelineDef, SourceDef, pipeline, source
 from volga.api.entity import entity, field
 from volga.api.frame import Entity, PipelineDefinitionError, col
@@ -21,7 +21,7 @@ __all__ = [
     "Avg", "Client", "Count", "CountDistinct", "Entity", "First", "Job", "JobFailed", "KeyMismatch",
     "Last", "LastN", "Max", "MemoryOnlineStore", "Min", "OfflineStore", "OnlineStore",
     "ParquetOfflineStore", "PipelineDef", "PipelineDefinitionError", "Rejected", "RequestTimeUnavailable", "Source", "SourceDef",
-    "Stddev", "Sum", "UnknownFeature", "col", "entity", "field", "pipeline", "source",
+    "Stddev", "Sum", "UnknownFeature", "Variance", "col", "entity", "field", "pipeline", "source",
     "OnDemandClient", "OnDemandDef", "OnDemandDefinitionError", "on_demand", "RayRuntime",
 ]
 __version__ = "0.1.0"

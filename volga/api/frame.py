@@ -368,8 +368,9 @@ class GroupBy:
             seen.add(agg.into)
             in_dtype = None
             # Every window holds the current event, so an aggregate is null only when all
-            # its values can be null (a nullable input column), or for Stddev below two
-            # values; Count/CountDistinct (0) and LastN ([]) are never null.
+            # its values can be null (a nullable input column), or when one value is not
+            # enough (``null_below`` 2: Stddev, Variance); Count/CountDistinct (0) and
+            # LastN ([]) are never null (``null_below`` 0).
             optional, why = False, ""
             label = f"{type(agg).__name__}(into={agg.into!r})"
             if agg.on is not None:
@@ -377,9 +378,9 @@ class GroupBy:
                 in_field = frame.schema.field(agg.on)
                 in_dtype = in_field.dtype
                 agg.check_input(in_dtype, frame._where)
-                if agg.kind not in ("count", "count_distinct", "last_n"):
-                    if agg.kind == "stddev":
-                        optional, why = True, f"{label}: null below two values"
+                if agg.null_below > 0:
+                    if agg.null_below > 1:
+                        optional, why = True, f"{label}: null below {_NUMBERS.get(agg.null_below, agg.null_below)} values"
                     elif in_field.optional:
                         optional = True
                         why = f"{label}: null while its window has no non-null '{agg.on}' ({in_field.nullable_by or 'Optional'})"
@@ -388,6 +389,9 @@ class GroupBy:
             fields.append(FieldSpec(agg.into, agg.output_dtype(in_dtype), optional=optional, nullable_by=why))
         schema = Schema(frame.schema.name, tuple(fields), self._keys, frame.schema.timestamp)
         return frame._new(nodes.AggregateNode(schema, frame._node, self._keys, tuple(aggregates)))
+
+
+_NUMBERS = {2: "two", 3: "three"}
 
 
 # -- schema inference helpers ----------------------------------------------------------

@@ -1,8 +1,9 @@
 """Keyed, per-event sliding window aggregation (DESIGN.md "Windowed aggregation").
 
 One operator serves batch and streaming: ``apply`` takes the next input rows in
-processing order and returns one output row per input row. State is incremental (see
-``kernels``): an append-only row log plus per-key window pointers and partial
+processing order and returns one output row per input row. Each aggregate keeps the
+state its class names (``Aggregate.sliding``, implemented in ``volga.ops.sliding``). State
+is incremental (see ``kernels``): an append-only row log plus per-key window pointers and partial
 aggregates, so a micro-batch costs O(its rows), whatever the window length. Rows that no
 window can see any more (older than every window start of their key, and not the few
 rows a "forever" aggregate keeps) are dropped when the log is compacted, which happens
@@ -25,15 +26,14 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from volga.api.aggregates import Aggregate
 from volga.api.entity import Schema
 from volga.ops import kernels
-from volga.ops.frames import assemble, epoch_us, masked, not_null_mask, pick, take
+from volga.ops.frames import assemble, epoch_us, not_null_mask, pick, take
 from volga.ops.keys import KeyIndex, OrderLabels
+from volga.ops.sliding import STATES
 
-_SUM_KINDS = ("sum", "avg")
 PROBE_COLUMN = "__volga_probe"
 
 
@@ -98,16 +98,18 @@ class WindowAggregateOp:
         self.output_schema = output_schema
         self.keys = keys
         self.aggregates = aggregates
+        self.states = [STATES[a.sliding] for a in aggregates]  # what each aggregate keeps (``volga.ops.sliding``)
         self.ts_col = input_schema.timestamp
         self.value_cols = sorted({a.on for a in aggregates if a.on is not None})
         self.key_index = KeyIndex(keys, {k: input_schema.field(k).dtype for k in keys})
         self.value_index = {
             a.on: KeyIndex((a.on,), {a.on: input_schema.field(a.on).dtype})
-            for a in aggregates if a.kind == "count_distinct" and a.on is not None
+            for a, state in zip(aggregates, self.states) if state.value_ids and a.on is not None
         }
         self.order_labels = {
             a.on: OrderLabels()
-            for a in aggregates if a.kind in ("min", "max") and a.on is not None and input_schema.field(a.on).dtype == pl.String
+            for a, state in zip(aggregates, self.states)
+            if state.ordered and a.on is not None and input_schema.field(a.on).dtype == pl.String
         }
         self.rows = _Arrays()  # the row log
         self.per_key = _Arrays()
@@ -130,34 +132,9 @@ class WindowAggregateOp:
             rows.add(f"valid:{col}", np.bool_, False)
             if col in self.value_index:
                 rows.add(f"vid:{col}", np.int64, -1)
-        for i, agg in enumerate(self.aggregates):
+        for i, state in enumerate(self.states):
             keys.add(f"lo:{i}", np.int64, -1)
-            if agg.kind in _SUM_KINDS:
-                keys.add(f"f_end:{i}", np.int64, -1)
-                keys.add(f"b_sum:{i}", np.float64, 0.0)
-                keys.add(f"b_cnt:{i}", np.int64, 0)
-                rows.add(f"f_sum:{i}", np.float64, 0.0)
-                rows.add(f"f_cnt:{i}", np.int64, 0)
-            elif agg.kind == "stddev":
-                keys.add(f"f_end:{i}", np.int64, -1)
-                keys.add(f"b_n:{i}", np.int64, 0)
-                keys.add(f"b_mean:{i}", np.float64, 0.0)
-                keys.add(f"b_m2:{i}", np.float64, 0.0)
-                rows.add(f"f_n:{i}", np.int64, 0)
-                rows.add(f"f_mean:{i}", np.float64, 0.0)
-                rows.add(f"f_m2:{i}", np.float64, 0.0)
-            elif agg.kind in ("min", "max"):
-                keys.add(f"f_end:{i}", np.int64, -1)
-                keys.add(f"b_idx:{i}", np.int64, -1)
-                rows.add(f"f_idx:{i}", np.int64, -1)
-            elif agg.kind == "count":
-                keys.add(f"cnt:{i}", np.int64, 0)
-            elif agg.kind in ("first", "last"):
-                keys.add(f"fv:{i}", np.int64, -1)
-                keys.add(f"lv:{i}", np.int64, -1)
-            elif agg.kind == "count_distinct":
-                keys.add(f"distinct:{i}", np.int64, 0)
-                self.counts[i] = kernels.empty_counts()
+            state.declare(self, i)
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -227,8 +204,8 @@ class WindowAggregateOp:
         kernels.link_rows(r0, n, rows["kid"], rows["prev"], rows["nxt"], keys["last_row"])
         back = np.argsort(order)
         columns = [
-            take(self._aggregate(i, a, r0, n), back).alias(a.into).cast(self.output_schema.field(a.into).dtype)
-            for i, a in enumerate(self.aggregates)
+            take(state.compute(self, i, a, r0, n), back).alias(a.into).cast(self.output_schema.field(a.into).dtype)
+            for i, (a, state) in enumerate(zip(self.aggregates, self.states))
         ]
         out = {c: batch.get_column(c) for c in (*self.keys, self.ts_col)}
         out.update((c.name, c) for c in columns)
@@ -273,53 +250,8 @@ class WindowAggregateOp:
                 rows[f"vid:{col}"][r0 : r0 + n] = np.where(valid, ids, -1)
         self.size += n
 
-    def _aggregate(self, i: int, agg: Aggregate, r0: int, n: int) -> pl.Series:
-        rows, keys = self.rows, self.per_key
-        w = -1 if agg.window_us is None else agg.window_us
-        common = (r0, n, rows["kid"], rows["ts"])
-        val = rows[f"val:{agg.on}"] if agg.on else None
-        valid = rows[f"valid:{agg.on}"] if agg.on else rows["all"]
-        lo = keys[f"lo:{i}"]
-        if agg.kind in _SUM_KINDS:
-            sums, counts = np.empty(n), np.empty(n, dtype=np.int64)
-            kernels.sliding_sum(*common, rows["prev"], rows["nxt"], val, valid, w, lo, keys[f"f_end:{i}"],
-                                keys[f"b_sum:{i}"], keys[f"b_cnt:{i}"], rows[f"f_sum:{i}"], rows[f"f_cnt:{i}"], sums, counts)
-            return masked(sums / np.maximum(counts, 1) if agg.kind == "avg" else sums, counts > 0)
-        if agg.kind == "stddev":
-            counts, m2 = np.empty(n, dtype=np.int64), np.empty(n)
-            kernels.sliding_moments(*common, rows["prev"], rows["nxt"], val, valid, w, lo, keys[f"f_end:{i}"],
-                                    keys[f"b_n:{i}"], keys[f"b_mean:{i}"], keys[f"b_m2:{i}"],
-                                    rows[f"f_n:{i}"], rows[f"f_mean:{i}"], rows[f"f_m2:{i}"], counts, m2)
-            std = np.sqrt(np.maximum(m2, 0.0) / np.maximum(counts - 1, 1))
-            return masked(std, counts >= 2)
-        if agg.kind == "count":
-            out = np.empty(n, dtype=np.int64)
-            kernels.sliding_count(*common, rows["nxt"], valid, w, lo, keys[f"cnt:{i}"], out)
-            return pl.Series(out)
-        if agg.kind == "count_distinct":
-            out = np.empty(n, dtype=np.int64)
-            kernels.count_distinct(*common, rows["nxt"], rows[f"vid:{agg.on}"], w, lo, self.counts[i], keys[f"distinct:{i}"], out)
-            return pl.Series(out)
-        assert agg.on is not None
-        if agg.kind in ("min", "max"):
-            idx = np.empty(n, dtype=np.int64)
-            kernels.sliding_extreme(*common, rows["prev"], rows["nxt"], val, valid, agg.kind == "max", w, lo,
-                                    keys[f"f_end:{i}"], keys[f"b_idx:{i}"], rows[f"f_idx:{i}"], idx)
-            return self._gather(agg.on, idx)
-        if agg.kind in ("first", "last"):
-            first, last = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-            kernels.first_last(*common, rows["nxt"], valid, w, lo, keys[f"fv:{i}"], keys[f"lv:{i}"], first, last)
-            return self._gather(agg.on, first if agg.kind == "first" else last)
-        if agg.kind == "last_n":
-            count = agg.n  # type: ignore[attr-defined]
-            offsets, flat = np.empty(n + 1, dtype=np.int64), np.empty(n * count, dtype=np.int64)
-            total = kernels.last_n(*common, rows["prev"], rows["nxt"], valid, w, lo, count, offsets, flat)
-            values = self._gather(agg.on, flat[:total])
-            lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values.to_arrow())
-            return pl.Series(lists).cast(pl.List(values.dtype))
-        raise AssertionError(f"unknown aggregate kind {agg.kind}")
-
-    def _gather(self, col: str, idx: np.ndarray) -> pl.Series:
+    def gather(self, col: str, idx: np.ndarray) -> pl.Series:
+        """Values of ``col`` at row ids ``idx`` (-1: null)."""
         return take(self._value_log(col), idx)
 
     # -- compaction ------------------------------------------------------------------
@@ -331,29 +263,27 @@ class WindowAggregateOp:
         live = np.zeros(size, dtype=bool)
         windowed_lo = np.full(n_keys, np.iinfo(np.int64).max, dtype=np.int64)
         pointers = ["last_row"]
-        for i, agg in enumerate(self.aggregates):
+        row_pointers: list[str] = []
+        for i, (agg, state) in enumerate(zip(self.aggregates, self.states)):
             lo = keys[f"lo:{i}"][:n_keys]
             if agg.window_us is not None:
                 windowed_lo = np.where(lo >= 0, np.minimum(windowed_lo, lo), windowed_lo)
             else:
                 _mark(live, lo)  # forever windows start at the key's first row
             pointers.append(f"lo:{i}")
-            for name in (f"b_idx:{i}", f"fv:{i}", f"lv:{i}"):
-                if name in keys.arrays:
-                    _mark(live, keys[name][:n_keys])
-                    pointers.append(name)
-            if f"f_end:{i}" in keys.arrays:
-                pointers.append(f"f_end:{i}")
-            if agg.kind == "last_n" and agg.window_us is None:
-                kernels.mark_last_valid(keys["last_row"][:n_keys], rows["prev"], rows[f"valid:{agg.on}"], agg.n, live)  # type: ignore[attr-defined]
+            for name in state.live_rows:
+                _mark(live, keys[f"{name}:{i}"][:n_keys])
+            pointers.extend(f"{name}:{i}" for name in (*state.live_rows, *state.row_ids))
+            row_pointers.extend(f"{name}:{i}" for name in state.row_row_ids)
+            state.keep(self, i, agg, live)
         live |= np.arange(size) >= windowed_lo[kid]
         _mark(live, keys["last_row"][:n_keys])
         new_id = np.cumsum(live) - 1
         keep = np.flatnonzero(live)
-        for name, array in rows.arrays.items():
+        for array in rows.arrays.values():
             array[: keep.shape[0]] = array[keep]
-            if name.startswith("f_idx:"):
-                _remap(array[: keep.shape[0]], new_id, live)
+        for name in row_pointers:
+            _remap(rows[name][: keep.shape[0]], new_id, live)
         for name in pointers:
             _remap(keys[name][:n_keys], new_id, live)
         for col in self.value_cols:

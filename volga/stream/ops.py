@@ -49,7 +49,6 @@ SEQ = "__volga_seq"
 def with_seq(names: list[str], batch: pl.DataFrame) -> list[str]:
     """``names`` plus the sequence column when ``batch`` carries one."""
     return [*names, SEQ] if SEQ in batch.columns else list(names)
-_NUMERIC_KINDS = ("sum", "avg", "stddev", "min", "max")
 
 
 def empty(schema: Schema) -> pl.DataFrame:
@@ -373,14 +372,14 @@ def _prepare_values(schema: Schema, aggregates: tuple[Aggregate, ...], where: st
                              f"which the stream lacks (columns: {sn.data_columns(schema)})")
         dtype = schema.field(agg.on).dtype
         if dtype == sn.OBJECT:
-            if agg.kind not in _NUMERIC_KINDS and agg.kind != "count":
+            if not agg.reads_objects_as_float:
                 raise TypeError(
                     f"{where}: {type(agg).__name__}(on={agg.on!r}) needs a typed column, but {agg.on!r} holds Python "
                     "objects; build a record stream first, e.g. map(fn, schema={...})"
                 )
             fields = [f if f.name != agg.on else type(f)(f.name, pl.Float64(), True, f.key, f.timestamp) for f in fields]
             casts.append(pl.col(agg.on).map_elements(float, return_dtype=pl.Float64, skip_nulls=True))
-        elif agg.kind != "count":
+        else:
             agg.check_input(dtype, where)
     return Schema(schema.name, tuple(fields), schema.keys, schema.timestamp), casts
 
@@ -488,38 +487,6 @@ class UnionOp:
         return _sort_by_time(pl.concat(parts), self.ts)
 
 
-def window_expr(agg: Aggregate, dtype: pl.DataType | None) -> pl.Expr:
-    """One aggregate over a closed window's rows (null rules as in ``volga.api.aggregates``;
-    NaN is missing, like null)."""
-    c = pl.col(agg.on) if agg.on else None
-    if c is not None and dtype is not None and dtype.is_float():
-        c = c.fill_nan(None)
-    kind = agg.kind
-    if kind == "count":
-        expr = pl.len() if c is None else c.count()
-    elif kind == "sum":
-        expr = pl.when(c.count() > 0).then(c.sum())  # type: ignore[union-attr]
-    elif kind == "avg":
-        expr = c.mean()  # type: ignore[union-attr]
-    elif kind == "stddev":
-        expr = pl.when(c.count() >= 2).then(c.std(ddof=1))  # type: ignore[union-attr]
-    elif kind == "min":
-        expr = c.min()  # type: ignore[union-attr]
-    elif kind == "max":
-        expr = c.max()  # type: ignore[union-attr]
-    elif kind == "first":
-        expr = c.drop_nulls().first()  # type: ignore[union-attr]
-    elif kind == "last":
-        expr = c.drop_nulls().last()  # type: ignore[union-attr]
-    elif kind == "count_distinct":
-        expr = c.drop_nulls().n_unique()  # type: ignore[union-attr]
-    elif kind == "last_n":
-        expr = c.drop_nulls().tail(agg.n).reverse().implode()  # type: ignore[union-attr,attr-defined]
-    else:
-        raise AssertionError(f"unknown aggregate kind {kind}")
-    return expr.cast(agg.output_dtype(dtype)).alias(agg.into)
-
-
 _WIN = "__win_start"
 _SEQ = "__seq"
 
@@ -547,7 +514,7 @@ class EventWindowOp(_Calls):
         self.late_count = 0
         if node.aggregates is not None:
             prepared, self.casts = _prepare_values(in_schema, node.aggregates, where)
-            self.exprs = [window_expr(a, prepared.field(a.on).dtype if a.on else None) for a in node.aggregates]
+            self.exprs = [a.closed_window_expr(prepared.field(a.on).dtype if a.on else None) for a in node.aggregates]
         else:
             self.casts, self.exprs = [], []
 

@@ -53,10 +53,10 @@ from typing import Any, Literal
 Row = dict[str, Any]
 
 AggKind = Literal[
-    "Count", "Sum", "Avg", "Min", "Max", "First", "Last", "Stddev", "CountDistinct", "LastN"
+    "Count", "Sum", "Avg", "Min", "Max", "First", "Last", "Stddev", "Variance", "CountDistinct", "LastN"
 ]
 AGG_KINDS: tuple[str, ...] = (
-    "Count", "Sum", "Avg", "Min", "Max", "First", "Last", "Stddev", "CountDistinct", "LastN"
+    "Count", "Sum", "Avg", "Min", "Max", "First", "Last", "Stddev", "Variance", "CountDistinct", "LastN"
 )
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -183,6 +183,8 @@ def aggregate_values(kind: str, values: list[Any], *, rows: int, n: int = 1) -> 
 
     >>> aggregate_values("Stddev", [1.0, None, 3.0], rows=3)
     1.4142135623730951
+    >>> aggregate_values("Variance", [1.0, float("nan"), 3.0], rows=3), aggregate_values("Variance", [1.0], rows=1)
+    (2.0, None)
     >>> aggregate_values("LastN", [1, None, 2, 3], rows=4, n=2)
     [3, 2]
     >>> aggregate_values("Min", [None], rows=1) is None
@@ -216,14 +218,14 @@ def aggregate_values(kind: str, values: list[Any], *, rows: int, n: int = 1) -> 
         return present[0]
     if kind == "Last":
         return present[-1]
-    if kind == "Stddev":
+    if kind in ("Stddev", "Variance"):  # the sample statistics (ddof=1)
         if len(present) < 2:
             return None
         # Exact rational arithmetic, rounded once: equal values give exactly 0.0.
         exact = [Fraction(v) for v in present]
         mean = sum(exact) / len(exact)
-        variance = sum((v - mean) ** 2 for v in exact) / (len(exact) - 1)
-        return math.sqrt(float(variance))
+        variance = float(sum((v - mean) ** 2 for v in exact) / (len(exact) - 1))
+        return math.sqrt(variance) if kind == "Stddev" else variance
     raise ValueError(f"unknown aggregate kind {kind!r}")
 
 
