@@ -2,7 +2,8 @@
 
 - :class:`OnDemandExecutor` answers feature requests from the online store (what
   ``client.get_on_demand`` and the server both call);
-- :mod:`volga.serving.http` is the HTTP/1.1 server (``client.serve()``, ``volga serve``);
+- :mod:`volga.serving.http` is the HTTP/1.1 server (``client.serve()``, ``volga serve``), with
+  its :class:`ServerLimits`;
 - :class:`OnDemandClient` calls that server, sync or async;
 - :class:`Row` is a result row of either path: a dict of the output entity's fields that
   also reads fields as attributes.
@@ -21,8 +22,9 @@ from volga.serving.errors import (
     Unauthorized,
 )
 from volga.serving.executor import OnDemandExecutor
+from volga.serving.http import ServerLimits
 
 __all__ = [
     "BadRequest", "FeatureFunctionError", "FeatureNotFound", "InternalError", "InvalidKeys", "OnDemandClient",
-    "OnDemandExecutor", "PayloadTooLarge", "Row", "ServingError", "Unauthorized",
+    "OnDemandExecutor", "PayloadTooLarge", "Row", "ServerLimits", "ServingError", "Unauthorized",
 ]
