@@ -66,9 +66,19 @@ def _pipeline(orders: pl.DataFrame, users: pl.DataFrame) -> Any:
 
 def throughput(n_orders: int, n_users: int, interval: str | None) -> dict[str, Any]:
     """One run in this process: events per second, checkpoints taken."""
+    from volga.runtime.checkpoint import CheckpointStore
     from volga.runtime.local.checkpointing import Checkpointer
 
     orders, users = orders_frame(n_orders, n_users), users_frame(n_users)
+    sizes: list[tuple[int, int]] = []  # per checkpoint: (bytes it references, bytes it wrote)
+    write = CheckpointStore.write
+
+    def sized(self: CheckpointStore, *a: Any, **k: Any) -> int:
+        out = write(self, *a, **k)
+        sizes.append((self.last_bytes or 0, self.last_written_bytes or 0))
+        return out
+
+    CheckpointStore.write = sized  # type: ignore[method-assign]
     taken: list[float] = []  # time the job stood still per checkpoint (the snapshot; the final one: all)
     for name in ("take", "take_in_background"):
         original = getattr(Checkpointer, name)
@@ -86,7 +96,8 @@ def throughput(n_orders: int, n_users: int, interval: str | None) -> dict[str, A
         start = time.perf_counter()
         client.materialize([_pipeline(orders, users)], mode="online", batch_size=10_000, **extra)
         seconds = time.perf_counter() - start
-    return {"ev_per_s": n_orders / seconds, "seconds": seconds, "checkpoints": len(taken), "checkpoint_s": taken}
+    return {"ev_per_s": n_orders / seconds, "seconds": seconds, "checkpoints": len(taken), "checkpoint_s": taken,
+            "sizes": sizes}
 
 
 def state_of_keys(n_keys: int) -> dict[str, Any]:
@@ -133,7 +144,10 @@ def state_of_keys(n_keys: int) -> dict[str, Any]:
         latest = CheckpointStore(ckpt).latest()
         assert latest is not None
         folder = ckpt / f"chk-{latest.id:06d}"
-        size = sum(p.stat().st_size for p in folder.iterdir()) + (ckpt / f"chk-{latest.id:06d}.json").stat().st_size
+        manifest = json.loads((ckpt / f"chk-{latest.id:06d}.json").read_text())
+        chunks = {name for entry in manifest["columns"] for name in entry.get("chunks", ())}
+        size = (sum(p.stat().st_size for p in folder.iterdir()) + (ckpt / f"chk-{latest.id:06d}.json").stat().st_size
+                + sum((ckpt / "chunks" / name).stat().st_size for name in chunks))
         # which part is how big: operators vs the in-memory online store's rows
         store_rows = latest.state["sink"]["online"]["user_spent"]["rows"]
         load_start = time.perf_counter()
@@ -185,6 +199,9 @@ def main() -> None:
         took = ", ".join(f"{s * 1000:.0f} ms" for s in r["checkpoint_s"][:6]) or "-"
         print(f"  checkpoints {label:>4}: {r['ev_per_s']:>12,.0f} ev/s  {r['ev_per_s'] / none:5.2f}x  "
               f"({r['seconds']:.2f} s, {r['checkpoints']} checkpoint(s): {took})")
+        if r["sizes"]:
+            shown = ", ".join(f"{total / 1e6:.1f}/{written / 1e6:.1f}" for total, written in r["sizes"][:6])
+            print(f"                   MB per checkpoint, whole/written (incremental: shared chunks are not rewritten): {shown}")
     s = _in_subprocess(["--keys", str(args.keys), "--one", "state"])
     print(f"state of {s['keys']:,} keys ({s['orders']:,} orders; the store holds {s['store_rows']:,} rows, "
           f"{s['store_bytes_in_memory'] / 1e6:.0f} MB as a frame):")

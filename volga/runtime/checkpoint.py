@@ -8,12 +8,21 @@ in-memory online store, its contents) written under ``checkpoint_dir`` as::
     chk-000007/frame-3.arrow    one file per frame
     chk-000007/blobs.arrow      bytes values (pickled DataStream Python objects only)
     chk-000007.json             the manifest: plan fingerprint, plain values, file index
+    chunks/5f0c...e1.arrow      row chunks of large tables, shared between checkpoints
 
 Files are Arrow IPC; plain values are JSON. The manifest is written last, under a
 temporary name that is then renamed (on S3, a single PUT): a checkpoint without its
 manifest does not exist, so a crash while one is written leaves the previous one in
 force. The newest ``keep`` checkpoints are kept. Columns of Python objects (DataStream
 values) are the one thing pickled, each value in a binary column.
+
+Checkpoints are incremental: a table of at least ``CHUNK_ROWS`` rows is cut into chunks of
+``CHUNK_ROWS`` rows from its first row, each stored once under the hash of its bytes. State
+that only grows (a window operator's row log between compactions, appended store history)
+keeps its earlier chunks' contents, so a later checkpoint references them instead of
+writing them again; only the new tail is written. A chunk is written under a temporary
+name and renamed, so a crash never leaves a partial chunk under a real name. Chunks that no
+kept manifest references are deleted when old checkpoints are.
 
 ``checkpoint_dir`` is a local path or a URL pyarrow.fs understands, e.g.
 ``s3://bucket/prefix?endpoint_override=http://127.0.0.1:9000&scheme=http``.
@@ -30,6 +39,7 @@ values) are the one thing pickled, each value in a binary column.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pickle
 import re
@@ -48,7 +58,9 @@ __all__ = ["Checkpoint", "CheckpointStore", "DefinitionChanged", "describe_chang
 
 _MANIFEST = re.compile(r"chk-(\d{6,})\.json")
 _DIR = re.compile(r"chk-(\d{6,})")
-FORMAT = 1
+_CHUNKS = "chunks"
+FORMAT = 2
+CHUNK_ROWS = 1 << 16
 
 
 class DefinitionChanged(ValueError):
@@ -90,6 +102,9 @@ class CheckpointStore:
         if keep < 1:
             raise ValueError(f"checkpoints: keep must be >= 1, got {keep}")
         self.url, self.keep = str(url), keep
+        self._chunks: set[str] | None = None
+        self.last_bytes: int | None = None
+        self.last_written_bytes: int | None = None
         try:
             if "://" in self.url:
                 self.fs, self.root = pafs.FileSystem.from_uri(self.url)
@@ -129,7 +144,8 @@ class CheckpointStore:
         ckpt = max([0, *manifests, *dirs]) + 1
         folder = f"chk-{ckpt:06d}"
         self.fs.create_dir(self._path(folder), recursive=True)
-        meta, index = _encode(state, self.fs, self._path(folder))
+        tables = _Tables(self, folder)
+        meta, index = _encode(state, tables)
         manifest = {
             "format": FORMAT,
             "id": ckpt,
@@ -143,10 +159,34 @@ class CheckpointStore:
         with self.fs.open_output_stream(staging) as out:
             out.write(json.dumps(manifest).encode())
         self.fs.move(staging, final)
-        files = self.fs.get_file_info(pafs.FileSelector(self._path(folder), recursive=True))
-        self.last_bytes = sum(f.size or 0 for f in files if f.type == pafs.FileType.File) + len(json.dumps(manifest))
+        manifest_bytes = len(json.dumps(manifest))
+        self.last_bytes = tables.total_bytes + manifest_bytes  # the whole checkpoint, shared chunks included
+        self.last_written_bytes = tables.written_bytes + manifest_bytes  # what this one wrote
         self._prune(ckpt)
         return ckpt
+
+    def _chunk_names(self) -> set[str]:
+        """The chunk files present (listed once per store, then kept up to date)."""
+        if self._chunks is None:
+            selector = pafs.FileSelector(self._path(_CHUNKS), allow_not_found=True)
+            self._chunks = {
+                info.base_name for info in self.fs.get_file_info(selector)
+                if info.type == pafs.FileType.File and info.base_name.endswith(".arrow")
+            }
+        return self._chunks
+
+    def _put_chunk(self, data: bytes) -> str:
+        """Store one chunk's bytes (once per distinct content); return its name."""
+        name = hashlib.blake2b(data, digest_size=16).hexdigest() + ".arrow"
+        known = self._chunk_names()
+        if name not in known:
+            self.fs.create_dir(self._path(_CHUNKS), recursive=True)
+            final = self._path(f"{_CHUNKS}/{name}")
+            with self.fs.open_output_stream(final + ".tmp") as out:
+                out.write(data)
+            self.fs.move(final + ".tmp", final)
+            known.add(name)
+        return name
 
     def _prune(self, newest: int) -> None:
         manifests, dirs = self._ids()
@@ -157,6 +197,18 @@ class CheckpointStore:
         for ckpt in dirs:
             if ckpt not in kept and ckpt <= newest:
                 self.fs.delete_dir(self._path(f"chk-{ckpt:06d}"))
+        referenced: set[str] = set()
+        for ckpt in kept:
+            for entry in self._manifest(ckpt)["columns"]:
+                referenced.update(entry.get("chunks", ()))
+        for name in sorted(self._chunk_names() - referenced):
+            self.fs.delete_file(self._path(f"{_CHUNKS}/{name}"))
+            self._chunk_names().discard(name)
+
+    def _manifest(self, ckpt: int) -> dict[str, Any]:
+        with self.fs.open_input_stream(self._path(f"chk-{ckpt:06d}.json")) as f:
+            manifest: dict[str, Any] = json.loads(f.read())
+        return manifest
 
     # -- reading ---------------------------------------------------------------------
     def latest(self) -> Checkpoint | None:
@@ -165,11 +217,10 @@ class CheckpointStore:
         if not manifests:
             return None
         ckpt = manifests[-1]
-        with self.fs.open_input_stream(self._path(f"chk-{ckpt:06d}.json")) as f:
-            manifest = json.loads(f.read())
+        manifest = self._manifest(ckpt)
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{self.url}: checkpoint {ckpt} has format {manifest.get('format')!r}; this Volga reads {FORMAT}")
-        state = _decode(manifest["meta"], manifest["columns"], self.fs, self._path(f"chk-{ckpt:06d}"))
+        state = _decode(manifest["meta"], manifest["columns"], self.fs, self._path(f"chk-{ckpt:06d}"), self._path(_CHUNKS))
         return Checkpoint(ckpt, manifest["fingerprint"], state, manifest["created_unix"])
 
 
@@ -193,9 +244,39 @@ def _to_arrow(series: pl.Series) -> tuple[pa.Array, bool]:
     return series.to_arrow(), False
 
 
-def _write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    with fs.open_output_stream(path) as out, pa.ipc.new_file(out, table.schema) as writer:
+def _ipc_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+class _Tables:
+    """Where one checkpoint's tables go: small ones into its folder, large ones as shared
+    row chunks. Counts the bytes the checkpoint references and the bytes it wrote."""
+
+    def __init__(self, store: CheckpointStore, folder: str) -> None:
+        self.store, self.folder = store, folder
+        self.total_bytes = self.written_bytes = 0
+
+    def put(self, name: str, table: pa.Table) -> dict[str, Any]:
+        """Store ``table``; return the index fields that find it again."""
+        if table.num_rows < CHUNK_ROWS:
+            data = _ipc_bytes(table)
+            with self.store.fs.open_output_stream(self.store._path(f"{self.folder}/{name}")) as out:
+                out.write(data)
+            self.total_bytes += len(data)
+            self.written_bytes += len(data)
+            return {"file": name}
+        chunks = []
+        for start in range(0, table.num_rows, CHUNK_ROWS):
+            data = _ipc_bytes(table.slice(start, CHUNK_ROWS).combine_chunks())
+            known = len(self.store._chunk_names())
+            chunks.append(self.store._put_chunk(data))
+            self.total_bytes += len(data)
+            if len(self.store._chunk_names()) > known:
+                self.written_bytes += len(data)
+        return {"chunks": chunks}
 
 
 def _read_table(fs: pafs.FileSystem, path: str) -> pa.Table:
@@ -203,7 +284,13 @@ def _read_table(fs: pafs.FileSystem, path: str) -> pa.Table:
         return pa.ipc.open_file(f).read_all()
 
 
-def _encode(state: State, fs: pafs.FileSystem, folder: str) -> tuple[list[Any], list[dict[str, Any]]]:
+def _read_entry(entry: dict[str, Any], fs: pafs.FileSystem, folder: str, chunks: str) -> pa.Table:
+    if "chunks" in entry:
+        return pa.concat_tables([_read_table(fs, f"{chunks}/{name}") for name in entry["chunks"]])
+    return _read_table(fs, f"{folder}/{entry['file']}")
+
+
+def _encode(state: State, tables: _Tables) -> tuple[list[Any], list[dict[str, Any]]]:
     meta: list[Any] = []
     index: list[dict[str, Any]] = []
     by_length: dict[int, dict[str, pa.Array]] = {}
@@ -214,12 +301,12 @@ def _encode(state: State, fs: pafs.FileSystem, folder: str) -> tuple[list[Any], 
             group = by_length.setdefault(len(value), {})
             column = f"c{len(group)}"
             group[column] = pa.array(value)
-            index.append({"path": list(path), "kind": "array", "file": f"arrays-{len(value)}.arrow", "column": column})
+            index.append({"path": list(path), "kind": "array", "table": f"arrays-{len(value)}.arrow", "column": column})
         elif isinstance(value, pl.Series):
             group = by_length.setdefault(len(value), {})
             column = f"c{len(group)}"
             group[column], pickled = _to_arrow(value)
-            index.append({"path": list(path), "kind": "series", "file": f"arrays-{len(value)}.arrow", "column": column,
+            index.append({"path": list(path), "kind": "series", "table": f"arrays-{len(value)}.arrow", "column": column,
                           "name": value.name, "objects": pickled})
         elif isinstance(value, pl.DataFrame):
             columns, objects = {}, []
@@ -229,18 +316,20 @@ def _encode(state: State, fs: pafs.FileSystem, folder: str) -> tuple[list[Any], 
                     objects.append(s.name)
             name = f"frame-{frames}.arrow"
             frames += 1
-            _write_table(fs, f"{folder}/{name}", pa.table(columns) if columns else pa.table({}))
-            index.append({"path": list(path), "kind": "frame", "file": name, "objects": objects})
+            where = tables.put(name, pa.table(columns) if columns else pa.table({}))
+            index.append({"path": list(path), "kind": "frame", **where, "objects": objects})
         elif isinstance(value, bytes):
             column = f"c{len(blobs)}"
             blobs[column] = pa.array([value], type=pa.binary())
-            index.append({"path": list(path), "kind": "bytes", "file": "blobs.arrow", "column": column})
+            index.append({"path": list(path), "kind": "bytes", "table": "blobs.arrow", "column": column})
         else:
             meta.append([list(path), value])
-    for length, group in by_length.items():
-        _write_table(fs, f"{folder}/arrays-{length}.arrow", pa.table(group))
+    placed = {f"arrays-{length}.arrow": tables.put(f"arrays-{length}.arrow", pa.table(group)) for length, group in by_length.items()}
     if blobs:
-        _write_table(fs, f"{folder}/blobs.arrow", pa.table(blobs))
+        placed["blobs.arrow"] = tables.put("blobs.arrow", pa.table(blobs))
+    for entry in index:  # arrays of one length, and blobs, share a table: say where it went
+        if "table" in entry:
+            entry.update(placed[entry["table"]])
     return meta, index
 
 
@@ -250,7 +339,7 @@ def _from_arrow(array: pa.Array | pa.ChunkedArray, name: str, objects: bool) -> 
     return pl.Series(name, array)
 
 
-def _decode(meta: list[Any], index: list[dict[str, Any]], fs: pafs.FileSystem, folder: str) -> State:
+def _decode(meta: list[Any], index: list[dict[str, Any]], fs: pafs.FileSystem, folder: str, chunks: str) -> State:
     state: State = {}
 
     def put(path: list[str], value: Any) -> None:
@@ -263,9 +352,9 @@ def _decode(meta: list[Any], index: list[dict[str, Any]], fs: pafs.FileSystem, f
         put(path, value)
     tables: dict[str, pa.Table] = {}
     for entry in index:
-        name = entry["file"]
+        name = entry.get("table") or entry.get("file") or ",".join(entry["chunks"])
         if name not in tables:
-            tables[name] = _read_table(fs, f"{folder}/{name}")
+            tables[name] = _read_entry(entry, fs, folder, chunks)
         table = tables[name]
         kind = entry["kind"]
         if kind == "array":
