@@ -31,9 +31,21 @@ limited by their keyed stages first.
 output timestamp, ties in arrival order at the source the row descends from (the left
 input of a join): the order the embedded runtime writes them in, for every parallelism.
 
-**Failures**: any actor dying or raising ends the job with :class:`volga.JobFailed`
-naming the stage; nothing is retried, so nothing is silently lost (recovery comes with
-checkpointing). Reader commits (Kafka offsets) are not made on Ray yet.
+**Checkpoints** (online, ``checkpoint=`` from ``materialize(checkpoint_dir=...)``): every
+interval the driver stops polling sources, waits until no batch is in flight (every
+edge flushed in topological order, every output written), snapshots every actor and its
+own held output rows, and writes them in the background in the embedded runtime's
+checkpoint format, one state per stage partition (:mod:`.durable`). A job starting
+without a checkpoint writes its starting point first; ``stop()`` and the end of a bounded
+job write a final one. Consumer-group offsets are committed after each checkpoint.
+
+**Failures**: without checkpoints, any actor dying or raising ends the job with
+:class:`volga.JobFailed` naming the stage; nothing is retried, so nothing is silently
+lost. With checkpoints, the job's actors are killed and replaced, the last complete
+checkpoint is restored (stores included: exactly-once effect) and the job goes on, up to
+``max_restarts`` times. A checkpoint restores only into the same actors per stage: another
+``parallelism`` is refused (rescaling keyed state is not built). Without checkpoints,
+reader commits (Kafka offsets) are not made on Ray.
 """
 
 from __future__ import annotations
@@ -279,6 +291,11 @@ class RayJob(Job):
         """How many times the job was restarted from a checkpoint after a failure."""
         return self.driver.restarts
 
+    @property
+    def checkpoint_pause_s(self) -> float:
+        """Seconds the sources stood still for periodic checkpoints (pause, drain, snapshot)."""
+        return self.driver.paused_s
+
     def _raise_if_failed(self) -> None:
         if self._error is not None and not isinstance(self._error, JobFailed):
             super()._raise_if_failed()
@@ -314,6 +331,7 @@ class _Driver:
         self.checkpointer, self.restored = checkpointer, restored
         self.restarts = 0
         self.initial = False  # the snapshot being taken is the job's starting point
+        self.paused_s = 0.0  # time the sources stood still for periodic checkpoints (drain and snapshot)
         if checkpointer is not None:
             checkpointer.collect = self._collect
 
@@ -469,6 +487,7 @@ class _Driver:
         outputs = self.outputs
         ckpt = self.checkpointer
         pausing = False  # a checkpoint is due: no new source polls until it is taken
+        paused_at = 0.0
         collected: dict[str, list[pl.DataFrame]] = {name: [] for name in outputs}
         source_actors = {a: s for s in self.topology.stages if s.kind == "source" for a in self.actors[s.id]}
         pending: dict[Any, Any] = {}  # call ref -> source actor
@@ -491,7 +510,7 @@ class _Driver:
                         pending[actor.finish_source.remote()] = actor
                         done.add(actor)
             if ckpt is not None and not pausing and not stopping and not ckpt.writing and ckpt.due():
-                pausing = True
+                pausing, paused_at = True, time.perf_counter()
             if not stopping and not pausing:
                 for actor in source_actors:
                     if actor not in done and actor not in pending.values():
@@ -509,6 +528,7 @@ class _Driver:
                 assert ckpt is not None
                 ckpt.take_in_background(metrics)
                 pausing = False
+                self.paused_s += time.perf_counter() - paused_at
             if ckpt is not None and ckpt.written():
                 self._commit_sources()
             if time.perf_counter() >= next_health:
