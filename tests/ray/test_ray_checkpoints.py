@@ -10,6 +10,10 @@ mid-run; the reference is the same job run by the embedded runtime without inter
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -119,6 +123,41 @@ def test_a_job_that_died_resumes_when_run_again_with_the_same_checkpoint_dir(
     again = ray_client(tmp_path)  # as a new driver process: an empty memory store, restored
     with pytest.raises(KeyError, match="nothing was written"):
         again.online_store.get_range("user_spent", KEYS, None, None)
+    start(again, tmp_path, rate_per_s=None).wait(timeout=120)
+    got = stores(again)
+    assert got[0].equals(uninterrupted[0]) and got[1].equals(uninterrupted[1]), "online store differs"
+    assert got[2].equals(uninterrupted[2]), "offline rows differ"
+
+
+@pytest.mark.slow  # a second driver process (~13 s)
+def test_a_rerun_after_the_driver_process_was_killed_resumes_from_its_last_checkpoint(
+    tmp_path: Path, ray_session: Any, uninterrupted: tuple[pl.DataFrame, ...]
+) -> None:
+    """The driver (a subprocess on this Ray cluster) is SIGKILLed mid-run; the same job run
+    here with the same checkpoint_dir ends with the uninterrupted stores."""
+    script = Path(__file__).with_name("ray_driver_job.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "RAY_AUTH_MODE": "disabled"}
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, str(script), "--address", address, "--root", str(tmp_path),
+                             "--orders", str(len(ORDERS))], stdout=subprocess.PIPE, text=True, env=env)
+    target = uninterrupted[2].height // 2
+    killed_at = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            words = line.split()
+            if words[0] == "rows" and int(words[1]) >= target and int(words[3]) >= 2:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = int(words[1])
+                break
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert killed_at is not None and killed_at < uninterrupted[2].height, "the driver finished before it was killed"
+    written = ParquetOfflineStore(tmp_path / "offline").scan("user_spent")
+    assert written is not None and 0 < written.collect().height < uninterrupted[2].height
+
+    again = ray_client(tmp_path)
     start(again, tmp_path, rate_per_s=None).wait(timeout=120)
     got = stores(again)
     assert got[0].equals(uninterrupted[0]) and got[1].equals(uninterrupted[1]), "online store differs"
