@@ -1,6 +1,7 @@
 """Checkpoints on Ray: a killed actor restarts the job from its last checkpoint, and the
-stores end exactly as an uninterrupted run leaves them (memory store, Redis, offline
-rows); a rerun after the job died resumes; a changed parallelism is refused clearly.
+stores end exactly as an uninterrupted run leaves them (memory store, offline rows); a
+rerun after the job died resumes; a job resumed at another parallelism has its keyed
+state redistributed, and state that cannot be is refused clearly.
 
 The job is the quickstart (filter -> as-of join on the user -> windows per user: join and
 window state, two sources) over paced in-memory orders, so it runs long enough to be hit
@@ -9,6 +10,7 @@ mid-run; the reference is the same job run by the embedded runtime without inter
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -22,6 +24,7 @@ import polars as pl
 import pytest
 
 import volga
+from tests import test_consistency as tc
 from volga.errors import JobFailed
 from volga.runtime.checkpoint import CheckpointStore
 from volga.sources import MemorySource
@@ -31,6 +34,7 @@ from volga.testing.quickstart import N_USERS, order_records, quickstart
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
 ORDERS = order_records(3000)
+T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
 KEYS = pl.DataFrame({"user_id": [str(i) for i in range(N_USERS)]})
 
 
@@ -185,8 +189,6 @@ def test_the_checkpoint_holds_each_stage_partition_and_other_parallelisms_are_re
     assert len(users) == 2 and not users[0] & users[1] and len(users[0] | users[1]) == N_USERS
     assert state["sink"]["written"]["user_spent"] == client.get_offline("user_spent").height
 
-    with pytest.raises(ValueError, match=r"parallelism 2 .*parallelism 3.*Rescaling keyed state on Ray is not built"):
-        start(ray_client(tmp_path, parallelism=3), tmp_path)
     with pytest.raises(ValueError, match="taken by a Ray job; the embedded runtime cannot restore it"):
         volga.Client(MemoryOnlineStore(), ParquetOfflineStore(tmp_path / "offline")).materialize(
             [pipe()], mode="online", checkpoint_dir=root)
@@ -205,6 +207,92 @@ def test_stop_takes_a_final_checkpoint_that_the_next_run_continues_from(
     start(again, tmp_path, rate_per_s=None).wait(timeout=120)
     got = stores(again)
     assert got[1].equals(uninterrupted[1]) and got[2].equals(uninterrupted[2])
+
+
+# -- rescaling ------------------------------------------------------------------------------
+
+CASES = [
+    tc.AggCase("Count", None, "10m", 1), tc.AggCase("Sum", "v", "30m", 1), tc.AggCase("Avg", "q", "forever", 1),
+    tc.AggCase("Stddev", "v", "10m", 1), tc.AggCase("Min", "v", "30m", 1), tc.AggCase("Max", "q", "forever", 1),
+    tc.AggCase("First", "tag", "10m", 1), tc.AggCase("Last", "v", "forever", 1), tc.AggCase("LastN", "q", "10m", 3),
+]
+EVENTS = [
+    {"k": f"k{(i * 7) % 23}", "ts": T0 + datetime.timedelta(seconds=20 * (i // 3)), "v": None if i % 11 == 0 else float(i % 17),
+     "q": i % 5, "tag": f"t{i % 4}"}
+    for i in range(3000)
+]
+
+
+def aggregation_pipe(cases: list[Any], rate_per_s: float | None = None) -> Any:
+    """Many window kinds over 23 keys (ties in event time), from paced in-memory events."""
+    Event = tc.make_entity("Event", tc.EVENT_FIELDS, keys=["k"], timestamp="ts")
+    intos = [f"{c.kind.lower()}_{c.on or 'rows'}_{i}" for i, c in enumerate(cases)]
+    Out = tc.make_entity("Out", [("k", str), ("ts", datetime.datetime)] + [(i, c.annotation()) for i, c in zip(intos, cases)],
+                         keys=["k"], timestamp="ts")
+
+    @volga.source(Event)
+    def events() -> volga.Source:
+        return MemorySource(EVENTS, rate_per_s=rate_per_s) if rate_per_s else MemorySource(EVENTS)
+
+    @volga.pipeline(dependencies=[events], output=Out)
+    def features(events: volga.Entity) -> volga.Entity:
+        return events.group_by(keys=["k"]).aggregate([c.volga(i) for i, c in zip(intos, cases)])
+
+    return features
+
+
+def all_stores(client: volga.Client, name: str, keys: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    offline = client.offline_store.scan(name)
+    assert offline is not None
+    return client.online_store.get_latest(name, keys), client.online_store.get_range(name, keys, None, None), offline.collect()
+
+
+@pytest.mark.parametrize(("which", "new"), [("quickstart", 3), ("windows", 1), ("windows", 3)])
+def test_a_job_stopped_at_parallelism_2_continues_at_another_parallelism_with_the_same_stores(
+    tmp_path: Path, which: str, new: int
+) -> None:
+    if which == "quickstart":
+        make, name, keys, key = pipe, "user_spent", KEYS, "buyer_id"
+    else:
+        make, name, key = (lambda rate=None: aggregation_pipe(CASES, rate)), "features", "k"
+        keys = pl.DataFrame({"k": [f"k{i}" for i in range(23)]})
+    embedded = volga.Client(MemoryOnlineStore(), ParquetOfflineStore(tmp_path / "embedded"))
+    embedded.materialize([make()], mode="online", write_offline=True, batch_size=50)
+    want = all_stores(embedded, name, keys)
+
+    first = ray_client(tmp_path)
+    job = first.materialize([make(2500)], mode="online", block=False, write_offline=True, batch_size=50,
+                            checkpoint_dir=tmp_path / "checkpoints", checkpoint_interval="1h")
+    deadline = time.monotonic() + 60
+    while job.metrics.rows_out.get(name, 0) < want[2].height // 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job.stop(timeout=60)
+    assert 0 < job.metrics.rows_out[name] < want[2].height
+
+    again = ray_client(tmp_path, parallelism=new)
+    resumed = again.materialize([make()], mode="online", write_offline=True, batch_size=50,
+                                checkpoint_dir=tmp_path / "checkpoints", checkpoint_interval="1h")
+    assert f"x{new})" in resumed.explain()
+    got = all_stores(again, name, keys)
+    assert got[0].equals(want[0]), "latest rows differ after rescaling"
+    assert got[1].equals(want[1]), "online history differs after rescaling"
+    assert got[2].equals(want[2]), "offline rows differ after rescaling"
+    # the final checkpoint has the keys on the actors the hash now routes them to: each on one
+    latest = CheckpointStore(tmp_path / "checkpoints").latest()
+    assert latest is not None
+    keyed = next(s for s in latest.state["stages"].values()
+                 if any("per_key" in op for op in s["partitions"]["0"]["operators"].values()))
+    owners = [set(op["keys"][key].to_list()) for part in keyed["partitions"].values()
+              for op in part["operators"].values() if "per_key" in op]
+    assert len(owners) == new and sum(len(o) for o in owners) == len(set().union(*owners)) == keys.height
+
+
+def test_a_window_that_cannot_be_redistributed_is_refused_naming_both_parallelisms(tmp_path: Path) -> None:
+    cases = [tc.AggCase("CountDistinct", "tag", "10m", 1)]
+    client = ray_client(tmp_path)
+    client.materialize([aggregation_pipe(cases)], mode="online", batch_size=500, checkpoint_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match=r"taken with parallelism 2 for stage 1.*runs it with parallelism 3.*CountDistinct"):
+        ray_client(tmp_path, parallelism=3).materialize([aggregation_pipe(cases)], mode="online", checkpoint_dir=tmp_path / "c")
 
 
 def test_max_restarts_is_checked() -> None:

@@ -27,9 +27,10 @@ embedded runtime::
     outputs/<pipeline>        output rows the driver holds back for the partitions' watermarks
     counters, sink            as in the embedded runtime (rows written per pipeline, memory store)
 
-A checkpoint is restored by a Ray job of the same definition and the same actors per stage;
-a different ``parallelism`` is refused (:class:`RescaleRefused`), as is a checkpoint taken
-by the embedded runtime (the layouts differ: per stage partition here, per step there).
+A checkpoint is restored by a Ray job of the same definition. With another
+``parallelism``, keyed state is redistributed by key (:mod:`.rescale`); state that cannot
+be is refused (:class:`RescaleRefused`), as is a checkpoint taken by the embedded runtime
+(the layouts differ: per stage partition here, per step there).
 
 >>> import polars as pl
 >>> packed = pack({"a": {"rows": pl.DataFrame({"x": [1, 2]})}, "n": 3})
@@ -39,6 +40,7 @@ by the embedded runtime (the layouts differ: per stage partition here, per step 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -91,8 +93,11 @@ def unpack(state: Any) -> Any:
     return state
 
 
-def check_restorable(checkpoint: Checkpoint, topology: Topology, url: str) -> None:
-    """Raise a clear error unless ``checkpoint`` can be restored into ``topology``."""
+def restorable(checkpoint: Checkpoint, topology: Topology, url: str) -> Checkpoint:
+    """``checkpoint`` laid out for ``topology`` (keyed state redistributed when a stage's
+    actor count changed: :mod:`.rescale`), or a clear error if it cannot be restored."""
+    from volga.runtime.ray.rescale import Unsupported, rescale
+
     state = checkpoint.state
     if state.get("runtime") != RUNTIME:
         raise ValueError(
@@ -101,15 +106,22 @@ def check_restorable(checkpoint: Checkpoint, topology: Topology, url: str) -> No
             "or use a new checkpoint_dir"
         )
     saved = state["stages"]
-    for stage in topology.stages:
-        old = saved[str(stage.id)]["parallelism"]
-        if old != stage.parallelism:
-            raise RescaleRefused(
-                f"checkpoint {checkpoint.id} in {url} was taken with parallelism {old} for "
-                f"{stage.label(topology.plan)}; this job runs it with parallelism {stage.parallelism}. "
-                f"Rescaling keyed state on Ray is not built: run with parallelism {old} "
-                "(RayRuntime(parallelism=...) or set_parallelism), or use a new checkpoint_dir"
-            )
+    changed = [(s, saved[str(s.id)]["parallelism"]) for s in topology.stages if saved[str(s.id)]["parallelism"] != s.parallelism]
+    if not changed:
+        return checkpoint
+    try:
+        rescaled = rescale(state, topology)
+    except Unsupported as e:
+        stage, old = changed[0]
+        raise RescaleRefused(
+            f"checkpoint {checkpoint.id} in {url} was taken with parallelism {old} for "
+            f"{stage.label(topology.plan)}; this job runs it with parallelism {stage.parallelism}, and its state "
+            f"cannot be redistributed: {e} is not rescalable. Run with parallelism {old} "
+            "(RayRuntime(parallelism=...) or set_parallelism), or use a new checkpoint_dir"
+        ) from None
+    log.info("checkpoint %d rescaled: %s", checkpoint.id,
+             ", ".join(f"stage {s.id} from {old} to {s.parallelism} actors" for s, old in changed))
+    return dataclasses.replace(checkpoint, state=rescaled)
 
 
 class RayCheckpointer(Checkpointer):
@@ -149,8 +161,7 @@ class RayCheckpointer(Checkpointer):
             self.options.sink.start_fresh()
             self.rebuild = True
             return None
-        check_restorable(latest, self.topology, self.options.store.url)
-        return latest
+        return restorable(latest, self.topology, self.options.store.url)
 
     def latest_for_restart(self) -> Checkpoint | None:
         """After a failure: the newest complete checkpoint (a write in flight is finished first)."""
@@ -159,6 +170,4 @@ class RayCheckpointer(Checkpointer):
         except Exception:  # a write that failed leaves the previous checkpoint in force
             log.exception("checkpoint write failed")
         latest = self.options.store.latest()
-        if latest is not None:
-            check_restorable(latest, self.topology, self.options.store.url)
-        return latest
+        return None if latest is None else restorable(latest, self.topology, self.options.store.url)
