@@ -43,9 +43,9 @@ job write a final one. Consumer-group offsets are committed after each checkpoin
 :class:`volga.JobFailed` naming the stage; nothing is retried, so nothing is silently
 lost. With checkpoints, the job's actors are killed and replaced, the last complete
 checkpoint is restored (stores included: exactly-once effect) and the job goes on, up to
-``max_restarts`` times. A checkpoint restores only into the same actors per stage: another
-``parallelism`` is refused (rescaling keyed state is not built). Without checkpoints,
-reader commits (Kafka offsets) are not made on Ray.
+``max_restarts`` times. A checkpoint resumed with another ``parallelism`` has its keyed
+state redistributed (:mod:`.rescale`; what cannot be is refused naming both values).
+Without checkpoints, reader commits (Kafka offsets) are not made on Ray.
 """
 
 from __future__ import annotations
