@@ -298,3 +298,21 @@ def test_a_window_that_cannot_be_redistributed_is_refused_naming_both_parallelis
 def test_max_restarts_is_checked() -> None:
     with pytest.raises(ValueError, match="max_restarts must be an int >= 0"):
         volga.RayRuntime(max_restarts=-1)
+
+
+def test_a_changed_definition_is_refused_or_rebuilt_from_the_sources_history(tmp_path: Path) -> None:
+    from volga.runtime.checkpoint import DefinitionChanged
+
+    keys = pl.DataFrame({"k": [f"k{i}" for i in range(23)]})
+    ray_client(tmp_path).materialize([aggregation_pipe(CASES[:2])], mode="online", write_offline=True, batch_size=500,
+                                     checkpoint_dir=tmp_path / "c")
+    changed = aggregation_pipe(CASES[:3])
+    with pytest.raises(DefinitionChanged, match="was taken of a different definition"):
+        ray_client(tmp_path).materialize([changed], mode="online", checkpoint_dir=tmp_path / "c")
+    rebuilt = ray_client(tmp_path)
+    rebuilt.materialize([changed], mode="online", write_offline=True, batch_size=500, checkpoint_dir=tmp_path / "c",
+                        on_definition_change="rebuild")
+    embedded = volga.Client(MemoryOnlineStore(), ParquetOfflineStore(tmp_path / "embedded"))
+    embedded.materialize([aggregation_pipe(CASES[:3])], mode="online", write_offline=True, batch_size=500)
+    got, want = all_stores(rebuilt, "features", keys), all_stores(embedded, "features", keys)
+    assert got[1].equals(want[1]) and got[2].equals(want[2]), "the rebuilt job's stores differ from a fresh run's"
