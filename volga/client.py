@@ -190,7 +190,7 @@ class Client:
         ``progress=True`` reports rows read, rows/s and an ETA (when the sources know
         their size) on stderr while the job runs (see :mod:`volga.progress`).
 
-        ``checkpoint_dir`` (online mode, embedded runtime; a path or an S3-compatible URL):
+        ``checkpoint_dir`` (online mode, embedded or Ray runtime; a path or an S3-compatible URL):
         every ``checkpoint_interval``, and when the job ends or is stopped, a checkpoint of
         all operator state, source positions and the stores' write positions is written
         there; running the same job with the same ``checkpoint_dir`` resumes from the latest
@@ -276,12 +276,11 @@ class Client:
             raise ValueError(f"materialize({names}): checkpoint_dir is for mode='online' jobs (an offline job reruns from its sources)")
         if on_change not in ("refuse", "rebuild"):
             raise ValueError(f"materialize({names}): on_definition_change must be 'refuse' or 'rebuild', not {on_change!r}")
-        if self.runtime is not None and not isinstance(self.runtime, LocalRuntime):
-            raise ValueError(f"materialize({names}): checkpoint_dir is built for the embedded runtime only, not {self.runtime!r}")
         interval_s = parse_duration_us(interval, what=f"materialize({names}): checkpoint_interval") / 1e6
         sink = CheckpointedSink(self.online_store, self.offline_store if write_offline else None, schemas, retain)
         checkpoint = CheckpointOptions(CheckpointStore(checkpoint_dir), interval_s, sink, on_change)  # type: ignore[arg-type]
-        job = LocalRuntime().start(plan, mode, params, sink, block=block, options=options, checkpoint=checkpoint)
+        runtime = self.runtime if self.runtime is not None else LocalRuntime()  # embedded or RayRuntime
+        job = runtime.start(plan, mode, params, sink, block=block, options=options, checkpoint=checkpoint)
         self.jobs.append(job)
         return job
 

@@ -125,6 +125,11 @@ class Checkpointer:
                 stage.reader.rewind()
             return None
         state = latest.state
+        if state.get("runtime") == "ray":  # laid out per stage partition (volga.runtime.ray.durable)
+            raise ValueError(
+                f"checkpoint {latest.id} in {self.options.store.url} was taken by a Ray job; the embedded runtime "
+                "cannot restore it. Resume it with the RayRuntime of the same parallelism, or use a new checkpoint_dir"
+            )
         for step in self.plan.steps:
             if step.op is not None:
                 step.op.restore(state["operators"].get(str(step.id), {}))

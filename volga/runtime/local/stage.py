@@ -175,6 +175,7 @@ class SourceStage:
             skip = min(self.skip_rows, batch.height)
             self.skip_rows -= skip
             batch = batch.slice(skip)
+            self.last_row_at = time.perf_counter()  # re-read rows arrived: a restored source is not idle meanwhile
         if batch is not None and batch.height:
             if not self.pending:
                 self.pending_since = time.perf_counter()
@@ -312,7 +313,7 @@ class SourceStage:
         (or skips the rows handed out before), held rows are held again."""
         self.buffer = state["buffer"]
         self.pending = [state["pending"]] if state["pending"] is not None else []
-        self.pending_since = time.perf_counter()
+        self.pending_since = self.last_row_at = time.perf_counter()
         self.late = [state["late"]] if state["late"] is not None else []
         self.max_seen, self.late_count, self.rows_in = state["max_seen"], state["late_count"], state["rows_in"]
         position = state["position"]

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from volga._optional import optional_import
+from volga.runtime.ray.durable import pack, unpack
 from volga.runtime.ray.exchange import from_wire, to_wire
 from volga.runtime.ray.task import StageTask, TaskMetrics
 from volga.runtime.ray.topology import Edge, Topology
@@ -116,6 +117,27 @@ class StageWorker:
         for queue in self.in_flight.values():
             while queue:
                 self.ray.get(queue.popleft())
+
+    # -- checkpoints (the driver calls these only while no batch is in flight) -----------
+    def snapshot(self) -> Any:
+        """The task's State, packed for Ray (``durable.pack``)."""
+        assert self.task is not None
+        return pack(self.task.snapshot())
+
+    def restore(self, state: Any) -> None:
+        assert self.task is not None
+        self.task.restore(unpack(state))
+
+    def commit_source(self) -> None:
+        """After a checkpoint is written: the source's positions committed (Kafka group
+        offsets), for lag monitoring; the checkpoint is what a restarted job resumes from."""
+        if self.task is not None and self.task.source is not None:
+            self.task.source.reader.commit()
+
+    def rewind_source(self) -> None:
+        """Read the source from its first row (a job rebuilding its state)."""
+        assert self.task is not None and self.task.source is not None
+        self.task.source.reader.rewind()
 
     def metrics(self) -> TaskMetrics | None:
         return None if self.task is None else self.task.metrics

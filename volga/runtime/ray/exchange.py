@@ -150,6 +150,18 @@ class InputMerger:
         if rows is not None and rows.height:
             self.buffer.append(rows)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The senders' watermarks and the rows held for them (``ops.protocol`` State)."""
+        return {
+            "watermarks": np.array([s.watermark for s in self.senders], dtype=np.int64),
+            "idle": np.array([s.idle for s in self.senders], dtype=np.bool_),
+            "rows": pl.concat(self.buffer) if self.buffer else None,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.senders = [SenderState(int(w), bool(i)) for w, i in zip(state["watermarks"], state["idle"])]
+        self.buffer = [state["rows"]] if state["rows"] is not None else []
+
     def release(self) -> pl.DataFrame | None:
         if not self.buffer:
             return None
@@ -237,6 +249,13 @@ class SeqUnion:
     def push(self, side: int, batch: pl.DataFrame) -> None:
         self.op.push(side, batch)  # conformed to the union's schema: the column is dropped
 
+    def snapshot(self) -> dict[str, Any]:
+        return {"op": self.op.snapshot(), "next_seq": self.next_seq}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.op.restore(state["op"])
+        self.next_seq = state["next_seq"]
+
     def release(self, bound_us: int | None) -> pl.DataFrame:
         out = self.op.release(bound_us)
         start, self.next_seq = self.next_seq, self.next_seq + out.height
@@ -251,6 +270,12 @@ class SeqAggregate:
 
     def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
         return self.op.apply(batch.drop(SEQ)).with_columns(batch[SEQ])
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self.op.snapshot())
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.op.restore(state)
 
 
 def seq_ops(op: Any) -> Any:

@@ -31,14 +31,27 @@ limited by their keyed stages first.
 output timestamp, ties in arrival order at the source the row descends from (the left
 input of a join): the order the embedded runtime writes them in, for every parallelism.
 
-**Failures**: any actor dying or raising ends the job with :class:`volga.JobFailed`
-naming the stage; nothing is retried, so nothing is silently lost (recovery comes with
-checkpointing). Reader commits (Kafka offsets) are not made on Ray yet.
+**Checkpoints** (online, ``checkpoint=`` from ``materialize(checkpoint_dir=...)``): every
+interval the driver stops polling sources, waits until no batch is in flight (every
+edge flushed in topological order, every output written), snapshots every actor and its
+own held output rows, and writes them in the background in the embedded runtime's
+checkpoint format, one state per stage partition (:mod:`.durable`). A job starting
+without a checkpoint writes its starting point first; ``stop()`` and the end of a bounded
+job write a final one. Consumer-group offsets are committed after each checkpoint.
+
+**Failures**: without checkpoints, any actor dying or raising ends the job with
+:class:`volga.JobFailed` naming the stage; nothing is retried, so nothing is silently
+lost. With checkpoints, the job's actors are killed and replaced, the last complete
+checkpoint is restored (stores included: exactly-once effect) and the job goes on, up to
+``max_restarts`` times. A checkpoint resumed with another ``parallelism`` has its keyed
+state redistributed (:mod:`.rescale`; what cannot be is refused naming both values).
+Without checkpoints, reader commits (Kafka offsets) are not made on Ray.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from typing import Any, Literal
@@ -49,17 +62,22 @@ from volga._optional import optional_import
 from volga.api.decorators import Params
 from volga.errors import JobFailed, Rejected
 from volga.plan.compile import PhysicalPlan
+from volga.runtime.checkpoint import Checkpoint, DefinitionChanged
+from volga.runtime.local.checkpointing import CheckpointOptions
 from volga.runtime.local.executors import Metrics, Sink, StreamOptions
 from volga.runtime.local.job import Job
 from volga.runtime.local.runtime import make_sources
 from volga.runtime.local.stage import FINISHED_WM, NO_WM
 from volga.runtime.ray.actor import remote_outbox_class, remote_worker_class
+from volga.runtime.ray.durable import RUNTIME, RayCheckpointer, RescaleRefused, pack
 from volga.runtime.ray.exchange import SEQ, InputMerger, from_wire
 from volga.runtime.ray.task import TaskMetrics
 from volga.runtime.ray.topology import Topology, portable, split_plan
 from volga.sources.base import Source
 
 Mode = Literal["offline", "online"]
+
+log = logging.getLogger("volga.ray")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +100,10 @@ class RayRuntime:
 
     ``parallelism``: actors per keyed stage. ``max_in_flight``: unfinished batches allowed
     per edge (sender, receiver) before the sender waits. ``ray_init``: extra
-    ``ray.init`` arguments, used only if Ray is not initialised yet.
+    ``ray.init`` arguments, used only if Ray is not initialised yet. ``max_restarts``: how
+    many times a checkpointed online job (``checkpoint_dir=``) whose actor died or failed
+    is restarted from its last checkpoint before it fails (a job without checkpoints fails
+    at once).
     """
 
     def __init__(
@@ -92,16 +113,20 @@ class RayRuntime:
         *,
         max_in_flight: int = 4,
         ray_init: dict[str, Any] | None = None,
+        max_restarts: int = 3,
     ) -> None:
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"RayRuntime: parallelism must be a positive int, got {parallelism!r}")
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"RayRuntime: max_in_flight must be a positive int, got {max_in_flight!r}")
+        if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+            raise ValueError(f"RayRuntime: max_restarts must be an int >= 0, got {max_restarts!r}")
         self.ray = optional_import("ray", extra="ray", what="RayRuntime")
         self.address = address
         self.parallelism = parallelism
         self.max_in_flight = max_in_flight
         self.ray_init = dict(ray_init or {})
+        self.max_restarts = max_restarts
 
     def __repr__(self) -> str:
         return f"RayRuntime(address={self.address!r}, parallelism={self.parallelism})"
@@ -147,15 +172,25 @@ class RayRuntime:
 
     # -- jobs --------------------------------------------------------------------------
     def start(self, plan: PhysicalPlan, mode: Mode, params: Params | None, sink: Sink, *, block: bool,
-              options: StreamOptions, step_parallelism: dict[int, int] | None = None) -> RayJob:
+              options: StreamOptions, step_parallelism: dict[int, int] | None = None,
+              checkpoint: CheckpointOptions | None = None) -> RayJob:
         """Run ``plan`` on Ray; ``sink(pipeline, rows)`` writes the stores (in this process).
 
         The same entry point as the embedded ``LocalRuntime.start``: the client calls it.
         ``step_parallelism``: actors for the keyed stage a step starts (DataStream
-        ``set_parallelism``); other keyed stages get ``parallelism``."""
+        ``set_parallelism``); other keyed stages get ``parallelism``. ``checkpoint``: an
+        online job's checkpoints (``volga.runtime.ray.durable``); the latest one is checked
+        here, before the job starts (a changed definition or parallelism raises)."""
+        if checkpoint is not None and mode != "online":
+            raise ValueError("RayRuntime: checkpoints are for online jobs (an offline job reruns from its sources)")
         sources: dict[int, Source] = make_sources(plan, mode, params)
         readers = {step: self.source_readers(source, mode) for step, source in sources.items()}
-        driver = _Driver(self, split_plan(plan, self.parallelism, readers, step_parallelism), sources, mode, sink, options)
+        topology = split_plan(plan, self.parallelism, readers, step_parallelism)
+        checkpointer, restored = None, None
+        if checkpoint is not None:
+            checkpointer = RayCheckpointer(topology, checkpoint)
+            restored = checkpointer.load()
+        driver = _Driver(self, topology, sources, mode, sink, options, checkpointer, restored)
         job = RayJob(mode, list(plan.outputs), driver)
         return job.start(block)  # type: ignore[return-value]
 
@@ -251,6 +286,16 @@ class RayJob(Job):
         """Stage id -> the Ray actor handles running it (for inspection and tests)."""
         return dict(self.driver.actors)
 
+    @property
+    def restarts(self) -> int:
+        """How many times the job was restarted from a checkpoint after a failure."""
+        return self.driver.restarts
+
+    @property
+    def checkpoint_pause_s(self) -> float:
+        """Seconds the sources stood still for periodic checkpoints (pause, drain, snapshot)."""
+        return self.driver.paused_s
+
     def _raise_if_failed(self) -> None:
         if self._error is not None and not isinstance(self._error, JobFailed):
             super()._raise_if_failed()
@@ -265,7 +310,8 @@ class _Driver:
 
     def __init__(
         self, runtime: RayRuntime, topology: Topology, sources: dict[int, Source], mode: Mode,
-        write: Sink, options: StreamOptions,
+        write: Sink, options: StreamOptions, checkpointer: RayCheckpointer | None = None,
+        restored: Checkpoint | None = None,
     ) -> None:
         self.runtime, self.ray = runtime, runtime.ray
         self.topology, self.plan = topology, topology.plan
@@ -281,9 +327,21 @@ class _Driver:
         self.metrics: Metrics | None = None
         self.healthy = True
         self.take: Any = None  # the outstanding ``outbox.take`` call, if any
+        self.outputs: dict[str, InputMerger] = {}  # per pipeline: the last stage's partitions merged
+        self.checkpointer, self.restored = checkpointer, restored
+        self.restarts = 0
+        self.initial = False  # the snapshot being taken is the job's starting point
+        self.paused_s = 0.0  # time the sources stood still for periodic checkpoints (drain and snapshot)
+        if checkpointer is not None:
+            checkpointer.collect = self._collect
 
     # -- setup and teardown ------------------------------------------------------------
     def _start(self) -> None:
+        self.outputs = {
+            name: InputMerger(self.topology.stages[self.topology.stage_of[step]].parallelism,
+                              self.plan.steps[step].schema.timestamp)
+            for name, step in self.plan.outputs.items()
+        }
         stages = self.topology.stages
         actors, self.outbox = self.runtime._acquire(sum(s.parallelism for s in stages))
         for stage in stages:
@@ -324,20 +382,112 @@ class _Driver:
     # -- the loop ----------------------------------------------------------------------
     def run(self, stop: threading.Event, metrics: Metrics) -> None:
         self.metrics = metrics
+        restored = self.restored
         try:
-            self._start()
-            self._loop(stop, metrics)
-            self._finish(metrics)
+            while True:
+                try:
+                    self._start()
+                    if self.checkpointer is not None:
+                        self._resume(self.checkpointer, restored, metrics)
+                    self._loop(stop, metrics)
+                    self._finish(metrics)
+                    return
+                except Exception as e:
+                    self.healthy = False
+                    if self.checkpointer is None or isinstance(e, (DefinitionChanged, RescaleRefused)):
+                        raise
+                    if self.restarts >= self.runtime.max_restarts:
+                        raise JobFailed(f"Ray job failed after {self.restarts} restart(s) (max_restarts="
+                                        f"{self.runtime.max_restarts}): {e}") from e
+                    self.restarts += 1
+                    log.warning("Ray job failed (%s); restart %d of at most %d, from the last checkpoint",
+                                str(e).splitlines()[0] if str(e) else type(e).__name__, self.restarts, self.runtime.max_restarts)
+                    self._teardown()
+                    restored = self.checkpointer.latest_for_restart()
         except BaseException:
             self.healthy = False
             raise
+        finally:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+
+    def _teardown(self) -> None:
+        """Kill a failed attempt's actors (the next attempt gets new ones)."""
+        every = [a for group in self.actors.values() for a in group]
+        if every:
+            self.runtime._release(every, self.outbox, healthy=False)
+        self.actors, self.outbox, self.take, self.healthy = {}, None, None, True
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _source_actors(self) -> list[Any]:
+        return [a for s in self.topology.stages if s.kind == "source" for a in self.actors[s.id]]
+
+    def _resume(self, checkpointer: RayCheckpointer, restored: Checkpoint | None, metrics: Metrics) -> None:
+        """Restore ``restored`` into the new actors, the driver and the stores; without one,
+        write the job's starting point first (a failure before the first periodic
+        checkpoint, or a rerun after the driver died then, restarts from it)."""
+        if restored is None:
+            if checkpointer.rebuild:
+                self._get([a.rewind_source.remote() for a in self._source_actors()], "rewinding the sources")
+            self.initial = True
+            try:
+                checkpointer.take(metrics)
+            finally:
+                self.initial = False
+            return
+        state = restored.state
+        checkpointer.options.sink.restore(state["sink"])
+        counters = state["counters"]
+        metrics.rows_out.clear()
+        metrics.rows_out.update(counters.get("rows_out", {}))
+        metrics.late.clear()
+        metrics.late.update(counters.get("late", {}))
+        metrics.batches = counters.get("batches", 0)
+        if state.get("initial"):  # nothing read yet: fresh actors are that state
+            if state.get("rewound"):
+                self._get([a.rewind_source.remote() for a in self._source_actors()], "rewinding the sources")
+        else:
+            calls = [
+                actor.restore.remote(pack(state["stages"][str(stage.id)]["partitions"][str(p)]))
+                for stage in self.topology.stages for p, actor in enumerate(self.actors[stage.id])
+            ]
+            self._get(calls, f"restoring checkpoint {restored.id}")
+            for name, merger in self.outputs.items():
+                merger.restore(state["outputs"][name])
+        log.info("resumed from checkpoint %d of %s", restored.id, checkpointer.options.store.url)
+
+    def _collect(self, metrics: Metrics) -> dict[str, Any]:
+        """Every actor's state, the driver's and the stores': called only with no batch in flight."""
+        from volga.runtime.ray.durable import unpack
+
+        assert self.checkpointer is not None
+        every = [(s, p, a) for s, group in self.actors.items() for p, a in enumerate(group)]
+        states = self._get([a.snapshot.remote() for _, _, a in every], "taking a checkpoint")
+        stages: dict[str, Any] = {
+            str(s.id): {"parallelism": s.parallelism, "partitions": {}} for s in self.topology.stages
+        }
+        for (stage_id, partition, _), state in zip(every, states):
+            stages[str(stage_id)]["partitions"][str(partition)] = unpack(state)
+        return {
+            "runtime": RUNTIME,
+            "initial": self.initial,
+            "rewound": self.initial and self.checkpointer.rebuild,
+            "stages": stages,
+            "outputs": {name: m.snapshot() for name, m in self.outputs.items()},
+            "counters": {"rows_out": dict(metrics.rows_out), "late": dict(metrics.late), "batches": metrics.batches},
+            "sink": self.checkpointer.options.sink.snapshot(),
+        }
+
+    def _commit_sources(self) -> None:
+        """After a checkpoint is written: group offsets committed (lag monitoring only)."""
+        for actor in self._source_actors():
+            actor.commit_source.remote()
 
     def _loop(self, stop: threading.Event, metrics: Metrics) -> None:
-        outputs = {
-            name: InputMerger(self.topology.stages[self.topology.stage_of[step]].parallelism,
-                              self.plan.steps[step].schema.timestamp)
-            for name, step in self.plan.outputs.items()
-        }
+        outputs = self.outputs
+        ckpt = self.checkpointer
+        pausing = False  # a checkpoint is due: no new source polls until it is taken
+        paused_at = 0.0
         collected: dict[str, list[pl.DataFrame]] = {name: [] for name in outputs}
         source_actors = {a: s for s in self.topology.stages if s.kind == "source" for a in self.actors[s.id]}
         pending: dict[Any, Any] = {}  # call ref -> source actor
@@ -351,13 +501,17 @@ class _Driver:
             # runtime does (their later rows may be late for windows already emitted).
             if all(m.finished for m in outputs.values()) and not pending and done >= set(source_actors):
                 break
+            if stopping and ckpt is not None and not pending:
+                break  # stopped: the final checkpoint keeps what the sources hold, as the embedded runtime does
             if stop.is_set() and not stopping:
                 stopping = True
                 for actor in source_actors:
-                    if actor not in done:
+                    if actor not in done and ckpt is None:
                         pending[actor.finish_source.remote()] = actor
                         done.add(actor)
-            if not stopping:
+            if ckpt is not None and not pausing and not stopping and not ckpt.writing and ckpt.due():
+                pausing, paused_at = True, time.perf_counter()
+            if not stopping and not pausing:
                 for actor in source_actors:
                     if actor not in done and actor not in pending.values():
                         call = (actor.read_all.remote(self.batch_size) if self.mode == "offline"
@@ -369,10 +523,21 @@ class _Driver:
                 if self._get_from(ref, actor, "reading its source"):
                     done.add(actor)
                 metrics.batches += 1
+            if pausing and not pending:  # every source is between two micro-batches
+                self._settle(outputs, collected, metrics)
+                assert ckpt is not None
+                ckpt.take_in_background(metrics)
+                pausing = False
+                self.paused_s += time.perf_counter() - paused_at
+            if ckpt is not None and ckpt.written():
+                self._commit_sources()
             if time.perf_counter() >= next_health:
                 self._check_health(health)
                 next_health = time.perf_counter() + self.health_every_s
         self._settle(outputs, collected, metrics)
+        if ckpt is not None:  # the final checkpoint (job finished or stopped)
+            ckpt.take(metrics)
+            self._commit_sources()
         for name, parts in collected.items():
             if self.mode == "offline":
                 rows = pl.concat(parts) if parts else pl.DataFrame(schema=self.plan.stored_schema(name).polars_schema())

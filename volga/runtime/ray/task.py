@@ -237,6 +237,35 @@ class StageTask:
         if last:
             self.metrics.watermark = max(self.metrics.watermark, min(last))
 
+    # -- checkpoints (volga.runtime.ray.durable) ----------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """This partition's whole state, taken when no batch is in flight (``ops.protocol``)."""
+        state: dict[str, Any] = {
+            "operators": {str(s): op.snapshot() for s, op in self.ops.items() if op is not None},
+            "inputs": {str(e): m.snapshot() for e, m in self.mergers.items()},
+            "metrics": dataclasses.asdict(self.metrics),
+            "released": self.released,
+        }
+        if self.source is not None:
+            state["source"] = self.source.snapshot()
+            state["next_seq"] = self.source.reader.next_seq
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue as the snapshotted partition would (on a freshly configured task)."""
+        for step_id, op in self.ops.items():
+            if op is not None:  # a source step has none
+                op.restore(state["operators"][str(step_id)])
+        for edge_id, merger in self.mergers.items():
+            merger.restore(state["inputs"][str(edge_id)])
+        self.metrics = TaskMetrics(**state["metrics"])
+        self.released = state["released"]
+        if self.source is not None:
+            self.source.restore(state["source"])
+            # a reader without a position re-reads its first rows and skips them: they are numbered again
+            skipped = state["source"]["polled"] if state["source"]["position"] is None else 0
+            self.source.reader.next_seq = state["next_seq"] - skipped
+
     # -- what the job reads at the end -------------------------------------------------
     def late_events(self) -> pl.DataFrame:
         if self.source is None:
