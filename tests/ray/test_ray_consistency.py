@@ -159,7 +159,8 @@ def test_request_time_lookups_on_ray_equal_the_reference(p: int) -> None:
     amounts = [1.0, None, math.nan, 2.5, -1.0, 4.0]
     events = [rt.swipe("ab"[i % 2], minute, amount=amounts[i % 6], merchant=("m1", None, "m2")[i % 3], items=i % 4)
               for i, minute in enumerate([0, 0, 0.5, 1, 2, 2, 4, 6, 6.5, 9])]
-    windows = ["2m", "5m", "30s", "2m", "5m", "2m", "30s", "5m", "2m", "5m", "2m", "30s", "5m"]
+    windows = ["2m", "5m", "30s", "2m", "5m", "2m", "30s", "5m", "2m", "5m", "2m", "30s", "5m", "2m"]
+    assert len(windows) == len(rt.KINDS)  # one window per aggregate kind
     lookups = [(card, rt.at(m)) for card in ("a", "b", "zz") for m in (0, 1, 2.5, 5, 6.5, 9, 9.5, 60)]
     with ray_client(p) as client:
         pipe = rt.every_kind_pipeline(events, windows)

@@ -73,6 +73,8 @@ _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length
 # Requests parsed but not yet answered, per connection, before we stop reading from it:
 # a client pipelining without reading its answers is held to this many (plus one read).
 _MAX_PENDING = 64
+# After a final answer: how long the server keeps reading (and dropping) what the client sends.
+_LINGER_S = 2.0
 
 Response = tuple[int, bytes, bytes]  # status, body, extra header lines
 
@@ -365,6 +367,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused_at: float | None = None
         self.reading = True
         self.closing = False  # no more requests will be read (a fatal answer is queued)
+        self.lingering = False  # the last answer is sent: reading and dropping input until close
         self.last_active = time.monotonic()
         # the request being parsed
         self.phase = _IDLE
@@ -524,7 +527,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         transport = self.transport
-        if transport is None:
+        if transport is None or self.lingering:  # (a lingering close reads until it ends)
             return
         want = not self.closing and self.write_paused_at is None and len(self.pending) < _MAX_PENDING
         if want != self.reading:
@@ -555,8 +558,25 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(head + body)
             if not keep_alive:
                 self.closing = True
-                transport.close()
+                self._linger(transport)
         self.last_active = time.monotonic()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after the last answer without losing it: send FIN after the answer, then read
+        and discard what the client still sends for up to ``_LINGER_S``. Closing with unread
+        input makes the kernel reset the connection (RST), which can destroy the answer before
+        the client reads it (RFC 9112 §9.6)."""
+        if self.lingering:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()
+        if not self.reading:
+            self.reading = True
+            transport.resume_reading()
+        asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
 
     # -- failures ----------------------------------------------------------------------------
     def _fatal(self, status: int, message: str, field: str) -> None:
