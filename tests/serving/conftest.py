@@ -14,7 +14,7 @@ import serving_defs  # noqa: E402
 import volga  # noqa: E402
 
 # Helper modules, not tests (the doctest collector would import them, running their setup).
-collect_ignore = ["serving_defs.py", "cli_app.py", "cli_shared_app.py"]
+collect_ignore = ["serving_defs.py", "cli_app.py", "cli_shared_app.py", "serve_process.py"]
 
 
 @pytest.fixture(scope="module")

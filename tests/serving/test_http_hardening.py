@@ -381,7 +381,7 @@ def test_pipelining_without_reading_stops_reading_and_answering(start):
         def paused() -> bool:
             return any(not c.reading and c.write_paused_at is not None for c in list(server._connections.open))
 
-        wait_for(paused, "the server to pause the connection")
+        wait_for(paused, "the server to pause the connection", timeout=30.0)
         (conn,) = server._connections.open
         assert len(handled) < count and len(conn.pending) <= _MAX_PENDING + 65536 // len(request) + 1
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read fast
@@ -522,8 +522,8 @@ def test_sigterm_drains_volga_serve():
     import signal
     from urllib.parse import urlsplit
 
-    from test_cli import start as start_cli
-    from test_cli import wait_url
+    from serve_process import start as start_cli
+    from serve_process import wait_url
 
     process = start_cli("cli_app.py", "--port", "0", "--drain-timeout", "20")
     try:
@@ -560,8 +560,8 @@ def test_second_sigterm_stops_volga_serve_at_once():
     import signal
     from urllib.parse import urlsplit
 
-    from test_cli import start as start_cli
-    from test_cli import wait_url
+    from serve_process import start as start_cli
+    from serve_process import wait_url
 
     process = start_cli("cli_app.py", "--port", "0", "--drain-timeout", "600", "--head-timeout", "600")
     try:
