@@ -215,7 +215,7 @@ def _key_order(frame: pl.DataFrame, keys: Sequence[str]) -> tuple[np.ndarray, li
         column = frame.get_column(key)
         if column.dtype == pl.String:
             column = column.cast(pl.Categorical).to_physical()
-        elif not (column.dtype.is_integer() or column.dtype == pl.Boolean):
+        elif not (column.dtype.is_integer() and column.dtype != pl.UInt64 or column.dtype == pl.Boolean):
             column = column.rank("dense")
         codes.append(column.cast(pl.Int64).fill_null(-1).to_numpy())
     if len(codes) > 1:
