@@ -31,19 +31,22 @@ def run_job(bootstrap: str, topic: str, redis_url: str, root: Path, expect: int,
         [pipe], mode="online", params={"online": True}, block=False, write_offline=True, batch_size=25,
         checkpoint_dir=root / "checkpoints", checkpoint_interval=interval,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 150
     shown = -1
-    while offline_rows(client) < expect:
+    while (stored := offline_rows(client)) < expect:
         out = job.metrics.rows_out.get("user_spent", 0)
         if out != shown:
             print(f"rows {out}", flush=True)
             shown = out
+            if out >= expect:  # (all out: the offline rows should follow at once; say so if not)
+                print(f"all rows out, {stored} offline", flush=True)
         if not job.running:
             job.wait()  # raises the job's error
             raise RuntimeError("job ended early")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{offline_rows(client)} of {expect} rows after 120 s")
+            raise TimeoutError(f"{stored} of {expect} offline rows ({out} out) after 150 s")
         time.sleep(0.002)
+    print("stopping", flush=True)  # (a hang after this line is in job.stop())
     job.stop()
     return client
 

@@ -119,7 +119,12 @@ def test_sigkill_at_random_points_then_restart_ends_with_the_uninterrupted_store
     assert kills == 20 and mid_checkpoint == 7, f"only {kills} kills ({mid_checkpoint} mid-checkpoint): the job finished too early"
 
     last = _start(args)
-    _, err = last.communicate(timeout=120)
+    try:
+        out, err = last.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        last.kill()
+        out, err = last.communicate()
+        raise AssertionError(f"the restarted job did not finish in 180 s; its output ends: {out[-1500:]!r} {err[-1500:]!r}") from None
     assert last.returncode == 0, err[-3000:]
     got = contents(redis_server.url, unique, root)
     assert got[0].equals(want[0]), "latest rows in Redis differ"
