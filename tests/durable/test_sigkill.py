@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka as ck
+import confluent_kafka.admin as admin_mod
 import polars as pl
 import pytest
 
@@ -25,10 +27,6 @@ from volga.testing.quickstart import order_records as make_orders
 from .kill_job import run_job
 
 pytestmark = pytest.mark.integration
-
-ck = pytest.importorskip("confluent_kafka")
-admin_mod = pytest.importorskip("confluent_kafka.admin")
-
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = admin_mod.AdminClient({"bootstrap.servers": bootstrap})

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka as ck
+import confluent_kafka.admin as admin_mod
 import pytest
 
 import volga
@@ -28,10 +30,6 @@ from volga.testing.quickstart import (
 from volga.testing.quickstart import order_records as make_orders
 
 pytestmark = pytest.mark.integration
-
-ck = pytest.importorskip("confluent_kafka")
-admin_mod = pytest.importorskip("confluent_kafka.admin")
-
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
     admin = admin_mod.AdminClient({"bootstrap.servers": bootstrap})

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import volga
@@ -29,8 +30,6 @@ from volga.testing.quickstart import (
 from volga.testing.quickstart import order_records as make_orders
 
 pytestmark = pytest.mark.integration
-
-psycopg = pytest.importorskip("psycopg")
 
 COLUMNS = ["buyer_id", "product_id", "product_type", "purchased_at", "product_price"]
 

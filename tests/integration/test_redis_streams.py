@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 import volga
 from tests.support.servers import RedisServer, free_port
@@ -29,9 +30,6 @@ from volga.testing.quickstart import (
 from volga.testing.quickstart import order_records as make_orders
 
 pytestmark = pytest.mark.integration
-
-redis = pytest.importorskip("redis")
-
 
 def add(url: str, stream: str, messages: list[Any], *, as_fields: bool = False) -> None:
     """Dicts as JSON in the ``data`` field (or as the entry's fields); bytes as ``data`` as they are."""

@@ -8,6 +8,8 @@ import json
 import time
 import uuid
 
+import confluent_kafka as ck
+import confluent_kafka.admin as admin_mod
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,9 +20,6 @@ from volga.metrics import metrics_for
 from volga.sources import KafkaSource
 
 pytestmark = pytest.mark.integration
-ck = pytest.importorskip("confluent_kafka")
-admin_mod = pytest.importorskip("confluent_kafka.admin")
-
 
 @entity
 class Click:

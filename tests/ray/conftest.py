@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-ray = pytest.importorskip("ray", reason="the Ray runtime's tests need the 'ray' extra: pip install 'volga[ray]'")
+import ray
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def test_postgres_both_or_neither_of_query_and_table_is_an_error() -> None:
 
 
 def test_postgres_table_is_an_identifier_never_sql() -> None:
-    psycopg = pytest.importorskip("psycopg")
+    import psycopg
     src = PostgresSource(table='we"ird; DROP TABLE x', dsn=DSN)
     text = src.base_query(psycopg.sql).as_string(None)
     assert text == 'SELECT * FROM "we""ird; DROP TABLE x"'

@@ -6,12 +6,11 @@ import datetime
 import json
 from typing import Optional
 
+import msgspec  # noqa: F401 - installed with the test extra; the code under test needs it
 import pytest
 
 from volga.api.entity import entity, entity_schema, field
 from volga.sources.messages import DeadLetterFile, DeadLetterRecord, JsonDecoder, Secret
-
-pytest.importorskip("msgspec")
 
 
 @entity

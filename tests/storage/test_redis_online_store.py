@@ -11,13 +11,12 @@ import uuid
 
 import polars as pl
 import pytest
+import redis
 
 from volga.api.entity import entity, entity_schema, field
 from volga.storage.online.redis import RedisOnlineStore
 
 pytestmark = pytest.mark.integration
-redis = pytest.importorskip("redis")
-
 
 @entity
 class Spend:

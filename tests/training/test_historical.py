@@ -303,7 +303,7 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_the_field(client):
 # -- pandas ----------------------------------------------------------------------------------------
 
 def test_pandas_spine_gives_pandas_with_the_same_values(client):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     polars_spine = spine(["a", "b", "zz", "a"], [3, 6, 1, 11], label=[True, False, True, False])
     frame = polars_spine.with_columns(pl.col("timestamp").dt.replace_time_zone(None)).to_pandas()  # naive datetime64
     frame.index = [10, 20, 30, 40]
