@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 from volga.ops.protocol import State, Stateful
 from volga.plan.compile import PhysicalPlan
-from volga.runtime.checkpoint import CheckpointStore, DefinitionChanged, describe_changes
+from volga.runtime.checkpoint import Checkpoint, CheckpointStore, DefinitionChanged, describe_changes
 from volga.runtime.local.executors import Metrics
 from volga.runtime.local.stage import SourceStage
 
@@ -86,6 +86,32 @@ def plan_fingerprint(plan: PhysicalPlan) -> dict[str, str]:
     return fp
 
 
+def latest_of_this_definition(options: CheckpointOptions, fingerprint: dict[str, str]) -> tuple[Checkpoint | None, bool]:
+    """The latest checkpoint, if it was taken of the definition with ``fingerprint``, and
+    whether the job starts over from its sources' history.
+
+    No checkpoint: ``(None, False)``, the stores start fresh. A changed definition raises
+    :class:`DefinitionChanged` naming what changed, unless ``on_definition_change="rebuild"``:
+    then ``(None, True)``, the stores' outputs dropped (the caller rewinds its sources).
+    """
+    latest = options.store.latest()
+    if latest is None:
+        options.sink.start_fresh()
+        return None, False
+    if latest.fingerprint == fingerprint:
+        return latest, False
+    changes = "; ".join(describe_changes(latest.fingerprint, fingerprint))
+    if options.on_definition_change != "rebuild":
+        raise DefinitionChanged(
+            f"checkpoint {latest.id} in {options.store.url} was taken of a different definition: {changes}. "
+            "Pass on_definition_change='rebuild' to rebuild the state from the sources' history, or use a new checkpoint_dir"
+        )
+    log.warning("definition changed since checkpoint %d (%s): rebuilding from the sources' history", latest.id, changes)
+    options.sink.reset()
+    options.sink.start_fresh()
+    return None, True
+
+
 class Checkpointer:
     def __init__(self, plan: PhysicalPlan, stages: dict[int, SourceStage], options: CheckpointOptions) -> None:
         self.plan, self.stages, self.options = plan, stages, options
@@ -105,24 +131,11 @@ class Checkpointer:
         Returns its id (None: there was none, or the definition changed and
         ``on_definition_change="rebuild"`` made the job start over from the sources' history).
         """
-        latest = self.options.store.latest()
+        latest, rebuild = latest_of_this_definition(self.options, self.fingerprint)
         if latest is None:
-            self.options.sink.start_fresh()
-            return None
-        if latest.fingerprint != self.fingerprint:
-            changes = describe_changes(latest.fingerprint, self.fingerprint)
-            if self.options.on_definition_change != "rebuild":
-                raise DefinitionChanged(
-                    f"checkpoint {latest.id} in {self.options.store.url} was taken of a different definition: "
-                    + "; ".join(changes)
-                    + ". Pass on_definition_change='rebuild' to rebuild the state from the sources' history, "
-                    "or use a new checkpoint_dir"
-                )
-            log.warning("definition changed since checkpoint %d (%s): rebuilding from the sources' history", latest.id, "; ".join(changes))
-            self.options.sink.reset()
-            self.options.sink.start_fresh()
-            for stage in self.stages.values():
-                stage.reader.rewind()
+            if rebuild:
+                for stage in self.stages.values():
+                    stage.reader.rewind()
             return None
         state = latest.state
         if state.get("runtime") == "ray":  # laid out per stage partition (volga.runtime.ray.durable)

@@ -48,8 +48,8 @@ from typing import Any
 import polars as pl
 
 from volga.ops.protocol import State
-from volga.runtime.checkpoint import Checkpoint, DefinitionChanged, describe_changes
-from volga.runtime.local.checkpointing import Checkpointer, CheckpointOptions
+from volga.runtime.checkpoint import Checkpoint
+from volga.runtime.local.checkpointing import Checkpointer, CheckpointOptions, latest_of_this_definition
 from volga.runtime.local.executors import Metrics
 from volga.runtime.ray.exchange import from_wire, to_wire
 from volga.runtime.ray.topology import Topology
@@ -143,25 +143,8 @@ class RayCheckpointer(Checkpointer):
         when there is none, or the definition changed and ``on_definition_change="rebuild"``
         starts the job over (the stores' outputs dropped; sources are rewound by the driver).
         Prepares the stores either way."""
-        latest = self.options.store.latest()
-        if latest is None:
-            self.options.sink.start_fresh()
-            return None
-        if latest.fingerprint != self.fingerprint:
-            changes = describe_changes(latest.fingerprint, self.fingerprint)
-            if self.options.on_definition_change != "rebuild":
-                raise DefinitionChanged(
-                    f"checkpoint {latest.id} in {self.options.store.url} was taken of a different definition: "
-                    + "; ".join(changes)
-                    + ". Pass on_definition_change='rebuild' to rebuild the state from the sources' history, "
-                    "or use a new checkpoint_dir"
-                )
-            log.warning("definition changed since checkpoint %d (%s): rebuilding from the sources' history", latest.id, "; ".join(changes))
-            self.options.sink.reset()
-            self.options.sink.start_fresh()
-            self.rebuild = True
-            return None
-        return restorable(latest, self.topology, self.options.store.url)
+        latest, self.rebuild = latest_of_this_definition(self.options, self.fingerprint)
+        return None if latest is None else restorable(latest, self.topology, self.options.store.url)
 
     def latest_for_restart(self) -> Checkpoint | None:
         """After a failure: the newest complete checkpoint (a write in flight is finished first)."""
