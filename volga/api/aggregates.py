@@ -219,31 +219,6 @@ class Avg(Aggregate):
 
 
 @dataclasses.dataclass(frozen=True)
-class Stddev(Aggregate):
-    """Sample standard deviation (ddof=1): null below two values."""
-
-    sliding: ClassVar[Sliding] = Sliding.MOMENTS
-    null_below: ClassVar[int] = 2
-    numeric_only: ClassVar[bool] = True
-    reads_objects_as_float: ClassVar[bool] = True
-
-    def output_dtype(self, input_dtype: pl.DataType | None) -> pl.DataType:
-        return pl.Float64()
-
-    def finish(self, partials: Partials) -> np.ndarray:
-        assert partials.m2 is not None
-        return np.sqrt(np.maximum(partials.m2, 0.0) / np.maximum(partials.count - 1, 1))
-
-    def expr(self, values: pl.Expr | None) -> pl.Expr:
-        c = _present(values)
-        return pl.when(c.count() >= 2).then(c.std(ddof=1))
-
-    def reduce(self, values: Sequence[Any]) -> Any:
-        variance = _sample_variance(values)
-        return None if variance is None else math.sqrt(variance)
-
-
-@dataclasses.dataclass(frozen=True)
 class Variance(Aggregate):
     """Sample variance (ddof=1): null below two values.
 
@@ -271,6 +246,23 @@ class Variance(Aggregate):
 
     def reduce(self, values: Sequence[Any]) -> Any:
         return _sample_variance(values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stddev(Variance):
+    """Sample standard deviation (ddof=1): null below two values. The square root of
+    ``Variance`` over the same state."""
+
+    def finish(self, partials: Partials) -> np.ndarray:
+        return np.sqrt(super().finish(partials))
+
+    def expr(self, values: pl.Expr | None) -> pl.Expr:
+        c = _present(values)
+        return pl.when(c.count() >= 2).then(c.std(ddof=1))
+
+    def reduce(self, values: Sequence[Any]) -> Any:
+        variance = super().reduce(values)
+        return None if variance is None else math.sqrt(variance)
 
 
 @dataclasses.dataclass(frozen=True)
