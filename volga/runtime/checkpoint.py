@@ -175,18 +175,20 @@ class CheckpointStore:
             }
         return self._chunks
 
-    def _put_chunk(self, data: bytes) -> str:
-        """Store one chunk's bytes (once per distinct content); return its name."""
+    def _put_chunk(self, data: bytes) -> tuple[str, bool]:
+        """Store one chunk's bytes (once per distinct content): its name, and whether this
+        call wrote it."""
         name = hashlib.blake2b(data, digest_size=16).hexdigest() + ".arrow"
         known = self._chunk_names()
-        if name not in known:
-            self.fs.create_dir(self._path(_CHUNKS), recursive=True)
-            final = self._path(f"{_CHUNKS}/{name}")
-            with self.fs.open_output_stream(final + ".tmp") as out:
-                out.write(data)
-            self.fs.move(final + ".tmp", final)
-            known.add(name)
-        return name
+        if name in known:
+            return name, False
+        self.fs.create_dir(self._path(_CHUNKS), recursive=True)
+        final = self._path(f"{_CHUNKS}/{name}")
+        with self.fs.open_output_stream(final + ".tmp") as out:
+            out.write(data)
+        self.fs.move(final + ".tmp", final)
+        known.add(name)
+        return name, True
 
     def _prune(self, newest: int) -> None:
         manifests, dirs = self._ids()
@@ -271,11 +273,10 @@ class _Tables:
         chunks = []
         for start in range(0, table.num_rows, CHUNK_ROWS):
             data = _ipc_bytes(table.slice(start, CHUNK_ROWS).combine_chunks())
-            known = len(self.store._chunk_names())
-            chunks.append(self.store._put_chunk(data))
+            name, wrote = self.store._put_chunk(data)
+            chunks.append(name)
             self.total_bytes += len(data)
-            if len(self.store._chunk_names()) > known:
-                self.written_bytes += len(data)
+            self.written_bytes += len(data) if wrote else 0
         return {"chunks": chunks}
 
 
