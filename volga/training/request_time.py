@@ -84,7 +84,7 @@ def _evaluate_stale(
     needed = _events_needed(grouped.times_us, grouped.starts, positions[rows], at_us[rows] - shape.longest_window_us)
     by_output_key = dict(zip(output.keys, keys))
     read = [*(shape.pre_columns[k] for k in agg.keys), shape.pre_columns[ts], *(raw_of[col] for col in ons)]
-    event_rows = grouped.source.select(dict.fromkeys(read))[grouped.order[needed]].select(  # only the columns read are gathered
+    event_rows = grouped.source.select(list(dict.fromkeys(read)))[grouped.order[needed]].select(  # only the columns read are gathered
         *(pl.col(shape.pre_columns[k]).alias(k) for k in agg.keys),
         pl.col(shape.pre_columns[ts]).alias(ts),
         *(pl.col(raw_of[col]).alias(col) for col in ons),
