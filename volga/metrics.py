@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -94,17 +93,8 @@ class VolgaMetrics:
             return
         job = "+".join(plan.outputs)
         for step in plan.steps:
-            if step.kind == "source" or step.op is None:
-                continue
-            method = "release" if step.kind == "join" else "apply"
-            inner = getattr(step.op, method, None)
-            if inner is None:
-                continue
-            child = self.operator_seconds.labels(job, str(step.id), step.kind)
-            try:
-                setattr(step.op, method, _timed(inner, child.observe))
-            except (AttributeError, TypeError):  # an operator with slots: left untimed
-                continue
+            if step.spec is not None:
+                plan.timers[step.id] = self.operator_seconds.labels(job, str(step.id), step.kind).observe
 
     def observe_request(self, method: str, path: str, body: bytes, status: int, seconds: float) -> None:
         """The feature server's observer: one call per request."""
@@ -114,17 +104,6 @@ class VolgaMetrics:
         features = _targets(body) or ["(unreadable request)"]
         for feature in features:
             self.requests.labels(feature, str(status)).inc()
-
-
-def _timed(inner: Callable[..., Any], observe: Callable[[float], None]) -> Callable[..., Any]:
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            observe(time.perf_counter() - started)
-
-    return timed
 
 
 def _targets(body: bytes) -> list[str]:

@@ -108,10 +108,10 @@ def test_reduce_after_key_by_fn_is_fused_on_the_embedded_runtime_only() -> None:
         lambda a, b: (a[0], a[1] + b[1])
     ).sink(ListSink())
     fused = ctx.compile().plan.steps
-    assert [s.kind for s in fused] == ["source", "window"] and isinstance(fused[1].op, FusedKeyedReduce)
+    assert [s.kind for s in fused] == ["source", "window"] and isinstance(fused[1].spec.build(), FusedKeyedReduce)
     assert "flat_map(split) -> map(<lambda>) -> key_by(<lambda>) -> reduce(<lambda>)" in ctx.explain()
     separate = compile_stream(list(ctx._sinks), fuse_keyed=False).plan.steps  # what a Ray run gets: keys are exchanged
-    assert [s.kind for s in separate] == ["source", "chain", "window"] and isinstance(separate[2].op, KeyedReduceOp)
+    assert [s.kind for s in separate] == ["source", "chain", "window"] and isinstance(separate[2].spec.build(), KeyedReduceOp)
 
 
 def test_fused_reduce_on_records_names_the_failing_step() -> None:

@@ -9,17 +9,23 @@ right row per key.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 
 from volga.api import nodes
 from volga.ops.frames import epoch_us, pick
+from volga.ops.protocol import FINISHED_WM, BufferedOperator, Input, OperatorSpec, State
+from volga.ops.rescaling import split_join
+from volga.ops.routing import SEQ
 
 _RTS = "__volga_right_ts"
 _MATCH = "__volga_matched"
 
 
-class AsOfJoinOp:
+class AsOfJoinOp(BufferedOperator):
     def __init__(self, node: nodes.JoinNode) -> None:
         self.node = node
         self.left_ts = node.left.schema.timestamp
@@ -54,6 +60,12 @@ class AsOfJoinOp:
     @property
     def buffered_rows(self) -> int:
         return sum(b.height for b in self.left_buffer) + sum(b.height for b in self.right_buffer)
+
+    def release_at(self, bound: int, inputs: Sequence[Input]) -> pl.DataFrame:
+        """Left rows wait only for the right input's watermark (see :meth:`release`)."""
+        right_wm, right_idle = inputs[1][1]
+        left_bound = None if right_idle or right_wm >= FINISHED_WM else right_wm
+        return self.release(None if bound >= FINISHED_WM else bound, left_bound_us=left_bound)
 
     def release(self, bound_us: int | None, *, left_bound_us: int | None | object = ...) -> pl.DataFrame:
         """Join and return the buffered left rows with ts < ``left_bound_us``.
@@ -123,3 +135,41 @@ def take_before(buffer: list[pl.DataFrame], ts_col: str, bound_us: int | None) -
     if cut < rows.height:
         buffer.append(rows.slice(cut))
     return rows.slice(0, cut)
+
+
+class SeqJoin(AsOfJoinOp):
+    """The as-of join carrying the sequence column: output rows keep their left row's.
+
+    Right rows are pushed without the column (their order is settled before the push)."""
+
+    def push(self, side: int, batch: pl.DataFrame) -> None:
+        super().push(side, batch.drop(SEQ, strict=False) if side == 1 else batch)
+
+    def _join(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
+        right = right.rename({rk: lk for lk, rk in zip(self.left_keys, self.right_keys) if lk != rk})
+        joined = left.join_asof(
+            right, left_on=self.left_ts, right_on=_RTS, by=self.left_keys, strategy="backward",
+            check_sortedness=False,
+        )
+        if self.node.how == "inner":
+            joined = joined.filter(pl.col(_MATCH).is_not_null())
+        return joined.select([*self.node.schema.names, SEQ])
+
+
+@dataclasses.dataclass
+class JoinSpec(OperatorSpec):
+    """The as-of join of a ``JoinNode`` (left rows by ``left_on``, right rows by ``right_on``)."""
+
+    node: nodes.JoinNode
+
+    def build(self, *, sequenced: bool = False) -> AsOfJoinOp:
+        return (SeqJoin if sequenced else AsOfJoinOp)(self.node)
+
+    def input_keys(self) -> list[tuple[str, ...]]:
+        return [tuple(self.node.left_on), tuple(self.node.right_on)]
+
+    def fingerprint(self) -> list[str]:
+        return [f"left_keys {list(self.node.left_on)!r}", f"right_keys {list(self.node.right_on)!r}", f"how {self.node.how}"]
+
+    def rescale(self, states: list[State], routed: tuple[str, ...] | None, n: int) -> list[State]:
+        return split_join(states, self.node, _RTS, n)

@@ -9,7 +9,8 @@ reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
@@ -17,6 +18,8 @@ import polars as pl
 from volga.api import nodes
 from volga.api.types import dtype_name, value_fits
 from volga.errors import Rejected
+from volga.ops.protocol import OperatorSpec, RowOperator, State, code_digest
+from volga.ops.routing import SEQ
 from volga.ops.row_predicates import RowPredicate, translate
 
 HIDDEN_PREFIX = "__volga_"  # columns carried for request-time evaluation (volga.plan.request_time)
@@ -31,7 +34,7 @@ StatelessNode = (
 )
 
 
-class StatelessChain:
+class StatelessChain(RowOperator):
     """Consecutive stateless nodes fused into one operator (no hop between them)."""
 
     def __init__(self, steps: list[nodes.UnaryNode], where: str) -> None:
@@ -147,6 +150,98 @@ class StatelessChain:
             keep = pl.Series([True] * batch.height).scatter(failed, False)
             batch = batch.filter(keep)
         return batch, values
+
+
+class SeqChain(StatelessChain):
+    """The fused chain carrying the sequence column (``ops.routing.SEQ``) on every row.
+
+    Row functions never see the column; ``select`` and ``transform`` carry it over."""
+
+    def _apply_one(self, step: nodes.UnaryNode, batch: pl.DataFrame) -> pl.DataFrame:
+        if SEQ not in batch.columns:
+            return super()._apply_one(step, batch)
+        if isinstance(step, nodes.SelectNode):
+            return batch.select([*step.columns, SEQ])
+        if isinstance(step, nodes.TransformNode):
+            if isinstance(step.fn, tuple):
+                return batch.with_columns(*step.fn).select([*step.schema.names, SEQ])
+            kept, rows = self._row_values(step, batch, step.fn)
+            schema = step.schema.polars_schema()
+            out = pl.from_dicts(rows, schema=schema, strict=False) if rows else pl.DataFrame(schema=schema)
+            return out.with_columns(kept[SEQ])
+        return super()._apply_one(step, batch)
+
+    def _row_values(self, step: nodes.UnaryNode, batch: pl.DataFrame, fn: Any) -> tuple[pl.DataFrame, list[Any]]:
+        if SEQ in batch.columns:
+            user_fn = fn
+
+            def fn(row: dict[str, Any]) -> Any:
+                row.pop(SEQ, None)
+                return user_fn(row)
+
+        return super()._row_values(step, batch, fn)
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        out = super().apply(batch)
+        if SEQ in batch.columns and SEQ not in out.columns:  # an emptied batch
+            out = out.with_columns(pl.lit(None, dtype=pl.Int64).alias(SEQ))
+        return out
+
+
+@dataclasses.dataclass
+class ChainSpec(OperatorSpec):
+    """A fused run of stateless nodes (the compiler appends to ``steps`` while fusing).
+
+    >>> ChainSpec([], "pipeline p").rescale([{}, {}], None, 3)
+    [{}, {}, {}]
+    """
+
+    steps: list[nodes.UnaryNode]
+    where: str
+
+    def build(self, *, sequenced: bool = False) -> StatelessChain:
+        return (SeqChain if sequenced else StatelessChain)(list(self.steps), self.where)
+
+    def label(self) -> str:
+        return "chain " + " -> ".join(s.label() for s in self.steps)
+
+    def routed_after(self, routed: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return track_partition(routed, self.steps)
+
+    def fingerprint(self) -> list[str]:
+        out = []
+        for s in self.steps:  # row functions by their code
+            fn = getattr(s, "fn", None) or getattr(s, "predicate", None)
+            if fn is not None:
+                out.append(f"{s.label()} code {code_digest(fn)}")
+        return out
+
+    def rescale(self, states: list[State], routed: tuple[str, ...] | None, n: int) -> list[State]:
+        return [{} for _ in range(n)]
+
+
+def track_partition(cols: tuple[str, ...] | None, chain_steps: Sequence[nodes.Node]) -> tuple[str, ...] | None:
+    """The routing columns after a stateless chain, or None if the chain may change them.
+
+    >>> track_partition(("buyer_id",), [])
+    ('buyer_id',)
+    """
+    if cols is None:
+        return None
+    current = list(cols)
+    for node in chain_steps:
+        if isinstance(node, nodes.RenameNode):
+            mapping = dict(node.mapping)
+            current = [mapping.get(c, c) for c in current]
+        elif isinstance(node, nodes.SelectNode):
+            if not set(current) <= set(node.columns):
+                return None
+        elif isinstance(node, nodes.AssignNode):
+            if node.column in current:
+                return None
+        elif isinstance(node, nodes.TransformNode):
+            return None
+    return tuple(current)
 
 
 def _hidden(schema: Any) -> list[str]:

@@ -22,6 +22,7 @@ windows at spine times with the same kernels).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,9 @@ from volga.api.entity import Schema
 from volga.ops import kernels
 from volga.ops.frames import assemble, epoch_us, not_null_mask, pick, take
 from volga.ops.keys import KeyIndex, OrderLabels
+from volga.ops.protocol import NotRescalable, OperatorSpec, RowOperator, State
+from volga.ops.rescaling import split_window
+from volga.ops.routing import SEQ
 from volga.ops.sliding import STATES
 
 PROBE_COLUMN = "__volga_probe"
@@ -63,7 +67,7 @@ class _Arrays:
         return self.arrays[name]
 
 
-class WindowAggregateOp:
+class WindowAggregateOp(RowOperator):
     """Sliding-window aggregates per key: one output row per input row, over that key's rows
     in ``[t - window, t]`` up to and including it; state carries over between ``apply`` calls.
 
@@ -290,6 +294,49 @@ class WindowAggregateOp:
             self.values[col] = [self._value_log(col).gather(pl.Series(keep))]
         self.size = self.live_after_compaction = int(keep.shape[0])
         kernels.relink(rows["kid"][: self.size], keys["last_row"][:n_keys], rows["prev"], rows["nxt"])
+
+
+class SeqWindow(RowOperator):
+    """The window carrying the sequence column: each output row keeps its input row's."""
+
+    def __init__(self, op: WindowAggregateOp) -> None:
+        self.op = op
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return self.op.apply(batch.drop(SEQ)).with_columns(batch[SEQ])
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.op.snapshot()
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.op.restore(snap)
+
+
+@dataclasses.dataclass
+class WindowSpec(OperatorSpec):
+    """A keyed sliding-window aggregation (see :class:`WindowAggregateOp`)."""
+
+    input_schema: Schema
+    output_schema: Schema
+    keys: tuple[str, ...]
+    aggregates: tuple[Aggregate, ...]
+    carry: dict[str, str] = dataclasses.field(default_factory=dict)
+    carry_outputs: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def build(self, *, sequenced: bool = False) -> WindowAggregateOp | SeqWindow:
+        op = WindowAggregateOp(self.input_schema, self.output_schema, self.keys, self.aggregates, self.carry, self.carry_outputs)
+        return SeqWindow(op) if sequenced else op
+
+    def input_keys(self) -> list[tuple[str, ...]]:
+        return [tuple(self.keys)]
+
+    def fingerprint(self) -> list[str]:
+        return [f"keys {self.keys!r}", f"aggregates {self.aggregates!r}"]
+
+    def rescale(self, states: list[State], routed: tuple[str, ...] | None, n: int) -> list[State]:
+        if routed is None:
+            raise NotRescalable("a window whose routing columns are unknown")
+        return split_window(states, routed, n)
 
 
 def _mark(live: np.ndarray, row_ids: np.ndarray) -> None:

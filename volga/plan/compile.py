@@ -3,24 +3,25 @@
 The physical plan has four kinds of steps, shared by every runtime: ``source``,
 ``chain`` (fused stateless operators), ``window`` (keyed aggregation) and ``join``
 (as-of join). Each source definition is read once even when several pipelines use it.
+A step holds an operator *spec* (``ops.protocol.OperatorSpec``), not an operator: each job
+builds fresh operators from the plan (``build_operators``), in this process or in Ray actors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 from volga.api import nodes
 from volga.api.decorators import Params, PipelineDef, SourceDef
 from volga.api.entity import Schema
 from volga.api.frame import PipelineDefinitionError
-from volga.ops.join import AsOfJoinOp
-from volga.ops.stateless import StatelessChain, StatelessNode
-from volga.ops.window import WindowAggregateOp
+from volga.ops.join import JoinSpec
+from volga.ops.protocol import Operator, OperatorSpec
+from volga.ops.stateless import ChainSpec, StatelessNode
+from volga.ops.window import WindowSpec
 from volga.plan.request_time import RequestTimeShape, shape_of, with_hidden_columns
-
-Operator = Union[StatelessChain, WindowAggregateOp, AsOfJoinOp, None]
 
 
 @dataclasses.dataclass
@@ -29,16 +30,15 @@ class Step:
     kind: Literal["source", "chain", "window", "join"]
     inputs: list[int]
     schema: Schema
-    op: Operator = None
+    spec: OperatorSpec | None = None  # None for a source
     source: SourceDef | None = None
 
     def describe(self) -> str:
         if self.kind == "source":
             assert self.source is not None
             return f"source {self.source.name} ({self.source.entity.__name__})"
-        if isinstance(self.op, StatelessChain):
-            return "chain " + " -> ".join(s.label() for s in self.op.steps)
-        return self.kind
+        assert self.spec is not None
+        return self.spec.label() or self.kind
 
 
 @dataclasses.dataclass
@@ -48,6 +48,12 @@ class PhysicalPlan:
     pipelines: dict[str, PipelineDef]
     # pipelines evaluated at request time: their output rows carry hidden columns for it
     request_time: dict[str, RequestTimeShape] = dataclasses.field(default_factory=dict)
+    # step id -> called with the seconds each of its advances took (metrics; embedded jobs)
+    timers: dict[int, Callable[[float], None]] = dataclasses.field(default_factory=dict)
+
+    def build_operators(self, *, sequenced: bool = False) -> dict[int, Operator]:
+        """Fresh operators (empty state) for every step that has one."""
+        return {s.id: s.spec.build(sequenced=sequenced) for s in self.steps if s.spec is not None}
 
     def stored_schema(self, name: str) -> Schema:
         """The schema of the rows written for pipeline ``name`` (hidden columns included)."""
@@ -82,7 +88,7 @@ def _lookup_rule(shape: RequestTimeShape | None) -> str:
 def compile_plan(
     pipelines: Sequence[PipelineDef], params: Params | None = None, lookup: Mapping[str, Any] | None = None
 ) -> PhysicalPlan:
-    """Build fresh operators for ``pipelines`` (each call gives new, empty state).
+    """The physical plan of ``pipelines``.
 
     Each pipeline body runs on symbolic frames; the logical nodes it returns become steps,
     stateless runs fused into one ``chain``, and a source shared by pipelines is read once.
@@ -124,8 +130,8 @@ def compile_plan(
             for child in node.inputs:
                 consumers[id(child)] = consumers.get(id(child), 0) + 1
 
-    def add(kind: Any, inputs: list[int], schema: Schema, op: Operator = None, source: SourceDef | None = None) -> int:
-        steps.append(Step(len(steps), kind, inputs, schema, op, source))
+    def add(kind: Any, inputs: list[int], schema: Schema, spec: OperatorSpec | None = None, source: SourceDef | None = None) -> int:
+        steps.append(Step(len(steps), kind, inputs, schema, spec, source))
         return len(steps) - 1
 
     def visit(node: nodes.Node, where: str) -> int:
@@ -141,21 +147,21 @@ def compile_plan(
             upstream = visit(node.input, where)
             prev = steps[upstream]
             if prev.kind == "chain" and consumers.get(id(node.input), 0) <= 1 and upstream not in outputs.values():
-                assert isinstance(prev.op, StatelessChain)
-                prev.op.steps.append(node)
+                assert isinstance(prev.spec, ChainSpec)
+                prev.spec.steps.append(node)
                 prev.schema = node.schema
                 result = upstream
             else:
-                result = add("chain", [upstream], node.schema, StatelessChain([node], where))
+                result = add("chain", [upstream], node.schema, ChainSpec([node], where))
         elif isinstance(node, nodes.AggregateNode):
             upstream = visit(node.input, where)
             raw, kept = carries.get(id(node), ({}, {}))
-            op = WindowAggregateOp(node.input.schema, node.schema, node.keys, node.aggregates, raw, kept)
-            result = add("window", [upstream], node.schema, op)
+            spec = WindowSpec(node.input.schema, node.schema, tuple(node.keys), node.aggregates, raw, kept)
+            result = add("window", [upstream], node.schema, spec)
         elif isinstance(node, nodes.JoinNode):
             left = visit(node.left, where)
             right = visit(node.right, where)
-            result = add("join", [left, right], node.schema, AsOfJoinOp(node))
+            result = add("join", [left, right], node.schema, JoinSpec(node))
         else:
             raise PipelineDefinitionError(f"{where}: cannot compile {node!r}")
         by_node[id(node)] = result

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from volga.ops.protocol import OperatorSpec
 from volga.plan.compile import PhysicalPlan, Step
 from volga.stream import nodes as sn
 from volga.stream import ops
@@ -60,8 +61,8 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
         for child in node.inputs:
             consumers[id(child)] = consumers.get(id(child), 0) + 1
 
-    def add(kind: Any, inputs: list[int], node: sn.StreamNode, op: Any = None, source: Any = None) -> int:
-        steps.append(Step(len(steps), kind, inputs, node.schema, op, source))
+    def add(kind: Any, inputs: list[int], node: sn.StreamNode, spec: OperatorSpec | None = None, source: Any = None) -> int:
+        steps.append(Step(len(steps), kind, inputs, node.schema, spec, source))
         labels[len(steps) - 1] = node.label()
         parallelism[len(steps) - 1] = node.parallelism or 1
         if node.parallelism is not None:
@@ -79,38 +80,38 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
             upstream = visit(node.input)
             prev = steps[upstream]
             if prev.kind == "chain" and consumers.get(id(node.input), 0) <= 1:
-                assert isinstance(prev.op, ops.RowChain)
-                prev.op.steps.append(node)
-                if isinstance(node, sn.BatchNode) and node.op == "entity":
-                    prev.op.entity_ops[id(node)] = ops.StatelessChain([node.payload], prev.op.where)
+                assert isinstance(prev.spec, ops.RowChainSpec)
+                prev.spec.steps.append(node)
                 prev.schema = node.schema
                 labels[upstream] += " -> " + node.label()
                 result = upstream
             else:
-                result = add("chain", [upstream], node, ops.RowChain([node], "stream"))
+                result = add("chain", [upstream], node, ops.RowChainSpec([node], "stream"))
         elif isinstance(node, sn.ReduceNode):
             upstream = visit(node.input)
             fused = fuse_reduce(steps[upstream], node) if fuse_keyed and consumers.get(id(node.input), 0) <= 1 else None
             if fused is not None:
                 prev = steps[upstream]
-                steps[upstream] = Step(upstream, "window", prev.inputs, node.schema, fused, None)  # type: ignore[arg-type]
+                steps[upstream] = Step(upstream, "window", prev.inputs, node.schema, fused, None)
                 labels[upstream] += " -> " + node.label()
                 parallelism[upstream] = node.parallelism or 1
                 result = upstream
             else:
-                result = add("window", [upstream], node, ops.KeyedReduceOp(node, "stream"))
+                result = add("window", [upstream], node, ops.StreamOpSpec(ops.KeyedReduceOp, node, keyed(node), "stream"))
         elif isinstance(node, sn.AggregateNode):
-            result = add("window", [visit(node.input)], node, ops.AggregateOp(node, where))
+            result = add("window", [visit(node.input)], node, ops.StreamOpSpec(ops.AggregateOp, node, keyed(node), where))
         elif isinstance(node, sn.WindowNode):
-            result = add("join", [visit(node.input)], node, ops.EventWindowOp(node, where))
+            result = add("join", [visit(node.input)], node, ops.StreamOpSpec(ops.EventWindowOp, node, keyed(node), where))
             if node.late_sink is not None:
                 route_late_rows(node, steps)
         elif isinstance(node, sn.UnionNode):
-            result = add("join", [visit(m) for m in node.members], node, ops.UnionOp(node))
+            merged: list[tuple[str, ...]] = [() for _ in node.members]  # one partition merges them by event time
+            result = add("join", [visit(m) for m in node.members], node, ops.StreamOpSpec(ops.UnionOp, node, merged))
         elif isinstance(node, sn.JoinNode):
             left, right = visit(node.left), visit(node.right)
-            op = ops.AsOfJoin(node) if node.kind == "asof" else ops.IntervalJoinOp(node)
-            result = add("join", [left, right], node, op)
+            make = ops.AsOfJoin if node.kind == "asof" else ops.IntervalJoinOp
+            sides = [tuple(node.left.schema.keys), tuple(node.right.schema.keys)]
+            result = add("join", [left, right], node, ops.StreamOpSpec(make, node, sides))
         else:
             raise TypeError(f"cannot compile stream node {node!r}")
         by_node[id(node)] = result
@@ -125,12 +126,17 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
     return StreamPlan(PhysicalPlan(steps, outputs, {}), sink_objects, labels, parallelism, explicit)
 
 
-def fuse_reduce(prev: Step, node: sn.ReduceNode) -> ops.FusedKeyedReduce | None:
+def keyed(node: sn.Unary) -> list[tuple[str, ...]]:
+    """A keyed operator's input is partitioned by its ``key_by`` key."""
+    return [tuple(node.input.schema.keys)]
+
+
+def fuse_reduce(prev: Step, node: sn.ReduceNode) -> ops.FusedReduceSpec | None:
     """``prev`` (a chain ending in row steps ``... -> key_by(fn) [-> filter(fn)...]``) and ``node`` as one operator."""
     if prev.kind != "chain":
         return None
-    assert isinstance(prev.op, ops.RowChain)
-    chain = prev.op.steps
+    assert isinstance(prev.spec, ops.RowChainSpec)
+    chain: list[Any] = prev.spec.steps
     start = len(chain)
     while start > 0 and isinstance(chain[start - 1], sn.RowNode) and chain[start - 1].op in ("map", "filter", "key_by"):
         start -= 1
@@ -138,11 +144,7 @@ def fuse_reduce(prev: Step, node: sn.ReduceNode) -> ops.FusedKeyedReduce | None:
     keyed_at = [i for i, kind in enumerate(kinds) if kind == "key_by"]
     if not keyed_at or any(kind != "filter" for kind in kinds[keyed_at[-1] + 1 :]):
         return None  # the key comes from an earlier step (a column, or before a map)
-    prefix = None
-    if start:
-        prefix = ops.RowChain(chain[:start], prev.op.where)
-        prefix.entity_ops = prev.op.entity_ops
-    return ops.FusedKeyedReduce(prefix, chain[start:], node, prev.op.where)
+    return ops.FusedReduceSpec(chain[:start], chain[start:], node, prev.spec.where)
 
 
 def route_late_rows(window: sn.WindowNode, steps: list[Step]) -> None:
@@ -168,11 +170,11 @@ def keep_objects_for_row_steps(steps: list[Step], outputs: set[int]) -> None:
     starts with a row step (whose output no longer carries them) and no sink reads it."""
 
     def starts_with_row_step(step: Step) -> bool:
-        op = step.op
-        if isinstance(op, ops.FusedKeyedReduce):
-            first = op.prefix.steps[0] if op.prefix is not None else op.tail[0]
-        elif isinstance(op, ops.RowChain):
-            first = op.steps[0]
+        spec = step.spec
+        if isinstance(spec, ops.FusedReduceSpec):
+            first = spec.prefix[0] if spec.prefix else spec.tail[0]
+        elif isinstance(spec, ops.RowChainSpec):
+            first = spec.steps[0]
         else:
             return False
         return isinstance(first, sn.RowNode)

@@ -51,7 +51,7 @@ class StreamJob:
                             step.source.on_late(late)  # type: ignore[union-attr]
                 windows: dict[int, pl.DataFrame] = getattr(self.job, "window_late_events", dict)()
                 for step in self.plan.plan.steps:  # a window's rows that came after it was emitted
-                    node = getattr(step.op, "node", None)
+                    node = getattr(step.spec, "node", None)
                     rows = windows.get(step.id)
                     if isinstance(node, sn.WindowNode) and node.late_sink is not None and rows is not None and rows.height:
                         node.late_sink.write(rows, node.input.schema)

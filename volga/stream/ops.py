@@ -15,6 +15,7 @@ job: its element is set aside (``job.rejected``) with the error as the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -30,20 +31,17 @@ from volga.api.aggregates import Aggregate
 from volga.api.entity import Schema
 from volga.errors import Rejected
 from volga.ops.frames import assemble, epoch_us
-from volga.ops.join import AsOfJoinOp, take_before
+from volga.ops.join import AsOfJoinOp, SeqJoin, take_before
+from volga.ops.protocol import FINISHED_WM, NO_WM, BufferedOperator, Operator, OperatorSpec, RowOperator, code_digest
+from volga.ops.routing import SEQ  # a distributed runtime's per-row arrival number: carried through, never in a schema
 from volga.ops.row_predicates import RowPredicate, translate
-from volga.ops.stateless import StatelessChain
+from volga.ops.stateless import SeqChain, StatelessChain
 from volga.ops.window import WindowAggregateOp
-from volga.runtime.local.stage import FINISHED_WM, NO_WM
 from volga.stream import nodes as sn
 from volga.stream.rowloop import RowLoop
 
 log = logging.getLogger("volga.stream")
 _MISSING: Any = object()
-# A distributed runtime's hidden per-row sequence number (arrival position; see
-# volga/runtime/ray/exchange.py). Operators carry it through when a batch has it, so a
-# receiver merging several senders can restore the processing order. Never in a schema.
-SEQ = "__volga_seq"
 
 
 def with_seq(names: list[str], batch: pl.DataFrame) -> list[str]:
@@ -134,7 +132,7 @@ def _keep(n: int, failed: list[int]) -> np.ndarray:
     return mask
 
 
-class RowChain(_Calls):
+class RowChain(_Calls, RowOperator):
     """Consecutive stateless steps fused into one operator. Runs of Python callables stay
     Python lists between steps (no frame is built until the run ends)."""
 
@@ -154,6 +152,11 @@ class RowChain(_Calls):
 
     def restore(self, state: dict[str, Any]) -> None:
         pass
+
+    def sequenced(self) -> RowChain:
+        """Carries the column itself; its Entity API steps run as sequence-keeping chains."""
+        self.entity_ops = {k: SeqChain(c.steps, c.where) for k, c in self.entity_ops.items()}
+        return self
 
     def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
         i, steps = 0, self.steps
@@ -266,7 +269,7 @@ class RowChain(_Calls):
         return out
 
 
-class KeyedReduceOp(_Calls):
+class KeyedReduceOp(_Calls, RowOperator):
     """Rolling reduce per key: every element emits the key's reduced value so far."""
 
     def __init__(self, node: sn.ReduceNode, where: str) -> None:
@@ -313,15 +316,16 @@ class KeyedReduceOp(_Calls):
         self.state = pickle.loads(snap["state"])
 
 
-class FusedKeyedReduce(_Calls):
+class FusedKeyedReduce(_Calls, RowOperator):
     """``[stateless steps] -> map/filter -> key_by(fn) [-> filter] -> reduce(fn)`` as one operator: the
     row steps and the reduce run in one generated loop (``RowLoop``), so an element is
     never turned into a frame between them. Only where keys need no exchange (the embedded
     runtime); results are those of ``RowChain`` followed by ``KeyedReduceOp``."""
 
-    def __init__(self, prefix: RowChain | None, tail: list[sn.RowNode], node: sn.ReduceNode, where: str) -> None:
+    def __init__(self, prefix: list[sn.StreamNode], tail: list[sn.RowNode], node: sn.ReduceNode, where: str) -> None:
         super().__init__(where)
-        self.prefix, self.tail, self.node = prefix, tail, node
+        self.prefix = RowChain(prefix, where) if prefix else None
+        self.tail, self.node = tail, node
         self.loop = RowLoop([*((s.op, s.fn) for s in tail), ("reduce", node.fn)])  # type: ignore[list-item]  # tail holds no flat_map
         self.labels = [*(s.label() for s in tail), node.label()]
         self.state: dict[Any, Any] = {}
@@ -391,7 +395,7 @@ def aggregate_output(input_schema: Schema, aggregates: tuple[Aggregate, ...], ke
     }
 
 
-class AggregateOp:
+class AggregateOp(RowOperator):
     """``aggregate([...])`` on a keyed stream: the engine's per-event sliding
     ``WindowAggregateOp``, with ``key_by(fn)`` keys and Object values adapted to it."""
 
@@ -420,6 +424,24 @@ class AggregateOp:
     def restore(self, snap: dict[str, Any]) -> None:
         self.op.restore(snap)
 
+    def sequenced(self) -> Operator:
+        return SeqAggregate(self)
+
+
+class SeqAggregate(RowOperator):
+    """The per-event ``aggregate`` carrying the sequence column: one output row per input row, keeping its number."""
+
+    def __init__(self, op: AggregateOp) -> None:
+        self.op = op
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return self.op.apply(batch.drop(SEQ)).with_columns(batch[SEQ])
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self.op.snapshot())
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.op.restore(state)
 
 
 
@@ -439,7 +461,7 @@ def _sort_by_time(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
     return rows[np.argsort(epoch_us(ts), kind="stable")]
 
 
-class UnionOp:
+class UnionOp(BufferedOperator):
     """Merge inputs in event-time order; equal times keep input order (the order of the
     ``union`` arguments), then arrival order. Released only up to the slowest watermark,
     so the order does not depend on micro-batch sizes."""
@@ -486,12 +508,43 @@ class UnionOp:
             return empty(self.schema)
         return _sort_by_time(pl.concat(parts), self.ts)
 
+    def sequenced(self) -> Operator:
+        return SeqUnion(self)
+
+
+class SeqUnion(BufferedOperator):
+    """The union numbering its output rows in the order it emits them (it runs as one
+    partition, and releases in (event time, argument order, arrival) order)."""
+
+    def __init__(self, op: UnionOp) -> None:
+        self.op = op
+        self.next_seq = 0
+
+    @property
+    def buffered_rows(self) -> int:
+        return self.op.buffered_rows
+
+    def push(self, side: int, batch: pl.DataFrame) -> None:
+        self.op.push(side, batch)  # conformed to the union's schema: the column is dropped
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"op": self.op.snapshot(), "next_seq": self.next_seq}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.op.restore(state["op"])
+        self.next_seq = state["next_seq"]
+
+    def release(self, bound_us: int | None) -> pl.DataFrame:
+        out = self.op.release(bound_us)
+        start, self.next_seq = self.next_seq, self.next_seq + out.height
+        return out.with_columns(pl.int_range(start, self.next_seq, dtype=pl.Int64).alias(SEQ))
+
 
 _WIN = "__win_start"
 _SEQ = "__seq"
 
 
-class EventWindowOp(_Calls):
+class EventWindowOp(_Calls, BufferedOperator):
     """Keyed tumbling/hopping event-time windows ``[start, start + size)`` (starts are
     multiples of ``slide`` since the epoch). A window is emitted once the watermark reaches
     its end, with event time ``end - 1us``; windows that end together come out in the
@@ -558,6 +611,9 @@ class EventWindowOp(_Calls):
         log.warning("%s %s: %d row(s) arrived after their window was emitted; set aside as late", self.where, self.node.label(), rows.height)
         if self.node.late_sink is not None:
             self.node.late_sink.write(rows, self.in_schema)
+
+    def late_rows(self) -> pl.DataFrame | None:
+        return pl.concat(self.late, how="vertical_relaxed") if self.late else None
 
     def output_watermark(self, bound: int) -> int:
         self.emitted_until = max(self.emitted_until, bound)
@@ -681,7 +737,7 @@ def _prepared_schema(schema: Schema, side: int) -> Schema:
     return sn.make_schema(schema.name, cols, keys, schema.timestamp)
 
 
-class AsOfJoin:
+class AsOfJoin(BufferedOperator):
     """Keyed as-of join: the engine's ``AsOfJoinOp`` (DESIGN.md "Join")."""
 
     def __init__(self, node: sn.JoinNode) -> None:
@@ -716,12 +772,16 @@ class AsOfJoin:
     def push(self, side: int, batch: pl.DataFrame) -> None:
         self.op.push(side, self.inputs.prepare(side, batch))
 
+    def sequenced(self) -> AsOfJoin:
+        self.op = SeqJoin(self.op.node)
+        return self
+
     def release(self, bound_us: int | None) -> pl.DataFrame:
         out = self.op.release(bound_us)
         return self.inputs.finish(out)
 
 
-class IntervalJoinOp:
+class IntervalJoinOp(BufferedOperator):
     """Keyed interval join (inner): each left row at t with every right row of its key
     at ``t + lower <= ts <= t + upper``, in left order then right arrival order. Output
     event time is the left row's; a left row is emitted once every input's watermark has
@@ -784,3 +844,69 @@ class IntervalJoinOp:
         r = pl.col(rts).dt.epoch("us")
         joined = joined.filter((r >= t + self.lower) & (r <= t + self.upper))
         return self.inputs.finish(joined)
+
+
+@dataclasses.dataclass
+class RowChainSpec(OperatorSpec):
+    """Consecutive stateless DataStream steps (the compiler appends to ``steps`` while fusing)."""
+
+    steps: list[sn.StreamNode]
+    where: str
+
+    def build(self, *, sequenced: bool = False) -> RowChain:
+        op = RowChain(list(self.steps), self.where)
+        return op.sequenced() if sequenced else op
+
+    def fingerprint(self) -> list[str]:
+        return [f"{s.label()} code {code_digest(fn)}" for s in self.steps if (fn := getattr(s, "fn", None)) is not None]
+
+
+@dataclasses.dataclass
+class StreamOpSpec(OperatorSpec):
+    """A stateful DataStream operator ``make(node, where)`` (``make(node)`` without ``where``),
+    its inputs partitioned by ``keys``."""
+
+    make: Callable[..., Operator]
+    node: sn.StreamNode
+    keys: list[tuple[str, ...]]
+    where: str | None = None
+
+    def build(self, *, sequenced: bool = False) -> Operator:
+        op = self.make(self.node) if self.where is None else self.make(self.node, self.where)
+        return op.sequenced() if sequenced else op  # type: ignore[attr-defined]
+
+    def input_keys(self) -> list[tuple[str, ...]]:
+        return self.keys
+
+    def detached(self) -> StreamOpSpec:
+        """A window's late rows go back to the driver, which writes its late sink (a sink in
+        a remote worker would be a copy)."""
+        if getattr(self.node, "late_sink", None) is None:
+            return self
+        return dataclasses.replace(self, node=dataclasses.replace(self.node, late_sink=None))  # type: ignore[call-arg]
+
+    def fingerprint(self) -> list[str]:
+        out = [self.node.label(), f"keys {self.keys!r}"]
+        for attr in ("fn", "reduce_fn"):
+            if (fn := getattr(self.node, attr, None)) is not None:
+                out.append(f"{attr} code {code_digest(fn)}")
+        return out
+
+
+@dataclasses.dataclass
+class FusedReduceSpec(OperatorSpec):
+    """``FusedKeyedReduce``: only for a runtime that never moves rows between partitions."""
+
+    prefix: list[sn.StreamNode]
+    tail: list[sn.RowNode]
+    node: sn.ReduceNode
+    where: str
+
+    def build(self, *, sequenced: bool = False) -> FusedKeyedReduce:
+        if sequenced:
+            raise NotImplementedError("a fused keyed reduce runs only on the embedded runtime")
+        return FusedKeyedReduce(list(self.prefix), list(self.tail), self.node, self.where)
+
+    def fingerprint(self) -> list[str]:
+        steps = [*self.prefix, *self.tail, self.node]
+        return [f"{s.label()} code {code_digest(fn)}" for s in steps if (fn := getattr(s, "fn", None)) is not None]

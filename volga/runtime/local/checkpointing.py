@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import logging
 import time
-from typing import Any, Literal, Protocol
+from collections.abc import Mapping
+from typing import Literal, Protocol
 
-from volga.ops.protocol import State, Stateful
-from volga.plan.compile import PhysicalPlan
+from volga.ops.protocol import Operator, State
+from volga.plan.compile import PhysicalPlan, Step
 from volga.runtime.checkpoint import Checkpoint, CheckpointStore, DefinitionChanged, describe_changes
 from volga.runtime.local.executors import Metrics
 from volga.runtime.local.stage import SourceStage
@@ -54,28 +54,12 @@ class CheckpointOptions:
     on_definition_change: OnDefinitionChange = "refuse"
 
 
-def _code_digest(fn: Any) -> str:
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return repr(fn)
-    return hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
-
-
-def _step_detail(step: Any) -> str:
-    op = step.op
+def _step_detail(step: Step) -> str:
     parts = [step.describe(), f"inputs {step.inputs}", f"schema {step.schema.describe()}"]
     if step.source is not None:
         parts.append(f"lateness {step.source.lateness_us}us")
-    for attr in ("keys", "aggregates", "left_keys", "right_keys"):
-        if hasattr(op, attr):
-            parts.append(f"{attr} {getattr(op, attr)!r}")
-    node = getattr(op, "node", None)
-    if node is not None and hasattr(node, "how"):
-        parts.append(f"how {node.how}")
-    for s in getattr(op, "steps", ()):  # a stateless chain: row functions by their code
-        fn = getattr(s, "fn", None) or getattr(s, "predicate", None)
-        if fn is not None:
-            parts.append(f"{s.label()} code {_code_digest(fn)}")
+    if step.spec is not None:
+        parts.extend(step.spec.fingerprint())
     return "; ".join(parts)
 
 
@@ -113,17 +97,16 @@ def latest_of_this_definition(options: CheckpointOptions, fingerprint: dict[str,
 
 
 class Checkpointer:
-    def __init__(self, plan: PhysicalPlan, stages: dict[int, SourceStage], options: CheckpointOptions) -> None:
-        self.plan, self.stages, self.options = plan, stages, options
+    def __init__(
+        self, plan: PhysicalPlan, ops: Mapping[int, Operator], stages: dict[int, SourceStage], options: CheckpointOptions,
+    ) -> None:
+        self.plan, self.ops, self.stages, self.options = plan, ops, stages, options
         self.fingerprint = plan_fingerprint(plan)
         self.last_at = time.monotonic()
         self.taken = 0
         self._started: tuple[Metrics, float] | None = None  # the background write in flight: its job and start
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: concurrent.futures.Future[int] | None = None
-        for step in plan.steps:
-            if step.op is not None and not isinstance(step.op, Stateful):
-                raise TypeError(f"checkpoints: operator {type(step.op).__name__} of step [{step.id}] {step.describe()} cannot snapshot its state")
 
     def resume(self, metrics: Metrics) -> int | None:
         """Restore the latest checkpoint into the plan, stages, counters and stores.
@@ -143,9 +126,8 @@ class Checkpointer:
                 f"checkpoint {latest.id} in {self.options.store.url} was taken by a Ray job; the embedded runtime "
                 "cannot restore it. Resume it with the RayRuntime of the same parallelism, or use a new checkpoint_dir"
             )
-        for step in self.plan.steps:
-            if step.op is not None:
-                step.op.restore(state["operators"].get(str(step.id), {}))
+        for step_id, op in self.ops.items():
+            op.restore(state["operators"].get(str(step_id), {}))
         for step_id, stage in self.stages.items():
             stage.restore(state["sources"][str(step_id)])
         counters = state["counters"]
@@ -163,7 +145,7 @@ class Checkpointer:
         """Everything, now (between micro-batches). Snapshots are copies or immutable frames,
         so the job may go on while they are written."""
         return {
-            "operators": {str(s.id): s.op.snapshot() for s in self.plan.steps if s.op is not None},
+            "operators": {str(step_id): op.snapshot() for step_id, op in self.ops.items()},
             "sources": {str(sid): stage.snapshot() for sid, stage in self.stages.items()},
             "counters": {"rows_out": dict(metrics.rows_out), "late": dict(metrics.late), "batches": metrics.batches},
             "sink": self.options.sink.snapshot(),

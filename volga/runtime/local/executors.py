@@ -9,18 +9,18 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import polars as pl
 
 from volga.errors import Rejected
 from volga.ops.frames import epoch_us
-from volga.ops.join import AsOfJoinOp
-from volga.ops.stateless import StatelessChain
-from volga.ops.window import WindowAggregateOp
-from volga.plan.compile import PhysicalPlan, Step
-from volga.runtime.local.stage import FINISHED_WM, SourceStage
+from volga.ops.protocol import FINISHED_WM, Operator, Watermark
+from volga.plan.compile import PhysicalPlan
+from volga.runtime.local.stage import SourceStage
+from volga.runtime.steps import run_steps
+from volga.sources.base import SourceReader
 
 Sink = Callable[[str, pl.DataFrame], None]
 
@@ -64,22 +64,13 @@ class Metrics:
         return ordered[-1][0]
 
 
-def _apply_unary(step: Step, batch: pl.DataFrame) -> pl.DataFrame:
-    # StatelessChain, WindowAggregateOp, or any one-input operator with apply(batch)
-    # (the DataStream layer's row chains and keyed reduce)
-    assert isinstance(step.op, (StatelessChain, WindowAggregateOp)) or hasattr(step.op, "apply")
-    return step.op.apply(batch)  # type: ignore[union-attr]
-
-
-def collect_rejected(plan: PhysicalPlan, readers: dict[int, object]) -> list[Rejected]:
+def collect_rejected(ops: Mapping[int, Operator], readers: Mapping[int, SourceReader]) -> list[Rejected]:
     """Drain what readers and row functions set aside since the last call."""
     out: list[Rejected] = []
     for reader in readers.values():
-        out.extend(getattr(reader, "drain_rejected", lambda: [])())
-    for step in plan.steps:
-        if isinstance(getattr(step.op, "rejected", None), list):
-            out.extend(step.op.rejected)  # type: ignore[union-attr]
-            step.op.rejected = []  # type: ignore[union-attr]
+        out.extend(reader.drain_rejected())
+    for op in ops.values():
+        out.extend(op.drain_rejected())
     return out
 
 
@@ -99,7 +90,10 @@ def sort_by_position(rows: pl.DataFrame, ts_col: str, positions: list[tuple[np.n
     return rows[np.lexsort((offsets, parts, epoch_us(rows[ts_col])))]
 
 
-def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metrics: Metrics, batch_size: int = 1_000_000) -> None:
+def run_batch(
+    plan: PhysicalPlan, ops: Mapping[int, Operator], readers: Mapping[int, SourceReader], sink: Sink, metrics: Metrics,
+    batch_size: int = 1_000_000,
+) -> None:
     """Read every bounded source fully, then run each step once over all its input.
 
     >>> from volga.plan.compile import compile_plan
@@ -108,26 +102,30 @@ def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metric
     >>> from volga.testing.quickstart import order_records, quickstart
     >>> plan = compile_plan([quickstart(lambda online: MemorySource(order_records(30)))])
     >>> written = {}
-    >>> run_batch(plan, open_sources(plan, "offline", None), written.__setitem__, Metrics())
+    >>> run_batch(plan, plan.build_operators(), open_sources(plan, "offline", None), written.__setitem__, Metrics())
     >>> written["user_spent"].columns
     ['user_id', 'timestamp', 'avg_spent_7d', 'num_purchases_1h', 'max_price_1d', '__volga_raw.product_price']
     """
-    results: dict[int, pl.DataFrame] = {}
+    results: dict[int, pl.DataFrame | None] = {}
+    finished: dict[int, Watermark] = {}
     remaining = {s.id: len(plan.consumers(s.id)) for s in plan.steps}
+    inputs_of = {s.id: s.inputs for s in plan.steps}
     for step in plan.steps:
+        finished[step.id] = (FINISHED_WM, True)
         if step.kind == "source":
             assert step.source is not None
             reader = readers[step.id]
             parts = []
             positions: list[tuple[np.ndarray, np.ndarray]] = []
-            partitioned = getattr(reader, "partition_ids", None) is not None
-            while not reader.finished:  # type: ignore[attr-defined]
-                part = reader.poll(batch_size)  # type: ignore[attr-defined]
+            partitioned = reader.partition_ids is not None
+            while not reader.finished:
+                part = reader.poll(batch_size)
                 if part is not None and part.height:
                     parts.append(part)
                     if partitioned:
-                        positions.append((reader.last_partitions, reader.last_offsets))  # type: ignore[attr-defined]
-                elif not reader.finished:  # type: ignore[attr-defined]
+                        assert reader.last_partitions is not None and reader.last_offsets is not None
+                        positions.append((reader.last_partitions, reader.last_offsets))
+                elif not reader.finished:
                     time.sleep(0.001)  # a paced source read in batch mode: wait for due rows
             rows = pl.concat(parts) if parts else pl.DataFrame(schema=step.schema.polars_schema())
             metrics.rows_in[step.source.name] = rows.height
@@ -135,24 +133,18 @@ def run_batch(plan: PhysicalPlan, readers: dict[int, object], sink: Sink, metric
                 out = sort_by_position(rows, step.schema.timestamp, positions)
             else:
                 out = sort_by_time(rows, step.schema.timestamp)
-        elif step.kind == "join":
-            # AsOfJoinOp, or any operator with push(input, rows)/release(bound)/buffered_rows
-            # (the DataStream layer's union, interval join, tumbling/hopping windows)
-            assert isinstance(step.op, AsOfJoinOp) or hasattr(step.op, "release")
-            for side, src in enumerate(step.inputs):
-                step.op.push(side, results[src])  # type: ignore[union-attr]
-            out = step.op.release(None)  # type: ignore[union-attr]
-        else:
-            out = _apply_unary(step, results[step.inputs[0]])
-        results[step.id] = out
+            results[step.id] = out
+        else:  # every input finished: each operator runs once over all its rows
+            run_steps([step.id], inputs_of, ops, results, finished, timers=plan.timers, keep_empty=True)
         for src in step.inputs:
             remaining[src] -= 1
             if remaining[src] == 0 and src not in plan.outputs.values():
                 del results[src]
     for name, step_id in plan.outputs.items():
-        rows = results[step_id]
-        metrics.rows_out[name] = rows.height
-        sink(name, rows)
+        written = results[step_id]
+        assert written is not None
+        metrics.rows_out[name] = written.height
+        sink(name, written)
     metrics.batches = 1
 
 
@@ -165,6 +157,7 @@ class StreamOptions:
 
 def run_streaming(
     plan: PhysicalPlan,
+    ops: Mapping[int, Operator],
     stages: dict[int, SourceStage],
     sink: Sink,
     metrics: Metrics,
@@ -179,40 +172,19 @@ def run_streaming(
     ``final=True``); it returns True when it took a checkpoint, after which the sources
     commit their positions. Without it, sources commit after every written micro-batch.
     """
+    step_ids = [s.id for s in plan.steps]
+    inputs_of = {s.id: s.inputs for s in plan.steps}
     while not stop.is_set():
         outputs: dict[int, pl.DataFrame | None] = {}
-        watermarks: dict[int, tuple[int, bool]] = {}
+        watermarks: dict[int, Watermark] = {}
         entered: list[float] = []
-        for step in plan.steps:
-            if step.kind == "source":
-                stage = stages[step.id]
-                out = stage.poll(options.batch_size, options.max_batch_delay_s)
-                if stage.entered_at is not None:
-                    entered.append(stage.entered_at)
-                watermarks[step.id] = (stage.watermark, stage.idle)
-            elif step.kind == "join":
-                op = step.op
-                assert isinstance(op, AsOfJoinOp) or hasattr(op, "release")
-                for side, src in enumerate(step.inputs):
-                    batch = outputs[src]
-                    if batch is not None:
-                        op.push(side, batch)  # type: ignore[union-attr]
-                active = [watermarks[src][0] for src in step.inputs if not watermarks[src][1]]
-                bound = min(active) if active else FINISHED_WM
-                if isinstance(op, AsOfJoinOp):  # left rows wait only for the right input
-                    right_wm, right_idle = watermarks[step.inputs[1]]
-                    left_bound = None if right_idle or right_wm >= FINISHED_WM else right_wm
-                    out = op.release(None if bound >= FINISHED_WM else bound, left_bound_us=left_bound) if op.buffered_rows else None
-                else:
-                    out = op.release(None if bound >= FINISHED_WM else bound) if op.buffered_rows else None  # type: ignore[union-attr]
-                # An operator whose output runs behind its inputs (an interval join) says how far.
-                output_wm = getattr(op, "output_watermark", None)
-                watermarks[step.id] = (output_wm(bound) if output_wm is not None else bound, not active)
-            else:
-                batch = outputs[step.inputs[0]]
-                out = _apply_unary(step, batch) if batch is not None and batch.height else None
-                watermarks[step.id] = watermarks[step.inputs[0]]
-            outputs[step.id] = out if out is not None and out.height else None
+        for step_id, stage in stages.items():
+            out = stage.poll(options.batch_size, options.max_batch_delay_s)
+            if stage.entered_at is not None:
+                entered.append(stage.entered_at)
+            outputs[step_id] = out if out is not None and out.height else None
+            watermarks[step_id] = (stage.watermark, stage.idle)
+        run_steps(step_ids, inputs_of, ops, outputs, watermarks, timers=plan.timers)
 
         written = 0
         for name, step_id in plan.outputs.items():
@@ -228,7 +200,7 @@ def run_streaming(
             metrics.rows_in[stage.source.name] = stage.rows_in
             metrics.late[stage.source.name] = stage.late_count
         if checkpoint is None:
-            _commit_sources(plan, stages)
+            _commit_sources(ops, stages)
         elif checkpoint(metrics, False):
             _commit_readers(stages)
         if all(stage.done for stage in stages.values()):
@@ -245,7 +217,7 @@ def _commit_readers(stages: dict[int, SourceStage]) -> None:
         stage.reader.commit()
 
 
-def _commit_sources(plan: PhysicalPlan, stages: dict[int, SourceStage]) -> None:
+def _commit_sources(ops: Mapping[int, Operator], stages: dict[int, SourceStage]) -> None:
     """Tell the readers that what they handed out is in the stores (at-least-once).
 
     Called after every micro-batch's sink writes (cheap when nothing changed).
@@ -256,6 +228,6 @@ def _commit_sources(plan: PhysicalPlan, stages: dict[int, SourceStage]) -> None:
     """
     if any(stage.pending or (stage.buffer is not None and stage.buffer.height) for stage in stages.values()):
         return
-    if any(step.kind == "join" and getattr(step.op, "buffered_rows", 0) for step in plan.steps):
+    if any(op.buffered_rows for op in ops.values()):
         return
     _commit_readers(stages)

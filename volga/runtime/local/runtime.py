@@ -70,6 +70,7 @@ class LocalRuntime:
         checkpoint: CheckpointOptions | None = None,
     ) -> Job:
         readers = open_sources(plan, mode, params)
+        ops = plan.build_operators()
 
         late_report = LateRowReport()
 
@@ -83,19 +84,19 @@ class LocalRuntime:
             stages: dict[int, SourceStage] = {}
 
             def work(stop: threading.Event, metrics: Metrics) -> None:
-                run_batch(plan, readers, sink, metrics)
+                run_batch(plan, ops, readers, sink, metrics)
         else:
             stages = {s.id: SourceStage(s.source, readers[s.id], late_report) for s in plan.source_steps() if s.source}
             if checkpoint is not None:
                 try:
-                    checkpointer = Checkpointer(plan, stages, checkpoint)
+                    checkpointer = Checkpointer(plan, ops, stages, checkpoint)
                 except BaseException:
                     cleanup()
                     raise
 
             def work(stop: threading.Event, metrics: Metrics) -> None:
                 if checkpointer is None:
-                    run_streaming(plan, stages, sink, metrics, stop, options)
+                    run_streaming(plan, ops, stages, sink, metrics, stop, options)
                     return
 
                 ckpt = checkpointer
@@ -110,12 +111,12 @@ class LocalRuntime:
                     return done
 
                 try:
-                    run_streaming(plan, stages, sink, metrics, stop, options, at_boundary)
+                    run_streaming(plan, ops, stages, sink, metrics, stop, options, at_boundary)
                 finally:
                     ckpt.close()
 
         by_name = {stage.source.name: stage for stage in stages.values()}
-        job = Job(mode, list(plan.outputs), work, by_name, lambda: collect_rejected(plan, readers), cleanup)
+        job = Job(mode, list(plan.outputs), work, by_name, lambda: collect_rejected(ops, readers), cleanup)
         job.readers = list(readers.values())  # read-only, for progress reporting
         if mode == "online" and checkpointer is not None:
             try:  # before the job starts: a refused definition change is raised here

@@ -27,6 +27,7 @@ import polars as pl
 
 from volga.api.decorators import SourceDef
 from volga.ops.frames import epoch_us
+from volga.ops.protocol import FINISHED_WM, NO_WM
 
 log = logging.getLogger("volga.stream")
 
@@ -91,8 +92,6 @@ class LateRowReport:
         self.logged_total, self.logged_at = self.total, now
 
 
-FINISHED_WM = 2**62  # watermark of an input that will never send another row
-NO_WM = -(2**62)
 PARTITION = "__volga_partition"  # hidden columns of a partitioned source's buffered rows
 OFFSET = "__volga_offset"
 

@@ -129,7 +129,7 @@ class RayCheckpointer(Checkpointer):
     snapshot collected from the job's actors by the driver (``collect``)."""
 
     def __init__(self, topology: Topology, options: CheckpointOptions) -> None:
-        super().__init__(topology.plan, {}, options)
+        super().__init__(topology.plan, {}, {}, options)  # operators and sources live in the actors
         self.topology = topology
         self.collect: Callable[[Metrics], State] | None = None
         self.rebuild = False  # the definition changed and the job starts over from the sources' history

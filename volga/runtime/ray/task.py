@@ -20,18 +20,13 @@ from typing import Any, Literal
 
 import polars as pl
 
-from volga.ops.join import AsOfJoinOp
-from volga.ops.window import WindowAggregateOp
+from volga.ops.protocol import FINISHED_WM, NO_WM, Input, Operator, Watermark
+from volga.ops.routing import SEQ
 from volga.runtime.local.executors import sort_by_time
-from volga.runtime.local.stage import FINISHED_WM, NO_WM, SourceStage
-from volga.runtime.ray.exchange import (
-    SEQ,
-    InputMerger,
-    apply_window,
-    seq_ops,
-    split_by_key,
-)
-from volga.runtime.ray.topology import Edge, OpRecipe, Topology
+from volga.runtime.local.stage import SourceStage
+from volga.runtime.ray.exchange import InputMerger, split_by_key
+from volga.runtime.ray.topology import Edge, Topology
+from volga.runtime.steps import run_steps
 
 Emit = Callable[[Edge, int, "pl.DataFrame | None", int, bool], None]
 Output = Callable[[str, "pl.DataFrame | None", int, bool], None]
@@ -46,10 +41,6 @@ class TaskMetrics:
     watermark: int = NO_WM
     max_event_us: int = NO_WM  # sources: newest event time read
     late: int = 0
-
-
-def _fresh(op: Any) -> Any:
-    return op.build() if isinstance(op, OpRecipe) else op
 
 
 class SeqReader:
@@ -92,7 +83,10 @@ class StageTask:
         self.mode = mode
         self.emit = emit
         self.output = output
-        self.ops = {s: seq_ops(_fresh(self.plan.steps[s].op)) for s in self.spec.steps}
+        self.ops: dict[int, Operator] = {
+            s: spec.build(sequenced=True) for s in self.spec.steps if (spec := self.plan.steps[s].spec) is not None
+        }
+        self.inputs_of = {s: self.plan.steps[s].inputs for s in self.spec.steps}
         self.mergers = {
             e.id: InputMerger(topology.stages[e.src_stage].parallelism, e.ts_col) for e in self.spec.inputs
         }
@@ -169,50 +163,18 @@ class StageTask:
         self._run({source_step: rows if rows is not None and rows.height else None}, {source_step: (watermark, idle)})
 
     # -- the stage's steps -------------------------------------------------------------
-    def _run(self, outputs: dict[int, pl.DataFrame | None], watermarks: dict[int, tuple[int, bool]]) -> None:
+    def _run(self, outputs: dict[int, pl.DataFrame | None], watermarks: dict[int, Watermark]) -> None:
         self.metrics.batches += 1
-        for step_id in self.spec.steps:
-            if step_id in outputs:
-                continue
-            step = self.plan.steps[step_id]
-            inputs = [self._input(step_id, i, src, outputs, watermarks) for i, src in enumerate(step.inputs)]
-            op = self.ops[step_id]
-            if isinstance(op, AsOfJoinOp):
-                for side, (batch, _) in enumerate(inputs):
-                    if batch is not None:
-                        op.push(side, batch)
-                active = [wm for _, (wm, idle) in inputs if not idle]
-                bound = min(active) if active else FINISHED_WM
-                right_wm, right_idle = inputs[1][1]  # left rows wait only for the right input
-                left_bound = None if right_idle or right_wm >= FINISHED_WM else right_wm
-                out = op.release(None if bound >= FINISHED_WM else bound, left_bound_us=left_bound) if op.buffered_rows else None
-                watermarks[step_id] = (bound, not active)
-            elif hasattr(op, "release"):  # DataStream union, interval/as-of join, tumbling/hopping window
-                for side, (batch, _) in enumerate(inputs):
-                    if batch is not None:
-                        op.push(side, batch)
-                active = [wm for _, (wm, idle) in inputs if not idle]
-                bound = min(active) if active else FINISHED_WM
-                out = op.release(None if bound >= FINISHED_WM else bound) if op.buffered_rows else None
-                output_wm = getattr(op, "output_watermark", None)
-                watermarks[step_id] = (output_wm(bound) if output_wm is not None else bound, not active)
-            else:
-                batch, watermarks[step_id] = inputs[0]
-                out = None
-                if batch is not None and batch.height:
-                    out = apply_window(op, batch) if isinstance(op, WindowAggregateOp) else op.apply(batch)
-            outputs[step_id] = out if out is not None and out.height else None
-        self._route(outputs, watermarks)
 
-    def _input(
-        self, step_id: int, index: int, src: int,
-        outputs: dict[int, pl.DataFrame | None], watermarks: dict[int, tuple[int, bool]],
-    ) -> tuple[pl.DataFrame | None, tuple[int, bool]]:
-        edge_id = self.external.get((step_id, index))
-        if edge_id is None:
-            return outputs[src], watermarks[src]
-        merger = self.mergers[edge_id]
-        return merger.release(), merger.watermark
+        def read_input(step_id: int, index: int, src: int) -> Input:
+            edge_id = self.external.get((step_id, index))
+            if edge_id is None:  # a step of this stage
+                return outputs[src], watermarks[src]
+            merger = self.mergers[edge_id]  # rows from other actors
+            return merger.release(), merger.watermark
+
+        run_steps(self.spec.steps, self.inputs_of, self.ops, outputs, watermarks, read_input)
+        self._route(outputs, watermarks)
 
     def _route(self, outputs: dict[int, pl.DataFrame | None], watermarks: dict[int, tuple[int, bool]]) -> None:
         for edge in self.spec.outputs:
@@ -241,7 +203,7 @@ class StageTask:
     def snapshot(self) -> dict[str, Any]:
         """This partition's whole state, taken when no batch is in flight (``ops.protocol``)."""
         state: dict[str, Any] = {
-            "operators": {str(s): op.snapshot() for s, op in self.ops.items() if op is not None},
+            "operators": {str(s): op.snapshot() for s, op in self.ops.items()},
             "inputs": {str(e): m.snapshot() for e, m in self.mergers.items()},
             "metrics": dataclasses.asdict(self.metrics),
             "released": self.released,
@@ -254,8 +216,7 @@ class StageTask:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue as the snapshotted partition would (on a freshly configured task)."""
         for step_id, op in self.ops.items():
-            if op is not None:  # a source step has none
-                op.restore(state["operators"][str(step_id)])
+            op.restore(state["operators"][str(step_id)])
         for edge_id, merger in self.mergers.items():
             merger.restore(state["inputs"][str(edge_id)])
         self.metrics = TaskMetrics(**state["metrics"])
@@ -276,22 +237,14 @@ class StageTask:
         """Step id -> the rows each tumbling/hopping window of this task set aside as late
         (they came after their window was emitted), in arrival order, ``SEQ`` included (the
         driver merges the partitions by it)."""
-        from volga.stream.ops import EventWindowOp
-
-        out = {}
-        for step_id, op in self.ops.items():
-            if isinstance(op, EventWindowOp) and op.late:
-                out[step_id] = pl.concat(op.late, how="vertical_relaxed")
-        return out
+        return {step_id: rows for step_id, op in self.ops.items() if (rows := op.late_rows()) is not None}
 
     def drain_rejected(self) -> list[Any]:
         out: list[Any] = []
         if self.source is not None:
-            out.extend(getattr(self.source.reader, "drain_rejected", lambda: [])())
+            out.extend(self.source.reader.drain_rejected())
         for op in self.ops.values():
-            if isinstance(getattr(op, "rejected", None), list):  # stateless chains, DataStream callables
-                out.extend(op.rejected)
-                op.rejected = []
+            out.extend(op.drain_rejected())
         return out
 
     @property

@@ -15,9 +15,16 @@ DataStream plans split the same way (see ``split_plan``): row chains are statele
 reduce/aggregate/tumbling/hopping windows are keyed by their ``key_by`` key, joins by each
 side's key, and a union is a one-actor stage merging its inputs in event-time order.
 
->>> import volga.runtime.ray.topology as t
->>> t.track_partition(("buyer_id",), [])
-('buyer_id',)
+>>> from volga.plan.compile import compile_plan
+>>> from volga.sources import MemorySource
+>>> from volga.testing.quickstart import order_records, quickstart
+>>> plan = compile_plan([quickstart(lambda online: MemorySource(order_records(30)))])
+>>> print(split_plan(plan, parallelism=2).explain())
+stage 0 (source, x1): source order_source (Order) | chain filter
+stage 1 (source, x1): source user_source (User)
+stage 2 (keyed by ['buyer_id'], x2): join | window | chain rename -> select
+  edge 0: stage 0 [1] -> stage 2 [3].0 hash['buyer_id']
+  edge 1: stage 1 [2] -> stage 2 [3].1 hash['user_id']
 """
 
 from __future__ import annotations
@@ -26,10 +33,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from volga.api import nodes
-from volga.ops.join import AsOfJoinOp
-from volga.ops.stateless import StatelessChain
-from volga.ops.window import WindowAggregateOp
 from volga.plan.compile import PhysicalPlan
 
 
@@ -82,57 +85,11 @@ class Topology:
         return "\n".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
-class OpRecipe:
-    """How to build a step's operator afresh. Compiled operators hold native state
-    (numba structures) that does not pickle; actors rebuild theirs from this."""
-
-    kind: str
-    args: tuple[object, ...]
-
-    @staticmethod
-    def of(op: object) -> OpRecipe | None:
-        if op is None:
-            return None
-        if isinstance(op, StatelessChain):
-            return OpRecipe("chain", (op.steps, op.where))
-        if isinstance(op, WindowAggregateOp):
-            return OpRecipe("window", (op.input_schema, op.output_schema, op.keys, op.aggregates, op.carry, op.carry_outputs))
-        if isinstance(op, AsOfJoinOp):
-            return OpRecipe("join", (op.node,))
-        from volga.stream import ops as so
-
-        if isinstance(op, so.RowChain):
-            return OpRecipe("stream", (so.RowChain, list(op.steps), op.where))
-        if isinstance(op, so.EventWindowOp):
-            # its late rows go back to the driver, which writes the window's late sink (a sink
-            # in an actor would be a copy)
-            node = op.node if op.node.late_sink is None else dataclasses.replace(op.node, late_sink=None)
-            return OpRecipe("stream", (so.EventWindowOp, node, op.where))
-        if isinstance(op, so.KeyedReduceOp):
-            return OpRecipe("stream", (so.KeyedReduceOp, op.node, op.where))
-        if isinstance(op, so.AggregateOp):
-            return OpRecipe("stream", (so.AggregateOp, op.node, op.where))
-        if isinstance(op, (so.UnionOp, so.AsOfJoin, so.IntervalJoinOp)):
-            return OpRecipe("stream", (type(op), op.node))
-        raise NotImplementedError(f"the Ray runtime cannot run the operator {type(op).__name__} yet; use the embedded runtime")
-
-    def build(self) -> object:
-        if self.kind == "chain":
-            return StatelessChain(*self.args)  # type: ignore[arg-type]
-        if self.kind == "window":
-            return WindowAggregateOp(*self.args)  # type: ignore[arg-type]
-        if self.kind == "stream":
-            cls, *args = self.args
-            return cls(*args)  # type: ignore[operator]
-        return AsOfJoinOp(*self.args)  # type: ignore[arg-type]
-
-
 def _without_late_sink(source: object) -> object:
     """A DataStream source's late rows are written by the driver at the end of the job
     (from the source actors' late events), not in the actor: to the source's late sink and
     to the late sinks of the windows it feeds (``late_routes``). So are a window's own
-    late rows (see ``OpRecipe.of``). A sink in an actor would be a copy."""
+    late rows (see ``OperatorSpec.detached``). A sink in an actor would be a copy."""
     node = getattr(source, "node", None)
     if node is None or not dataclasses.is_dataclass(source):
         return source
@@ -145,45 +102,13 @@ def _without_late_sink(source: object) -> object:
 
 
 def portable(topology: Topology) -> Topology:
-    """A copy of ``topology`` that pickles: operators replaced by their recipes."""
-    steps = [dataclasses.replace(step, op=OpRecipe.of(step.op), source=_without_late_sink(step.source))  # type: ignore[arg-type]
+    """A copy of ``topology`` for the actors: specs and sources without the side outputs
+    the driver writes (the plan's timers, which are this process's, are left behind)."""
+    steps = [dataclasses.replace(step, spec=step.spec.detached() if step.spec is not None else None,
+                                 source=_without_late_sink(step.source))  # type: ignore[arg-type]
              for step in topology.plan.steps]
     plan = PhysicalPlan(steps, dict(topology.plan.outputs), dict(topology.plan.pipelines), dict(topology.plan.request_time))
     return dataclasses.replace(topology, plan=plan)
-
-
-def track_partition(cols: tuple[str, ...] | None, chain_steps: Sequence[nodes.Node]) -> tuple[str, ...] | None:
-    """The routing columns after a stateless chain, or None if the chain may change them."""
-    if cols is None:
-        return None
-    current = list(cols)
-    for node in chain_steps:
-        if isinstance(node, nodes.RenameNode):
-            mapping = dict(node.mapping)
-            current = [mapping.get(c, c) for c in current]
-        elif isinstance(node, nodes.SelectNode):
-            if not set(current) <= set(node.columns):
-                return None
-        elif isinstance(node, nodes.AssignNode):
-            if node.column in current:
-                return None
-        elif isinstance(node, nodes.TransformNode):
-            return None
-    return tuple(current)
-
-
-def stream_keys(op: object) -> list[tuple[str, ...]] | None:
-    """The routing keys of each input of a DataStream operator (``()``: all rows to one
-    actor), or None for a stateless one (``RowChain``) or an Entity API operator."""
-    from volga.stream import ops as so
-
-    if isinstance(op, (so.KeyedReduceOp, so.AggregateOp, so.EventWindowOp)):
-        return [tuple(op.node.input.schema.keys)]
-    if isinstance(op, (so.AsOfJoin, so.IntervalJoinOp)):
-        return [tuple(op.node.left.schema.keys), tuple(op.node.right.schema.keys)]
-    if isinstance(op, so.UnionOp):
-        return [() for _ in op.node.members]
-    return None
 
 
 def split_plan(
@@ -197,10 +122,10 @@ def split_plan(
     ``step_parallelism``: step id -> actors of the keyed stage it starts (DataStream
     ``set_parallelism``), instead of ``parallelism``.
 
-    DataStream operators: a ``RowChain`` is stateless (it stays in its input's stage and
-    forgets the partitioning, since callables may change any column); a keyed reduce,
-    per-event aggregate or tumbling/hopping window is keyed by its ``key_by`` key (and
-    stays in a stage already routed by a subset of it); a join by each side's key; a
+    Each step's spec says where it runs (``OperatorSpec.input_keys``): a row-local step
+    stays in its input's stage (a DataStream ``RowChain`` forgets the partitioning, since
+    callables may change any column); a keyed step stays in a stage already routed by a
+    subset of its keys, or starts a stage fed by edges hashed by each input's keys; a
     union is one actor merging its inputs by event time."""
     source_parallelism = dict(source_parallelism or {})
     step_parallelism = dict(step_parallelism or {})
@@ -221,51 +146,27 @@ def split_plan(
         stages[edge.src_stage].outputs.append(edge)
 
     for step in plan.steps:
-        OpRecipe.of(step.op)  # an operator the Ray runtime does not know fails here, before any actor starts
-        if step.kind == "source":
+        if step.spec is None:  # a source
             stage = new_stage("source", None, source_parallelism.get(step.id, 1))
             routed_by[step.id] = None
-        elif (keys_in := stream_keys(step.op)) is not None:
+        elif (keys_in := step.spec.input_keys()) is None:  # row-local: stays with its input
+            stage = stages[stage_of[step.inputs[0]]]
+            routed_by[step.id] = step.spec.routed_after(routed_by[step.inputs[0]])
+        else:
             upstream = step.inputs[0]
             cols = routed_by[upstream]
-            actors = step_parallelism.get(step.id, parallelism)
             if len(keys_in) == 1 and keys_in[0] and stages[stage_of[upstream]].kind == "keyed" and cols is not None \
                     and set(cols) <= set(keys_in[0]) and step.id not in step_parallelism:
-                stage = stages[stage_of[upstream]]
+                stage = stages[stage_of[upstream]]  # equal keys are already on one actor
+                routed_by[step.id] = cols
             else:
-                union = not any(keys_in)
-                stage = new_stage("keyed", None if union else keys_in[0], 1 if union else actors)
+                merged = not any(keys_in)  # a union: one actor merges its inputs by event time
+                actors = 1 if merged else step_parallelism.get(step.id, parallelism)
+                stage = new_stage("keyed", None if merged else keys_in[0], actors)
                 stage_of[step.id] = stage.id
                 for i, (src, keys) in enumerate(zip(step.inputs, keys_in)):
                     connect(src, stage, step.id, i, keys)
-            routed_by[step.id] = stage.partition
-        elif step.kind == "chain":
-            stage = stages[stage_of[step.inputs[0]]]
-            if isinstance(step.op, StatelessChain):
-                routed_by[step.id] = track_partition(routed_by[step.inputs[0]], step.op.steps)
-            else:  # a DataStream RowChain
-                routed_by[step.id] = None
-        elif step.kind == "window":
-            assert isinstance(step.op, WindowAggregateOp)
-            upstream = step.inputs[0]
-            cols = routed_by[upstream]
-            keys = tuple(step.op.keys)
-            if stages[stage_of[upstream]].kind == "keyed" and cols is not None and set(cols) <= set(keys):
-                stage = stages[stage_of[upstream]]
-                routed_by[step.id] = cols
-            else:
-                stage = new_stage("keyed", keys)
-                stage_of[step.id] = stage.id
-                connect(upstream, stage, step.id, 0, keys)
-                routed_by[step.id] = keys
-        else:
-            assert isinstance(step.op, AsOfJoinOp)
-            left_keys, right_keys = tuple(step.op.left_keys), tuple(step.op.right_keys)
-            stage = new_stage("keyed", left_keys)
-            stage_of[step.id] = stage.id
-            connect(step.inputs[0], stage, step.id, 0, left_keys)
-            connect(step.inputs[1], stage, step.id, 1, right_keys)
-            routed_by[step.id] = left_keys
+                routed_by[step.id] = stage.partition
         stage_of[step.id] = stage.id
         stage.steps.append(step.id)
     for name, step_id in plan.outputs.items():
