@@ -4,6 +4,7 @@ produce holds a picklable spec whose operators a runtime drives through the prot
 from __future__ import annotations
 
 import datetime as dt
+
 import polars as pl
 import pytest
 from ray import cloudpickle  # what ships a plan to Ray actors (user functions pickle by value)

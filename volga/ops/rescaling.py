@@ -4,8 +4,9 @@ and the pieces that land on one partition are merged.
 
 * a sliding window: each key's rows of the log, per-key arrays and values move together;
   row pointers (the per-key chain, window starts, min/max indexes, first/last rows) and
-  key ids are renumbered. Windows with ``CountDistinct`` or a ``Min``/``Max`` of strings
-  (per-partition numbering of values) are refused;
+  key ids are renumbered. What numbers values per partition is rebuilt from the merged
+  value log: ``CountDistinct``'s value ids and in-window counts, and the order labels a
+  ``Min``/``Max`` of strings compares;
 * an as-of join: the right rows it keeps (by the right keys), the left and right rows it
   buffers (by each side's keys).
 
@@ -21,8 +22,8 @@ import numpy as np
 import polars as pl
 
 from volga.api import nodes
-from volga.ops.keys import _ID
-from volga.ops.protocol import NotRescalable
+from volga.api.aggregates import Aggregate
+from volga.ops.keys import _ID, KeyIndex, OrderLabels
 from volga.ops.routing import SEQ, concat_rows, partition_ids, split_rows
 
 _ROW_POINTERS = ("prev", "nxt", "f_idx:")
@@ -34,11 +35,10 @@ def _remap(pointers: np.ndarray, new_row: np.ndarray) -> np.ndarray:
     return np.where(pointers >= 0, new_row[np.maximum(pointers, 0)], -1)
 
 
-def split_window(states: list[dict[str, Any]], routed: tuple[str, ...], n: int) -> list[dict[str, Any]]:
+def split_window(
+    states: list[dict[str, Any]], routed: tuple[str, ...], n: int, aggregates: tuple[Aggregate, ...],
+) -> list[dict[str, Any]]:
     """Window states of the old partitions -> window states of ``n`` new partitions."""
-    for state in states:
-        if state["values_index"] or state["order_labels"] or state["counts"]:
-            raise NotRescalable("a window with CountDistinct or a Min/Max of strings")
     out = []
     for q in range(n):
         keys, rows, per_key, values = [], [], [], []
@@ -71,16 +71,44 @@ def split_window(states: list[dict[str, Any]], routed: tuple[str, ...], n: int) 
             row_base += int(keep_row.sum())
             key_base += int(keep_key.sum())
         first = states[0]
-        out.append({
+        merged = {
             "keys": pl.concat(keys) if keys else first["keys"].clear(),
-            "values_index": {}, "order_labels": {}, "counts": {},
             "rows": {name: np.concatenate([r[name] for r in rows]) if rows else a[:0] for name, a in first["rows"].items()},
             "per_key": {name: np.concatenate([k[name] for k in per_key]) if per_key else a[:0]
                         for name, a in first["per_key"].items()},
             "values": {c: pl.concat([v[c] for v in values]) if values else s.clear() for c, s in first["values"].items()},
             "size": row_base,
-        })
+        }
+        out.append(_renumber_values(merged, first, aggregates))
     return out
+
+
+def _renumber_values(state: dict[str, Any], like: dict[str, Any], aggregates: tuple[Aggregate, ...]) -> dict[str, Any]:
+    """Value ids, in-window distinct counts and string order labels for a merged state
+    (each old partition numbered its values its own way)."""
+    rows, values = state["rows"], state["values"]
+    state["values_index"], state["order_labels"], state["counts"] = {}, {}, {}
+    for col in like["values_index"]:
+        index = KeyIndex((col,), {col: values[col].dtype})
+        ids = index.ids(values[col].to_frame()) if values[col].len() else np.zeros(0, dtype=np.int64)
+        rows[f"vid:{col}"] = np.where(rows[f"valid:{col}"], ids, -1)
+        state["values_index"][col] = index.snapshot()
+    for col in like["order_labels"]:
+        labels = OrderLabels()
+        rows[f"val:{col}"] = labels.label(values[col]) if values[col].len() else np.zeros(0, dtype=np.float64)
+        state["order_labels"][col] = {"values": pl.Series(labels.values, dtype=pl.String),
+                                      "labels": np.asarray(labels.labels, dtype=np.float64)}
+    kid, size = rows["kid"], state["size"]
+    for i in like["counts"]:
+        agg = aggregates[int(i)]
+        vid = rows[f"vid:{agg.on}"]
+        lo = state["per_key"][f"lo:{i}"]
+        start = lo[kid] if size else np.zeros(0, dtype=np.int64)
+        # a key's rows from its window start on are in the window (row ids grow along its chain)
+        inside = (np.arange(size) >= start) & (start >= 0) & (vid >= 0)
+        slots, counts = np.unique((kid[inside] << 32) | vid[inside], return_counts=True)
+        state["counts"][i] = {"slots": slots.astype(np.int64), "counts": counts.astype(np.int64)}
+    return state
 
 
 def split_join(states: list[dict[str, Any]], node: nodes.JoinNode, right_ts_col: str, n: int) -> list[dict[str, Any]]:

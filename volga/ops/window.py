@@ -336,7 +336,7 @@ class WindowSpec(OperatorSpec):
     def rescale(self, states: list[State], routed: tuple[str, ...] | None, n: int) -> list[State]:
         if routed is None:
             raise NotRescalable("a window whose routing columns are unknown")
-        return split_window(states, routed, n)
+        return split_window(states, routed, n, self.aggregates)
 
 
 def _mark(live: np.ndarray, row_ids: np.ndarray) -> None:
