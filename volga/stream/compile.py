@@ -22,6 +22,7 @@ from volga.ops.protocol import OperatorSpec
 from volga.plan.compile import PhysicalPlan, Step
 from volga.stream import nodes as sn
 from volga.stream import ops
+from volga.stream.rescaling import split_aggregate, split_reduce, split_windows
 from volga.stream.sinks import Sink
 from volga.stream.sources import SourceSpec
 
@@ -97,11 +98,11 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
                 parallelism[upstream] = node.parallelism or 1
                 result = upstream
             else:
-                result = add("window", [upstream], node, ops.StreamOpSpec(ops.KeyedReduceOp, node, keyed(node), "stream"))
+                result = add("window", [upstream], node, ops.StreamOpSpec(ops.KeyedReduceOp, node, keyed(node), "stream", split_reduce))
         elif isinstance(node, sn.AggregateNode):
-            result = add("window", [visit(node.input)], node, ops.StreamOpSpec(ops.AggregateOp, node, keyed(node), where))
+            result = add("window", [visit(node.input)], node, ops.StreamOpSpec(ops.AggregateOp, node, keyed(node), where, split_aggregate))
         elif isinstance(node, sn.WindowNode):
-            result = add("join", [visit(node.input)], node, ops.StreamOpSpec(ops.EventWindowOp, node, keyed(node), where))
+            result = add("join", [visit(node.input)], node, ops.StreamOpSpec(ops.EventWindowOp, node, keyed(node), where, split_windows))
             if node.late_sink is not None:
                 route_late_rows(node, steps)
         elif isinstance(node, sn.UnionNode):

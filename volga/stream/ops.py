@@ -32,7 +32,17 @@ from volga.api.entity import Schema
 from volga.errors import Rejected
 from volga.ops.frames import assemble, epoch_us
 from volga.ops.join import AsOfJoinOp, SeqJoin, take_before
-from volga.ops.protocol import FINISHED_WM, NO_WM, BufferedOperator, Operator, OperatorSpec, RowOperator, code_digest
+from volga.ops.protocol import (
+    FINISHED_WM,
+    NO_WM,
+    BufferedOperator,
+    NotRescalable,
+    Operator,
+    OperatorSpec,
+    RowOperator,
+    State,
+    code_digest,
+)
 from volga.ops.routing import SEQ  # a distributed runtime's per-row arrival number: carried through, never in a schema
 from volga.ops.row_predicates import RowPredicate, translate
 from volga.ops.stateless import SeqChain, StatelessChain
@@ -870,6 +880,8 @@ class StreamOpSpec(OperatorSpec):
     node: sn.StreamNode
     keys: list[tuple[str, ...]]
     where: str | None = None
+    # how its state is redistributed over n partitions (``volga.stream.rescaling``); None: it is not
+    split: Callable[[sn.StreamNode, list[State], tuple[str, ...] | None, int], list[State]] | None = None
 
     def build(self, *, sequenced: bool = False) -> Operator:
         op = self.make(self.node) if self.where is None else self.make(self.node, self.where)
@@ -884,6 +896,11 @@ class StreamOpSpec(OperatorSpec):
         if getattr(self.node, "late_sink", None) is None:
             return self
         return dataclasses.replace(self, node=dataclasses.replace(self.node, late_sink=None))  # type: ignore[call-arg]
+
+    def rescale(self, states: list[State], routed: tuple[str, ...] | None, n: int) -> list[State]:
+        if self.split is None:
+            raise NotRescalable(f"DataStream {self.node.label()}")
+        return self.split(self.node, states, routed, n)
 
     def fingerprint(self) -> list[str]:
         out = [self.node.label(), f"keys {self.keys!r}"]
