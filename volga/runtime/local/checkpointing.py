@@ -19,8 +19,11 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from volga.api.types import Duration, parse_duration_us
 from volga.ops.protocol import State, Stateful
 from volga.plan.compile import PhysicalPlan
 from volga.runtime.checkpoint import Checkpoint, CheckpointStore, DefinitionChanged, describe_changes
@@ -52,6 +55,27 @@ class CheckpointOptions:
     interval_s: float
     sink: SinkState
     on_definition_change: OnDefinitionChange = "refuse"
+    # what the state belongs to besides the plan (a DataStream job's sinks), one line each
+    fingerprint: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def checkpoint_options(
+    where: str, checkpoint_dir: str | Path, interval: Duration, sink: SinkState, on_definition_change: str,
+    fingerprint: Mapping[str, str] | None = None,
+) -> CheckpointOptions:
+    """The options of a checkpointed online job from ``checkpoint_dir``,
+    ``checkpoint_interval`` and ``on_definition_change`` as a user passes them; errors name
+    ``where`` (the call they were passed to).
+
+    >>> import tempfile
+    >>> checkpoint_options("execute()", tempfile.mkdtemp(), "2s", None, "rebuild").interval_s  # type: ignore[arg-type]
+    2.0
+    """
+    if on_definition_change not in ("refuse", "rebuild"):
+        raise ValueError(f"{where}: on_definition_change must be 'refuse' or 'rebuild', not {on_definition_change!r}")
+    interval_s = parse_duration_us(interval, what=f"{where}: checkpoint_interval") / 1e6
+    store = CheckpointStore(checkpoint_dir)
+    return CheckpointOptions(store, interval_s, sink, on_definition_change, dict(fingerprint or {}))  # type: ignore[arg-type]
 
 
 def _code_digest(fn: Any) -> str:
@@ -115,7 +139,7 @@ def latest_of_this_definition(options: CheckpointOptions, fingerprint: dict[str,
 class Checkpointer:
     def __init__(self, plan: PhysicalPlan, stages: dict[int, SourceStage], options: CheckpointOptions) -> None:
         self.plan, self.stages, self.options = plan, stages, options
-        self.fingerprint = plan_fingerprint(plan)
+        self.fingerprint = {**plan_fingerprint(plan), **options.fingerprint}
         self.last_at = time.monotonic()
         self.taken = 0
         self._started: tuple[Metrics, float] | None = None  # the background write in flight: its job and start
