@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,7 +14,7 @@ from volga.api import nodes as api
 from volga.api.decorators import Params, PipelineDef, SourceDef
 from volga.api.entity import entity_schema, is_entity
 from volga.api.types import Duration, parse_duration_us
-from volga.runtime.local.checkpointing import checkpoint_options
+from volga.runtime.local.checkpointing import checkpoint_options, code_digest
 from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
 from volga.sources.base import Source
@@ -22,6 +23,30 @@ from volga.stream.compile import StreamPlan, compile_stream
 from volga.stream.datastream import DataStream, KeyedStream
 from volga.stream.sinks import SinkSet
 from volga.stream.sources import FrameSource, TextFileSource, collection_frame
+
+
+def _definition_fingerprint(sinks: list[sn.SinkNode]) -> dict[str, str]:
+    """One line per DataStream operator, with its functions' code: what a checkpoint's
+    state belongs to, beyond the engine plan (which sees neither a lambda's body nor a
+    window's size). Sources by name and kind, not by where they read (a restart may read
+    the same stream from another address)."""
+
+    def code(node: Any) -> list[str]:
+        payload = getattr(node, "payload", None)
+        fns = [getattr(node, "fn", None), getattr(node, "reduce_fn", None), getattr(node, "timestamps", None) and node.timestamps.fn,
+               payload if getattr(node, "op", None) == "map_batches" else None,
+               getattr(payload, "fn", None), getattr(payload, "predicate", None)]
+        return [f"code {code_digest(fn)}" for fn in fns if callable(fn)]
+
+    lines: dict[str, str] = {}
+    for i, node in enumerate(n for n in sn.walk(list(sinks)) if not isinstance(n, sn.SinkNode)):
+        parts = [node.label()]
+        if isinstance(node, sn.SourceNode):
+            parts = [f"{node.name}: {dataclasses.replace(node, description='').label()}"]
+            for step in node.prelude:
+                parts += code(step)
+        lines[f"operator {i}"] = "; ".join(parts + code(node))
+    return lines
 
 
 class StreamJob:
@@ -289,8 +314,9 @@ class StreamingContext:
             sinks.check_checkpointable()
             # the embedded checkpointer, as materialize(checkpoint_dir=...) uses it; the sinks
             # are opened (fresh or restored) by it, before the job starts
+            fingerprint = {**_definition_fingerprint(self._sinks), **sinks.fingerprint()}
             extra["checkpoint"] = checkpoint_options(
-                where, checkpoint_dir, checkpoint_interval, sinks, on_definition_change, fingerprint=sinks.fingerprint()
+                where, checkpoint_dir, checkpoint_interval, sinks, on_definition_change, fingerprint=fingerprint
             )
         else:
             sinks.open()

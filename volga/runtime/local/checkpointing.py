@@ -3,7 +3,8 @@ resumes from one.
 
 A checkpoint is taken between two micro-batches (every operator is then between calls,
 the sink has written everything produced so far), once ``interval_s`` has passed since
-the last one, and when the job ends or is stopped. The snapshot is taken there; its files
+the last one, and when the job ends or is stopped; a job that starts without a checkpoint
+writes its starting point first. The snapshot is taken there; its files
 are written by a background thread while the job goes on (the final one is waited for). It holds every operator's
 ``snapshot()``, each source stage's held rows, watermark inputs and reader position,
 the job's counters, and what the sink reports (``SinkState``: rows written per pipeline,
@@ -78,7 +79,7 @@ def checkpoint_options(
     return CheckpointOptions(store, interval_s, sink, on_definition_change, dict(fingerprint or {}))  # type: ignore[arg-type]
 
 
-def _code_digest(fn: Any) -> str:
+def code_digest(fn: Any) -> str:
     code = getattr(fn, "__code__", None)
     if code is None:
         return repr(fn)
@@ -99,7 +100,7 @@ def _step_detail(step: Any) -> str:
     for s in getattr(op, "steps", ()):  # a stateless chain: row functions by their code
         fn = getattr(s, "fn", None) or getattr(s, "predicate", None)
         if fn is not None:
-            parts.append(f"{s.label()} code {_code_digest(fn)}")
+            parts.append(f"{s.label()} code {code_digest(fn)}")
     return "; ".join(parts)
 
 
@@ -160,6 +161,10 @@ class Checkpointer:
             if rebuild:
                 for stage in self.stages.values():
                     stage.reader.rewind()
+            # The starting point (as on Ray): a crash before the first periodic checkpoint
+            # resumes from it; without it the rerun would start fresh, numbering the sinks'
+            # rows from 0 again over the rows the crashed run wrote (Redis, appended files).
+            self.options.store.write(self.snapshot(metrics), self.fingerprint)
             return None
         state = latest.state
         if state.get("runtime") == "ray":  # laid out per stage partition (volga.runtime.ray.durable)
