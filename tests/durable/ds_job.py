@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -109,12 +110,22 @@ def delivered(job: StreamJob) -> int:
     return sum(job.metrics.rows_out.values())
 
 
+_PRINT = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One whole line on stdout (the reporter and the checkpoint writer are two threads)."""
+    with _PRINT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def _pause_before_manifests(pause_s: float) -> None:
     original = checkpoint_module._encode
 
     def encode(*args: Any, **kwargs: Any) -> Any:
         out = original(*args, **kwargs)
-        print("checkpointing", flush=True)
+        say("checkpointing")
         time.sleep(pause_s)
         return out
 
@@ -141,7 +152,7 @@ def main() -> None:
         shown = -1
         while not done.is_set():
             if (n := delivered(job)) != shown:
-                print(f"rows {n}", flush=True)
+                say(f"rows {n}")
                 shown = n
             time.sleep(0.002)
 
@@ -152,7 +163,7 @@ def main() -> None:
     reporter.join()
     (root / "lists.json").write_text(json.dumps(sinks.lists(), default=str))
     sinks.store_rows().write_parquet(root / "store.parquet")
-    print("done", flush=True)
+    say("done")
 
 
 if __name__ == "__main__":

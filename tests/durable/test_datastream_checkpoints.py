@@ -26,7 +26,7 @@ from volga.storage import ParquetOfflineStore
 from volga.stream import CallableSink, StreamingContext
 from volga.stream import ops as stream_ops
 
-from .ds_job import ConsumerFailed, Sinks, build, delivered
+from .ds_job import USERS, ConsumerFailed, Sinks, build, delivered
 
 SCRIPT = Path(__file__).with_name("ds_job.py")
 
@@ -270,3 +270,34 @@ def test_sigkill_at_random_points_then_run_again_ends_with_the_uninterrupted_sin
     assert got[2] == want[2], "the .jsonl file differs"
     assert got[3].equals(want[3]), "the .parquet file differs"
     assert got[4] is not None and want[4] is not None and got[4].equals(want[4]), "offline store rows differ"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fail_at", [41, 101, 150])
+def test_a_store_sink_into_redis_skips_the_replayed_rows_it_applied_already(
+    redis_server: Any, tmp_path: Path, unique: str, fail_at: int
+) -> None:
+    """Redis is not restored from the checkpoint: it keeps what the failed run wrote, and
+    the resumed job's sequenced writes skip the rows it applied already."""
+    from volga.storage.online.redis import RedisOnlineStore
+
+    def redis(namespace: str) -> RedisOnlineStore:
+        return RedisOnlineStore(redis_server.url, namespace=namespace)
+
+    want = Sinks(tmp_path / "want", online=redis(f"{unique}-want"))
+    build(want, callable_sink=True).execute()
+
+    checkpoints = tmp_path / "checkpoints"
+    sinks = Sinks(tmp_path / "run", online=redis(unique), fail_at=fail_at)
+    with pytest.raises(JobFailed):
+        build(sinks, callable_sink=True).execute(checkpoint_dir=checkpoints, checkpoint_interval="0s")
+    latest = CheckpointStore(checkpoints).latest()
+    assert latest is not None
+    applied = sinks.online.applied_rows("windows")
+    assert applied > latest.state["sink"]["delivered"]["sink3"], "Redis has no row after the checkpoint: nothing to skip"
+
+    again = Sinks(tmp_path / "run", online=redis(unique))  # a new process: a new connection, a new list
+    build(again, callable_sink=True).execute(checkpoint_dir=checkpoints, checkpoint_interval="0s")
+    assert again.store_rows().equals(want.store_rows()), "Redis history differs (rows lost or applied twice)"
+    assert again.online.get_latest("windows", USERS).equals(want.online.get_latest("windows", USERS))
+    assert again.lists() == want.lists()

@@ -316,7 +316,7 @@ class StreamingContext:
             # are opened (fresh or restored) by it, before the job starts
             fingerprint = {**_definition_fingerprint(self._sinks), **sinks.fingerprint()}
             extra["checkpoint"] = checkpoint_options(
-                where, checkpoint_dir, checkpoint_interval, sinks, on_definition_change, fingerprint=fingerprint
+                where, checkpoint_dir, checkpoint_interval, sinks, on_definition_change, fingerprint=fingerprint, starting_point=True
             )
         else:
             sinks.open()
