@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
@@ -301,3 +302,49 @@ def test_a_store_sink_into_redis_skips_the_replayed_rows_it_applied_already(
     assert again.store_rows().equals(want.store_rows()), "Redis history differs (rows lost or applied twice)"
     assert again.online.get_latest("windows", USERS).equals(want.online.get_latest("windows", USERS))
     assert again.lists() == want.lists()
+
+
+# -- Ray ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[Any]:
+    """A small local Ray session (as tests/ray's), with the job's module shipped by value."""
+    import ray
+
+    from . import ds_job
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.cloudpickle.register_pickle_by_value(ds_job)  # workers cannot import tests
+    try:
+        yield ray
+    finally:
+        from volga.runtime.ray.runtime import RayRuntime
+
+        RayRuntime.shutdown()
+        ray.shutdown()
+
+
+@pytest.mark.ray
+def test_on_ray_a_job_stopped_mid_run_and_run_again_ends_with_the_uninterrupted_sinks(
+    ray_session: Any, tmp_path: Path, reference: Sinks
+) -> None:
+    from volga.runtime.ray.runtime import RayRuntime
+
+    def on_ray(sinks: Sinks) -> StreamingContext:
+        ctx = build(sinks, period="3ms")
+        ctx.runtime = RayRuntime(parallelism=2)
+        return ctx
+
+    checkpoints = tmp_path / "checkpoints"
+    first = Sinks(tmp_path)
+    job = on_ray(first).submit(checkpoint_dir=checkpoints, checkpoint_interval="100ms")
+    deadline = time.monotonic() + 60
+    while delivered(job) < 600 and job.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.stop()
+    assert 0 < len(first.reduced) < 400, f"stopped at {len(first.reduced)} of 400 reduced rows: not mid-run"
+
+    again = Sinks(tmp_path)
+    on_ray(again).execute(checkpoint_dir=checkpoints, checkpoint_interval="100ms")
+    assert_same_sinks(again, reference)
