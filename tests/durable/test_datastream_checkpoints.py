@@ -67,6 +67,8 @@ def test_a_job_stopped_mid_run_and_run_again_ends_with_the_uninterrupted_sinks(t
     job.stop()  # a final checkpoint
     assert 0 < len(first.reduced) < 400, f"stopped at {len(first.reduced)} of 400 reduced rows: not mid-run"
     assert job.metrics.checkpoints >= 2  # periodic ones, then the final one
+    final = CheckpointStore(checkpoints).latest()
+    assert final is not None and final.state["sink"]["delivered"]["sink0"] == len(first.reduced)  # taken at the stop
 
     # a new process would build new sinks: new lists and a new (empty) in-memory store
     again = Sinks(tmp_path)
@@ -177,6 +179,33 @@ def test_bad_checkpoint_arguments_are_clear_errors(tmp_path: Path) -> None:
     ctx.from_collection([{"k": "a", "v": 1}]).key_by("k").sink(_NotCheckpointable(), name="f")
     with pytest.raises(TypeError, match="checkpoint_dir: the online store .* neither snapshots"):
         ctx.execute(checkpoint_dir=tmp_path / "d")
+
+
+def test_a_store_sink_fed_by_two_streams_is_refused_with_checkpoints(tmp_path: Path) -> None:
+    from volga.storage import MemoryOnlineStore
+    from volga.stream import StoreSink
+
+    ctx, shared = StreamingContext(), StoreSink(MemoryOnlineStore(), "both")
+    ctx.from_collection([{"k": "a", "v": 1}], name="one").key_by("k").sink(shared)
+    ctx.from_collection([{"k": "b", "v": 2}], name="two").key_by("k").sink(shared)
+    with pytest.raises(ValueError, match=r"StoreSink MemoryOnlineStore\[both\] is the sink of several streams \(sink0, sink1\)"):
+        ctx.execute(checkpoint_dir=tmp_path)
+
+
+def test_sinks_say_what_they_guarantee_and_a_numbered_batch_sink_gets_each_batch_first_row_number() -> None:
+    from volga.storage import MemoryOnlineStore
+    from volga.stream import BatchSink, FileSink, ListSink, StoreSink
+
+    exactly = [ListSink(), FileSink("x.jsonl"), StoreSink(MemoryOnlineStore(), "f")]
+    assert {s.guarantee for s in exactly} == {"exactly-once"}
+    assert {CallableSink(print).guarantee, BatchSink(print).guarantee} == {"at-least-once"}
+
+    batches: list[tuple[int, int]] = []
+    ctx = StreamingContext(batch_size=7)
+    ctx.from_collection(list(range(30))).sink(BatchSink(lambda frame, first: batches.append((first, frame.height)), numbered=True))
+    ctx.execute()
+    assert [first for first, _ in batches] == [sum(n for _, n in batches[:i]) for i in range(len(batches))]
+    assert sum(n for _, n in batches) == 30 and len(batches) > 1
 
 
 class _NotCheckpointable:
