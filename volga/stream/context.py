@@ -312,8 +312,8 @@ class StreamingContext:
             if mode != "streaming":
                 raise ValueError(f"{where}: checkpoint_dir is for mode='streaming' (a batch run reruns from its sources)")
             sinks.check_checkpointable()
-            # the embedded checkpointer, as materialize(checkpoint_dir=...) uses it; the sinks
-            # are opened (fresh or restored) by it, before the job starts
+            # the runtime's checkpointer (embedded or Ray), as materialize(checkpoint_dir=...)
+            # uses it; it opens the sinks (fresh or restored) before the job starts
             fingerprint = {**_definition_fingerprint(self._sinks), **sinks.fingerprint()}
             extra["checkpoint"] = checkpoint_options(
                 where, checkpoint_dir, checkpoint_interval, sinks, on_definition_change, fingerprint=fingerprint, starting_point=True

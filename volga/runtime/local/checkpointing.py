@@ -4,8 +4,9 @@ resumes from one.
 A checkpoint is taken between two micro-batches (every operator is then between calls,
 the sink has written everything produced so far), once ``interval_s`` has passed since
 the last one, and when the job ends or is stopped; with ``starting_point`` (DataStream
-jobs), a job that starts without a checkpoint writes its starting point first. The snapshot is taken there; its files
-are written by a background thread while the job goes on (the final one is waited for). It holds every operator's
+jobs), a job that starts without a checkpoint writes its starting point first. The
+snapshot is taken there; its files are written by a background thread while the job goes
+on (the final one is waited for). It holds every operator's
 ``snapshot()``, each source stage's held rows, watermark inputs and reader position,
 the job's counters, and what the sink reports (``SinkState``: rows written per pipeline,
 the in-memory store's contents). Consumer-group offsets are committed only after a
