@@ -24,7 +24,7 @@ import pytest
 from volga.errors import JobFailed
 from volga.runtime.checkpoint import CheckpointStore, DefinitionChanged
 from volga.storage import ParquetOfflineStore
-from volga.stream import CallableSink, StreamingContext
+from volga.stream import CallableSink, ListSink, StreamingContext
 from volga.stream import ops as stream_ops
 
 from .ds_job import USERS, ConsumerFailed, Sinks, build, delivered
@@ -181,7 +181,7 @@ def test_bad_checkpoint_arguments_are_clear_errors(tmp_path: Path) -> None:
         ctx.execute(checkpoint_dir=tmp_path / "d")
 
 
-def test_a_store_sink_fed_by_two_streams_is_refused_with_checkpoints(tmp_path: Path) -> None:
+def test_a_shared_store_sink_or_a_sink_of_streams_with_other_columns_is_refused_with_checkpoints(tmp_path: Path) -> None:
     from volga.storage import MemoryOnlineStore
     from volga.stream import StoreSink
 
@@ -190,6 +190,12 @@ def test_a_store_sink_fed_by_two_streams_is_refused_with_checkpoints(tmp_path: P
     ctx.from_collection([{"k": "b", "v": 2}], name="two").key_by("k").sink(shared)
     with pytest.raises(ValueError, match=r"StoreSink MemoryOnlineStore\[both\] is the sink of several streams \(sink0, sink1\)"):
         ctx.execute(checkpoint_dir=tmp_path)
+
+    ctx, shared_list = StreamingContext(), ListSink()
+    ctx.from_collection([1, 2], name="values").sink(shared_list)
+    ctx.from_collection([{"k": "b", "v": 2}], name="records").sink(shared_list)
+    with pytest.raises(ValueError, match=r"ListSink is the sink of streams with different columns \(sink0: \['value'"):
+        ctx.execute(checkpoint_dir=tmp_path / "lists")
 
 
 def test_sinks_say_what_they_guarantee_and_a_numbered_batch_sink_gets_each_batch_first_row_number() -> None:

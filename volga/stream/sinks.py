@@ -421,7 +421,8 @@ class FileSink(Sink):
                 f"sink {self.path}: the file has {size} bytes, but {state['bytes']} were written at the checkpoint; "
                 "it was changed or replaced since. Use a new checkpoint_dir"
             )
-        self._file = self.path.open("r+b")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("r+b" if self.path.exists() else "wb")  # (gone: 0 bytes were written)
         self._file.truncate(state["bytes"])  # the rows written after the checkpoint are written again
         self._file.seek(state["bytes"])
         self._bytes = state["bytes"]
@@ -484,6 +485,12 @@ class SinkSet:
                 raise ValueError(
                     f"checkpoint_dir: {sink.describe()} is the sink of several streams ({', '.join([name, *shared])}); "
                     "a store sink replays rows by their numbers, so give each stream its own store sink (another name=)"
+                )
+            other = next((n for n in shared if self.schemas[n].polars_schema() != schema.polars_schema()), None)
+            if other is not None:  # its checkpointed rows are one frame, read back with one schema
+                raise ValueError(
+                    f"checkpoint_dir: {sink.describe()} is the sink of streams with different columns ({name}: "
+                    f"{schema.names}, {other}: {self.schemas[other].names}); give each stream its own sink"
                 )
             sink.check_checkpointable(schema)
 
