@@ -383,3 +383,27 @@ def test_on_ray_a_job_stopped_mid_run_and_run_again_ends_with_the_uninterrupted_
     again = Sinks(tmp_path)
     on_ray(again).execute(checkpoint_dir=checkpoints, checkpoint_interval="100ms")
     assert_same_sinks(again, reference)
+
+
+@pytest.mark.ray
+def test_on_ray_a_killed_keyed_actor_restarts_the_job_from_its_checkpoint_with_the_uninterrupted_sinks(
+    ray_session: Any, tmp_path: Path, reference: Sinks
+) -> None:
+    """The sinks of the running job are restored in place: the lists reset to the
+    checkpoint's contents, the file cut back, the stores restored or cut back."""
+    from volga.runtime.ray.runtime import RayRuntime
+
+    sinks = Sinks(tmp_path)
+    ctx = build(sinks, period="3ms")
+    ctx.runtime = RayRuntime(parallelism=2)
+    job = ctx.submit(checkpoint_dir=tmp_path / "checkpoints", checkpoint_interval="100ms")
+    deadline = time.monotonic() + 60
+    while delivered(job) < 600 and job.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.running and len(sinks.reduced) < 400 and job.metrics.checkpoints >= 1, "the job finished before the kill"
+    ray_job = job.job
+    keyed = next(i for i, s in enumerate(ray_job.driver.topology.stages) if s.kind == "keyed")
+    ray_session.kill(ray_job.actors()[keyed][1])
+    job.wait(timeout=120)
+    assert ray_job.restarts == 1
+    assert_same_sinks(sinks, reference)
