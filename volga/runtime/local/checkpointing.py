@@ -72,7 +72,7 @@ def checkpoint_options(
     ``where`` (the call they were passed to).
 
     >>> import tempfile
-    >>> checkpoint_options("execute()", tempfile.mkdtemp(), "2s", None, "rebuild").interval_s  # type: ignore[arg-type]
+    >>> checkpoint_options("execute()", tempfile.mkdtemp(), "2s", None, "rebuild").interval_s
     2.0
     """
     if on_definition_change not in ("refuse", "rebuild"):
