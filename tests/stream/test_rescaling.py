@@ -108,7 +108,7 @@ def test_keyed_datastream_state_moves_to_the_partition_its_key_now_routes_to(
 ) -> None:
     plan, keyed, inputs = keyed_steps(events(n, keys, seed))
     assert set(keyed) == {"KeyedReduceOp", "KeyedReduceOp(fn)", "AggregateOp", "EventWindowOp"}
-    for label, step_id in keyed.items():
+    for step_id in keyed.values():
         spec, rows = plan.steps[step_id].spec, inputs[step_id]
         want = drive(spec, rows, chunk, 1, 1, None)
         same(drive(spec, rows, chunk, old, new, cut), want)

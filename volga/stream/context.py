@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,13 +14,40 @@ from volga.api import nodes as api
 from volga.api.decorators import Params, PipelineDef, SourceDef
 from volga.api.entity import entity_schema, is_entity
 from volga.api.types import Duration, parse_duration_us
+from volga.ops.protocol import code_digest
+from volga.runtime.local.checkpointing import checkpoint_options
 from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
 from volga.sources.base import Source
 from volga.stream import nodes as sn
 from volga.stream.compile import StreamPlan, compile_stream
 from volga.stream.datastream import DataStream, KeyedStream
+from volga.stream.sinks import SinkSet
 from volga.stream.sources import FrameSource, TextFileSource, collection_frame
+
+
+def _definition_fingerprint(sinks: list[sn.SinkNode]) -> dict[str, str]:
+    """One line per DataStream operator, with its functions' code: what a checkpoint's
+    state belongs to, beyond the engine plan (which sees neither a lambda's body nor a
+    window's size). Sources by name and kind, not by where they read (a restart may read
+    the same stream from another address)."""
+
+    def code(node: Any) -> list[str]:
+        payload = getattr(node, "payload", None)
+        fns = [getattr(node, "fn", None), getattr(node, "reduce_fn", None), getattr(node, "timestamps", None) and node.timestamps.fn,
+               payload if getattr(node, "op", None) == "map_batches" else None,
+               getattr(payload, "fn", None), getattr(payload, "predicate", None)]
+        return [f"code {code_digest(fn)}" for fn in fns if callable(fn)]
+
+    lines: dict[str, str] = {}
+    for i, node in enumerate(n for n in sn.walk(list(sinks)) if not isinstance(n, sn.SinkNode)):
+        parts = [node.label()]
+        if isinstance(node, sn.SourceNode):
+            parts = [f"{node.name}: {dataclasses.replace(node, description='').label()}"]
+            for step in node.prelude:
+                parts += code(step)
+        lines[f"operator {i}"] = "; ".join(parts + code(node))
+    return lines
 
 
 class StreamJob:
@@ -55,7 +83,7 @@ class StreamJob:
                     rows = windows.get(step.id)
                     if isinstance(node, sn.WindowNode) and node.late_sink is not None and rows is not None and rows.height:
                         node.late_sink.write(rows, node.input.schema)
-            for sink in self.plan.sinks.values():
+            for sink in {id(s): s for s in self.plan.sinks.values()}.values():
                 sink.close()
 
     def wait(self, timeout: float | None = None) -> StreamJob:
@@ -262,42 +290,96 @@ class StreamingContext:
         """The job as DataStream operators, one engine step per line (fused steps joined by ->)."""
         return self.compile().explain()
 
-    def _start(self, mode: Literal["batch", "streaming"], block: bool) -> StreamJob:
+    def _start(
+        self,
+        mode: Literal["batch", "streaming"],
+        block: bool,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_interval: Duration = "10s",
+        on_definition_change: Literal["refuse", "rebuild"] = "refuse",
+    ) -> StreamJob:
         if mode not in ("batch", "streaming"):
             raise ValueError(f"mode must be 'batch' or 'streaming', not {mode!r}")
         plan = self.compile()
         schemas = {name: plan.plan.steps[step].schema for name, step in plan.plan.outputs.items()}
-        sinks = plan.sinks
-
-        def write(name: str, rows: pl.DataFrame) -> None:
-            sinks[name].write(rows, schemas[name])
-
-        for sink in sinks.values():
-            sink.open()
+        sinks = SinkSet(plan.sinks, schemas)
         runtime = self.runtime
         extra: dict[str, Any] = {}
         on_ray = self._on_ray
         if on_ray:  # set_parallelism: the actors of the keyed stage a step starts
             extra["step_parallelism"] = dict(plan.explicit_parallelism)
+        if checkpoint_dir is not None:
+            where = "execute()" if block else "submit()"
+            if mode != "streaming":
+                raise ValueError(f"{where}: checkpoint_dir is for mode='streaming' (a batch run reruns from its sources)")
+            sinks.check_checkpointable()
+            # the runtime's checkpointer (embedded or Ray), as materialize(checkpoint_dir=...)
+            # uses it; it opens the sinks (fresh or restored) before the job starts
+            fingerprint = {**_definition_fingerprint(self._sinks), **sinks.fingerprint()}
+            extra["checkpoint"] = checkpoint_options(
+                where, checkpoint_dir, checkpoint_interval, sinks, on_definition_change, fingerprint=fingerprint, starting_point=True
+            )
+        else:
+            sinks.open()
         if runtime is None:
             from volga.runtime.local.runtime import LocalRuntime
 
             runtime = LocalRuntime()
         job_mode = "offline" if mode == "batch" else "online"
         try:
-            job = runtime.start(plan.plan, job_mode, None, write, block=block, options=self.options, **extra)
+            job = runtime.start(plan.plan, job_mode, None, sinks, block=block, options=self.options, **extra)
         except BaseException:
-            for sink in sinks.values():
-                sink.close()
+            sinks.close()
             raise
         return StreamJob(job, plan, late_sinks=on_ray)
 
-    def execute(self, *, mode: Literal["batch", "streaming"] = "streaming") -> StreamJob:
+    def execute(
+        self,
+        *,
+        mode: Literal["batch", "streaming"] = "streaming",
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_interval: Duration = "10s",
+        on_definition_change: Literal["refuse", "rebuild"] = "refuse",
+    ) -> StreamJob:
         """Run every stream with a sink until its bounded sources are exhausted; returns
         the finished job. ``mode="batch"`` reads everything first and runs each operator
-        once (no late events); the results are the same for events that are not late."""
-        return self._start(mode, block=True)
+        once (no late events); the results are the same for events that are not late.
 
-    def submit(self) -> StreamJob:
-        """Start the job in the background (for unbounded sources); ``job.stop()`` ends it."""
-        return self._start("streaming", block=False)
+        ``checkpoint_dir`` (streaming mode; a path or an S3-compatible URL), as in
+        ``Client.materialize``: every ``checkpoint_interval``, and when the job ends or is
+        stopped, a checkpoint of every operator's state (reduce accumulators, windows, join
+        buffers), each source's position and watermark and each sink's position is written
+        there. Running the same job with the same ``checkpoint_dir`` resumes from the
+        latest one: ``ListSink``, ``FileSink`` and store sinks end as an uninterrupted
+        run's (exactly-once effect); callables (``CallableSink``, ``BatchSink``) get the
+        rows after the last checkpoint again (at-least-once; see ``volga.stream.sinks``).
+        A checkpoint of a changed job (operators, their functions' code, sinks) is refused
+        naming what changed, unless ``on_definition_change="rebuild"`` (sinks' outputs
+        dropped, state rebuilt from the sources' history).
+
+        >>> import tempfile
+        >>> from volga.stream import ListSink
+        >>> ckpt = tempfile.mkdtemp()
+        >>> def job():
+        ...     ctx, out = StreamingContext(), ListSink()
+        ...     ctx.from_collection([1, 2, 3]).key_by(lambda x: x % 2).reduce(lambda a, b: a + b).sink(out)
+        ...     return ctx, out
+        >>> ctx, out = job()
+        >>> _ = ctx.execute(checkpoint_dir=ckpt)
+        >>> ctx, again = job()  # the same job resumed: it was finished, nothing is replayed
+        >>> _ = ctx.execute(checkpoint_dir=ckpt)
+        >>> again.items
+        [1, 2, 4]
+        """
+        return self._start(mode, True, checkpoint_dir, checkpoint_interval, on_definition_change)
+
+    def submit(
+        self,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_interval: Duration = "10s",
+        on_definition_change: Literal["refuse", "rebuild"] = "refuse",
+    ) -> StreamJob:
+        """Start the job in the background (for unbounded sources); ``job.stop()`` ends it
+        (with ``checkpoint_dir``, after a final checkpoint; see :meth:`execute`)."""
+        return self._start("streaming", False, checkpoint_dir, checkpoint_interval, on_definition_change)

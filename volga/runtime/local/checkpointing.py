@@ -3,8 +3,10 @@ resumes from one.
 
 A checkpoint is taken between two micro-batches (every operator is then between calls,
 the sink has written everything produced so far), once ``interval_s`` has passed since
-the last one, and when the job ends or is stopped. The snapshot is taken there; its files
-are written by a background thread while the job goes on (the final one is waited for). It holds every operator's
+the last one, and when the job ends or is stopped; with ``starting_point`` (DataStream
+jobs), a job that starts without a checkpoint writes its starting point first. The
+snapshot is taken there; its files are written by a background thread while the job goes
+on (the final one is waited for). It holds every operator's
 ``snapshot()``, each source stage's held rows, watermark inputs and reader position,
 the job's counters, and what the sink reports (``SinkState``: rows written per pipeline,
 the in-memory store's contents). Consumer-group offsets are committed only after a
@@ -19,8 +21,10 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal, Protocol
 
+from volga.api.types import Duration, parse_duration_us
 from volga.ops.protocol import Operator, State
 from volga.plan.compile import PhysicalPlan, Step
 from volga.runtime.checkpoint import Checkpoint, CheckpointStore, DefinitionChanged, describe_changes
@@ -52,6 +56,29 @@ class CheckpointOptions:
     interval_s: float
     sink: SinkState
     on_definition_change: OnDefinitionChange = "refuse"
+    # what the state belongs to besides the plan (a DataStream job's sinks), one line each
+    fingerprint: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # a job starting without a checkpoint writes its starting point first (as Ray jobs do)
+    starting_point: bool = False
+
+
+def checkpoint_options(
+    where: str, checkpoint_dir: str | Path, interval: Duration, sink: SinkState, on_definition_change: str,
+    fingerprint: Mapping[str, str] | None = None, *, starting_point: bool = False,
+) -> CheckpointOptions:
+    """The options of a checkpointed online job from ``checkpoint_dir``,
+    ``checkpoint_interval`` and ``on_definition_change`` as a user passes them; errors name
+    ``where`` (the call they were passed to).
+
+    >>> import tempfile
+    >>> checkpoint_options("execute()", tempfile.mkdtemp(), "2s", None, "rebuild").interval_s
+    2.0
+    """
+    if on_definition_change not in ("refuse", "rebuild"):
+        raise ValueError(f"{where}: on_definition_change must be 'refuse' or 'rebuild', not {on_definition_change!r}")
+    interval_s = parse_duration_us(interval, what=f"{where}: checkpoint_interval") / 1e6
+    store = CheckpointStore(checkpoint_dir)
+    return CheckpointOptions(store, interval_s, sink, on_definition_change, dict(fingerprint or {}), starting_point)  # type: ignore[arg-type]
 
 
 def _step_detail(step: Step) -> str:
@@ -101,7 +128,7 @@ class Checkpointer:
         self, plan: PhysicalPlan, ops: Mapping[int, Operator], stages: dict[int, SourceStage], options: CheckpointOptions,
     ) -> None:
         self.plan, self.ops, self.stages, self.options = plan, ops, stages, options
-        self.fingerprint = plan_fingerprint(plan)
+        self.fingerprint = {**plan_fingerprint(plan), **options.fingerprint}
         self.last_at = time.monotonic()
         self.taken = 0
         self._started: tuple[Metrics, float] | None = None  # the background write in flight: its job and start
@@ -119,6 +146,11 @@ class Checkpointer:
             if rebuild:
                 for stage in self.stages.values():
                     stage.reader.rewind()
+            if self.options.starting_point:
+                # A crash before the first periodic checkpoint resumes from here; without it
+                # the rerun would start fresh, numbering the sinks' rows from 0 again over
+                # the rows the crashed run wrote (Redis, appended files and tables).
+                self.options.store.write(self.snapshot(metrics), self.fingerprint)
             return None
         state = latest.state
         if state.get("runtime") == "ray":  # laid out per stage partition (volga.runtime.ray.durable)
