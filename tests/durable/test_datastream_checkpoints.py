@@ -407,3 +407,39 @@ def test_on_ray_a_killed_keyed_actor_restarts_the_job_from_its_checkpoint_with_t
     job.wait(timeout=120)
     assert ray_job.restarts == 1
     assert_same_sinks(sinks, reference)
+
+
+@pytest.mark.ray
+def test_on_ray_a_job_resumed_at_another_parallelism_moves_its_keyed_state(
+    ray_session: Any, tmp_path: Path, reference: Sinks
+) -> None:
+    """Reduce and tumbling-window state stopped on 2 actors continues on 3 (and a job
+    with an interval join, whose state does not move, is refused naming the join)."""
+    from volga.runtime.ray.runtime import RayRuntime
+
+    def on_ray(sinks: Sinks, parallelism: int, join: bool = False) -> StreamingContext:
+        ctx = build(sinks, period="3ms", join=join)
+        ctx.runtime = RayRuntime(parallelism=parallelism)
+        return ctx
+
+    checkpoints = tmp_path / "checkpoints"
+    first = Sinks(tmp_path)
+    job = on_ray(first, 2).submit(checkpoint_dir=checkpoints, checkpoint_interval="100ms")
+    deadline = time.monotonic() + 60
+    while delivered(job) < 300 and job.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.stop()
+    assert 0 < len(first.reduced) < 400, f"stopped at {len(first.reduced)} of 400 reduced rows: not mid-run"
+
+    again = Sinks(tmp_path)
+    on_ray(again, 3).execute(checkpoint_dir=checkpoints, checkpoint_interval="100ms")
+    assert again.lists()["reduced"] == reference.lists()["reduced"]
+    assert again.lists()["windows"] == reference.lists()["windows"]
+    assert pl.read_parquet(again.parquet).equals(pl.read_parquet(reference.parquet))
+    assert again.store_rows().equals(reference.store_rows()) and again.offline_rows().equals(reference.offline_rows())
+
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    on_ray(Sinks(joined), 2, join=True).execute(checkpoint_dir=joined / "checkpoints", checkpoint_interval="1h")
+    with pytest.raises(ValueError, match=r"parallelism 2.*parallelism 3.*join"):
+        on_ray(Sinks(joined), 3, join=True).execute(checkpoint_dir=joined / "checkpoints")
