@@ -267,18 +267,16 @@ class Client:
         on_change: str,
     ) -> Job:
         # Imported here: only checkpointed jobs need them.
-        from volga.runtime.checkpoint import CheckpointStore
-        from volga.runtime.local.checkpointing import CheckpointOptions
+        from volga.runtime.local.checkpointing import checkpoint_options
         from volga.storage.checkpointed import CheckpointedSink
 
         names = "+".join(plan.outputs)
         if mode != "online":
             raise ValueError(f"materialize({names}): checkpoint_dir is for mode='online' jobs (an offline job reruns from its sources)")
-        if on_change not in ("refuse", "rebuild"):
-            raise ValueError(f"materialize({names}): on_definition_change must be 'refuse' or 'rebuild', not {on_change!r}")
-        interval_s = parse_duration_us(interval, what=f"materialize({names}): checkpoint_interval") / 1e6
         sink = CheckpointedSink(self.online_store, self.offline_store if write_offline else None, schemas, retain)
-        checkpoint = CheckpointOptions(CheckpointStore(checkpoint_dir), interval_s, sink, on_change)  # type: ignore[arg-type]
+        # starting_point: a crash before the first periodic checkpoint resumes from the start
+        # with the rows Redis applied skipped, instead of numbering them from 0 again
+        checkpoint = checkpoint_options(f"materialize({names})", checkpoint_dir, interval, sink, on_change, starting_point=True)
         runtime = self.runtime if self.runtime is not None else LocalRuntime()  # embedded or RayRuntime
         job = runtime.start(plan, mode, params, sink, block=block, options=options, checkpoint=checkpoint)
         self.jobs.append(job)

@@ -211,3 +211,32 @@ def test_bad_checkpoint_options_are_named(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="neither snapshots its contents nor writes sequenced rows"):
         run(tmp_path, online_store=NoState())
+
+
+@pytest.mark.integration
+def test_a_job_that_dies_before_its_first_periodic_checkpoint_applies_nothing_twice_to_redis(
+    redis_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job writes its starting point before it starts; the rerun resumes from it, and
+    Redis (which keeps what the dead run wrote) skips the rows it applied already."""
+    import uuid
+
+    from volga.storage.online.redis import RedisOnlineStore
+
+    def redis(namespace: str) -> RedisOnlineStore:
+        return RedisOnlineStore(redis_server.url, namespace=namespace)
+
+    namespace = f"first-checkpoint-{uuid.uuid4().hex[:8]}"
+    want_client, _ = run(tmp_path / "want", online_store=redis(namespace + "-want"))
+    want = stores(want_client)
+    with pytest.MonkeyPatch.context() as mp:
+        _crash_at(mp, 40)  # rows are in Redis by then; the next checkpoint is an hour away
+        with pytest.raises(JobFailed):
+            run(tmp_path / "run", online_store=redis(namespace), checkpoint_interval="1h")
+    assert redis(namespace).applied_rows("user_spent") > 0, "the dead run wrote nothing to Redis: nothing to skip"
+    ids = CheckpointStore(tmp_path / "run" / "checkpoints").ids()
+    assert len(ids) == 1, "only the starting point was written"
+    client, _ = run(tmp_path / "run", online_store=redis(namespace), checkpoint_interval="1h")
+    offline, history = stores(client)
+    assert history.equals(want[1]), "Redis history differs (rows applied twice)"
+    assert offline.equals(want[0])

@@ -3,8 +3,9 @@ resumes from one.
 
 A checkpoint is taken between two micro-batches (every operator is then between calls,
 the sink has written everything produced so far), once ``interval_s`` has passed since
-the last one, and when the job ends or is stopped; with ``starting_point`` (DataStream
-jobs), a job that starts without a checkpoint writes its starting point first. The
+the last one, and when the job ends or is stopped; with ``starting_point`` (every job
+the client or a DataStream context starts), a job that starts without a checkpoint
+writes its starting point first. The
 snapshot is taken there; its files are written by a background thread while the job goes
 on (the final one is waited for). It holds every operator's
 ``snapshot()``, each source stage's held rows, watermark inputs and reader position,
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from volga.api.types import Duration, parse_duration_us
+from volga.errors import JobFailed
 from volga.ops.protocol import Operator, State
 from volga.plan.compile import PhysicalPlan, Step
 from volga.runtime.checkpoint import Checkpoint, CheckpointStore, DefinitionChanged, describe_changes
@@ -150,7 +152,10 @@ class Checkpointer:
                 # A crash before the first periodic checkpoint resumes from here; without it
                 # the rerun would start fresh, numbering the sinks' rows from 0 again over
                 # the rows the crashed run wrote (Redis, appended files and tables).
-                self.options.store.write(self.snapshot(metrics), self.fingerprint)
+                try:
+                    self.options.store.write(self.snapshot(metrics), self.fingerprint)
+                except Exception as e:
+                    raise JobFailed(f"writing the starting checkpoint to {self.options.store.url} failed: {type(e).__name__}: {e}") from e
             return None
         state = latest.state
         if state.get("runtime") == "ray":  # laid out per stage partition (volga.runtime.ray.durable)
