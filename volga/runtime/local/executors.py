@@ -107,11 +107,10 @@ def run_batch(
     ['user_id', 'timestamp', 'avg_spent_7d', 'num_purchases_1h', 'max_price_1d', '__volga_raw.product_price']
     """
     results: dict[int, pl.DataFrame | None] = {}
-    finished: dict[int, Watermark] = {}
     remaining = {s.id: len(plan.consumers(s.id)) for s in plan.steps}
     inputs_of = {s.id: s.inputs for s in plan.steps}
+    finished: dict[int, Watermark] = dict.fromkeys(inputs_of, (FINISHED_WM, True))  # every input, all read
     for step in plan.steps:
-        finished[step.id] = (FINISHED_WM, True)
         if step.kind == "source":
             assert step.source is not None
             reader = readers[step.id]
