@@ -223,6 +223,21 @@ def test_turning_retention_on_keeps_recent_rows_of_keys_written_before() -> None
     assert [r[1] for r in store.window_rows("tick", key_frame(TICK, ["a"]), 0, 2**62).rows[0]] == [T0_US + 1, T0_US + 2]
 
 
+@pytest.mark.parametrize("retain", [None, 3])
+def test_small_writes_are_merged_in_the_log_and_keep_their_bounds(retain: int | None) -> None:
+    store = MemoryOnlineStore(history=2)
+    store.record_writes()
+    for i in range(1000):
+        store.write("tick", TICK, tick_rows([str(i % 7)], [i % 50]), retain_us=retain)
+    log = store._features["tick"].log
+    assert log is not None and len(log.frames) <= 1000 // memory.SMALL_FRAMES + memory.SMALL_FRAMES  # not 1000 frames
+    state = store.snapshot(["tick"])["tick"]
+    assert state["rows"].height == 1000
+    # writes with retain_us keep their own bounds (trimming depends on them); without, one run
+    assert state["batch_rows"].tolist() == ([1000] if retain is None else [1] * 1000)
+    assert_same_store(store, restored(store, ["tick"]), {"tick": (TICK, [str(k) for k in range(8)])})
+
+
 # -- compaction --------------------------------------------------------------------------
 
 def test_the_log_is_compacted_to_the_live_rows(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,6 +322,33 @@ def test_consecutive_checkpoints_of_a_grown_store_share_leading_chunks(schema: S
     assert_same_store(store, again, {"tick": (schema, keys)})
 
 
+def test_writers_on_threads_while_logs_compact_and_snapshots_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(memory, "COMPACT_SLACK_ROWS", 8)
+    store = MemoryOnlineStore(history=2)
+    store.record_writes()
+    snapshots: list[dict[str, Any]] = []
+
+    def writer(prefix: str, retain: int | None) -> None:
+        for i in range(300):
+            store.write(f"f{prefix}", TICK, tick_rows([f"{prefix}{i % 5}", f"{prefix}{i % 3}"], [i, i - 2]), retain_us=retain)
+            store.write("shared", TICK, tick_rows([f"{prefix}{i % 4}"], [i]))
+
+    threads = [threading.Thread(target=writer, args=(p, r)) for p, r in (("a", None), ("b", 4), ("c", None))]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        snapshots.append(store.snapshot(["fa", "fb", "shared"]))
+    for t in threads:
+        t.join()
+    for snap in snapshots[-3:]:  # taken mid-run: each restores without error to a consistent store
+        MemoryOnlineStore(history=2).restore(snap)
+    keys = [f"{p}{i}" for p in "abc" for i in range(5)]
+    features = {name: (TICK, keys) for name in ("fa", "fb", "fc", "shared")}
+    assert_same_store(store, restored(store, list(features)), features)
+
+
 def json_chunks(root: Path, ckpt: int) -> list[str]:
     """The row chunks of checkpoint ``ckpt``'s store frame."""
     import json
@@ -348,12 +390,14 @@ def apply(store: MemoryOnlineStore, ops: list[tuple[str, str, Any, int | None]])
 
 @settings(max_examples=150, deadline=None)
 @given(ops=operations(), later=operations(), history=st.integers(1, 3), slack=st.sampled_from([0, 3, 1 << 16]),
-       record_from_start=st.booleans())
+       small=st.sampled_from([(2, 3), (3, 100), (64, 4096)]), record_from_start=st.booleans())
 def test_restore_of_a_snapshot_reads_as_the_original(
-    ops: list[Any], later: list[Any], history: int, slack: int, record_from_start: bool
+    ops: list[Any], later: list[Any], history: int, slack: int, small: tuple[int, int], record_from_start: bool
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(memory, "COMPACT_SLACK_ROWS", slack)  # 0 and 3: compactions all along
+        patch.setattr(memory, "SMALL_FRAMES", small[0])  # small writes' frames merged in the log all along
+        patch.setattr(memory, "SMALL_ROWS", small[1])
         store = MemoryOnlineStore(history=history)
         if record_from_start:
             store.record_writes()

@@ -24,6 +24,7 @@ checkpoints share their leading row chunks (``volga.runtime.checkpoint``).
 # No `from __future__ import annotations` here: the docstring example's @entity class needs
 # its annotations evaluated where it is defined (doctest inherits a module's future flags).
 
+import array
 import bisect
 import contextlib
 import gc
@@ -44,9 +45,72 @@ KEY_INDEX_DTYPE = pl.UInt32()
 # A write log is compacted once it holds more than twice the live rows plus this many: small
 # features are not compacted over and over (2**16 is also the checkpoint chunk size).
 COMPACT_SLACK_ROWS = 1 << 16
+# Writes of fewer rows are merged in the log (up to this many rows, or SMALL_FRAMES frames at
+# once): a polars frame costs ~2 KB however few rows it holds, and each one slows the concat.
+SMALL_ROWS = 4096
+SMALL_FRAMES = 64
 
 Row = tuple[Any, ...]
 Key = Any  # the key value, or a tuple of values for a composite key
+
+
+class _WriteLog:
+    """A feature's writes since its log was last compacted (module docstring): the conformed
+    frames, in insertion order, and per write its row count and ``retain_us`` (-1: none).
+    Consecutive writes without ``retain_us`` count as one (their bounds change nothing)."""
+
+    __slots__ = ("frames", "sizes", "retains", "rows", "small", "small_rows", "open_run", "base_evicted")
+
+    def __init__(self, base: pl.DataFrame | None = None, retain: int | None = None, base_evicted: dict[Key, int] | None = None) -> None:
+        self.frames: list[pl.DataFrame] = []
+        self.sizes, self.retains = array.array("q"), array.array("q")
+        self.rows = 0
+        self.small = self.small_rows = 0  # trailing frames of < SMALL_ROWS rows, and their rows
+        self.open_run = False  # the last write record may take the next write without retain_us
+        self.base_evicted = base_evicted or {}  # the keys' evicted_us when the log was compacted
+        if base is not None:
+            self.append(base, retain)
+            self.seal()
+
+    def append(self, frame: pl.DataFrame, retain: int | None) -> None:
+        rows = frame.height
+        if retain is None and self.open_run:
+            self.sizes[-1] += rows
+        else:
+            self.sizes.append(rows)
+            self.retains.append(-1 if retain is None else retain)
+        self.open_run = retain is None
+        self.rows += rows
+        if rows >= SMALL_ROWS:
+            self._merge_small()
+            self.small = self.small_rows = 0
+            self.frames.append(frame)
+            return
+        self.frames.append(frame)
+        self.small += 1
+        self.small_rows += rows
+        if self.small >= SMALL_FRAMES or self.small_rows >= SMALL_ROWS:
+            self._merge_small()
+            if self.small_rows >= SMALL_ROWS:
+                self.small = self.small_rows = 0
+
+    def _merge_small(self) -> None:
+        if self.small > 1:  # ~0.1 ms for 64 small frames
+            merged = pl.concat(self.frames[-self.small :], rechunk=True)
+            del self.frames[-self.small :]
+            self.frames.append(merged)
+            self.small = 1
+
+    def seal(self) -> None:
+        """Merge the trailing small frames, and leave the frames and write records so far
+        as they are: later writes only add after them (a compaction replaces them)."""
+        self._merge_small()
+        self.small = self.small_rows = 0
+        self.open_run = False
+
+    def batches(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each write's row count and retain_us (-1: none), as arrays."""
+        return np.frombuffer(self.sizes, dtype=np.int64).copy(), np.frombuffer(self.retains, dtype=np.int64).copy()
 
 
 class _Feature:
@@ -66,8 +130,6 @@ class _Feature:
         "retain_us",
         "evicted_us",
         "log",
-        "logged_rows",
-        "base_evicted",
         "next_check",
         "compacting",
     )
@@ -90,12 +152,8 @@ class _Feature:
         # kept beyond `history`; evicted_us[key] is the newest timestamp evicted since.
         self.retain_us: int | None = None
         self.evicted_us: dict[Key, int] = {}
-        # The write log (module docstring): (conformed frame, retain_us it was inserted
-        # with), oldest first; None while the store does not record writes.
-        self.log: list[tuple[pl.DataFrame, int | None]] | None = None
-        self.logged_rows = 0
-        self.base_evicted: dict[Key, int] = {}  # evicted_us when the log was last compacted
-        self.next_check = COMPACT_SLACK_ROWS  # logged_rows above which to count the live rows
+        self.log: _WriteLog | None = None  # None while the store does not record writes
+        self.next_check = COMPACT_SLACK_ROWS  # log rows above which to count the live rows
         self.compacting = False
 
     def conform(self, batch: pl.DataFrame) -> pl.DataFrame:
@@ -227,7 +285,7 @@ class MemoryOnlineStore(OnlineStore):
     def _new_feature(self, name: str, schema: Schema) -> _Feature:
         feature = _Feature(name, schema)
         if self._record:
-            feature.log = []
+            feature.log = _WriteLog()
         return feature
 
     def _insert(self, name: str, schema: Schema, feature: "_Feature", batch: pl.DataFrame) -> "_Feature | None":
@@ -250,9 +308,8 @@ class MemoryOnlineStore(OnlineStore):
             if feature.log is None:
                 return None
             # in insertion order, under the lock: a replay must see the writes in this order
-            feature.log.append((frame, feature.retain_us))
-            feature.logged_rows += frame.height
-            return feature if feature.logged_rows > feature.next_check else None
+            feature.log.append(frame, feature.retain_us)
+            return feature if feature.log.rows > feature.next_check else None
 
     def _insert_retaining(self, feature: "_Feature", keys: list[Key], rows: list[Row]) -> None:
         """Append, then per touched key drop the oldest rows beyond ``history`` that are
@@ -302,9 +359,8 @@ class MemoryOnlineStore(OnlineStore):
     def _start_log(self, feature: _Feature) -> None:
         """A log of one frame of ``feature``'s rows (lock held: no write may slip in before it)."""
         held = [row for recent in feature.rows.values() for row in recent]
-        feature.log = [(feature.rows_frame(held), feature.retain_us)] if held else []
-        feature.logged_rows = len(held)
-        feature.base_evicted = dict(feature.evicted_us)
+        base = feature.rows_frame(held) if held else None
+        feature.log = _WriteLog(base, feature.retain_us, dict(feature.evicted_us))
         feature.next_check = 2 * len(held) + COMPACT_SLACK_ROWS
 
     def _compact(self, name: str, feature: _Feature) -> None:
@@ -318,17 +374,19 @@ class MemoryOnlineStore(OnlineStore):
         with self._lock:
             if feature.compacting or feature.log is None or self._features.get(name) is not feature:
                 return
+            log = feature.log
             live = sum(map(len, feature.rows.values()))
-            if feature.logged_rows <= 2 * live + COMPACT_SLACK_ROWS:
+            if log.rows <= 2 * live + COMPACT_SLACK_ROWS:
                 feature.next_check = 2 * live + COMPACT_SLACK_ROWS  # live rows grow at most as fast as the log
                 return
             feature.compacting = True
-            entries = list(feature.log)
-            columnar = not feature.base_evicted and not feature.float_keys and all(r is None for _, r in entries)
+            log.seal()  # the frames and write records now in the log stay as they are
+            frames, writes = list(log.frames), len(log.sizes)
+            columnar = not log.base_evicted and not feature.float_keys and all(r < 0 for r in log.retains)
             held = None if columnar else [row for recent in feature.rows.values() for row in recent]
             evicted, retain = dict(feature.evicted_us), (None if columnar else feature.retain_us)
         try:
-            base = feature.live_frame([f for f, _ in entries], self.history) if held is None else feature.rows_frame(held)
+            base = feature.live_frame(frames, self.history) if held is None else feature.rows_frame(held)
         except BaseException:
             with self._lock:
                 feature.compacting = False
@@ -337,10 +395,14 @@ class MemoryOnlineStore(OnlineStore):
             feature.compacting = False  # only now: a second compaction must see this one's log
             if self._features.get(name) is not feature:  # cleared meanwhile
                 return
-            rest = feature.log[len(entries) :]
-            feature.log = [(base, retain), *rest]
-            feature.logged_rows = base.height + sum(f.height for f, _ in rest)
-            feature.base_evicted = evicted
+            old, new = feature.log, _WriteLog(base, retain, evicted)
+            assert old is log, "only a compaction replaces a log, and one runs at a time"
+            new.frames += old.frames[len(frames) :]
+            new.sizes += old.sizes[writes:]
+            new.retains += old.retains[writes:]
+            new.rows += old.rows - sum(f.height for f in frames)
+            new.small, new.small_rows, new.open_run = old.small, old.small_rows, old.open_run
+            feature.log = new
             feature.next_check = 2 * base.height + COMPACT_SLACK_ROWS
 
     # -- reading ----------------------------------------------------------------------
@@ -428,15 +490,15 @@ class MemoryOnlineStore(OnlineStore):
             with self._lock:  # the log's frames are immutable: copying the references is enough
                 if feature.log is None:  # created by a write that raced record_writes
                     self._start_log(feature)
-                assert feature.log is not None
-                entries, evicted, retain = list(feature.log), feature.base_evicted, feature.retain_us
-            frames = [frame for frame, _ in entries]
+                log = feature.log
+                assert log is not None
+                frames, (sizes, retains), evicted, retain = list(log.frames), log.batches(), log.base_evicted, feature.retain_us
             saved: dict[str, Any] = {
                 "schema": schema_to_json(feature.schema),
                 "rows": pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=feature.out_schema),
                 "retain_us": retain,
-                "batch_rows": np.array([frame.height for frame in frames], dtype=np.int64),
-                "batch_retain_us": np.array([-1 if r is None else r for _, r in entries], dtype=np.int64),
+                "batch_rows": sizes,
+                "batch_retain_us": retains,
             }
             if evicted:  # replaced, never mutated, once set: safe to read outside the lock
                 saved["evicted"] = {"keys": feature.keys_frame(list(evicted)), "at_us": np.array(list(evicted.values()), dtype=np.int64)}
@@ -466,8 +528,9 @@ class MemoryOnlineStore(OnlineStore):
                     feature = self._features[name]
                     keys = feature.request_keys(saved["evicted"]["keys"])
                     with self._lock:
-                        feature.base_evicted = dict(zip(keys, saved["evicted"]["at_us"].tolist()))
-                        feature.evicted_us.update(feature.base_evicted)
+                        assert feature.log is not None
+                        feature.log.base_evicted = dict(zip(keys, saved["evicted"]["at_us"].tolist()))
+                        feature.evicted_us.update(feature.log.base_evicted)
             self.write(name, schema, rows.head(0), retain_us=saved.get("retain_us"))  # retain_us set without a row
 
 
