@@ -255,6 +255,16 @@ def test_the_log_is_compacted_to_the_live_rows(monkeypatch: pytest.MonkeyPatch) 
     assert_same_store(store, restored(store, ["tick"]), {"tick": (TICK, ["a", "b", "c"])})
 
 
+def test_compaction_groups_by_the_keys_when_hashing_them_loses_rows() -> None:
+    store = MemoryOnlineStore(history=2)
+    store.write("pair", PAIR, pair_rows([("s", 1), ("s", 2), ("s", 1), ("s", 1), ("t", 1)], [1, 2, 3, 4, 5]))
+    feature = store._features["pair"]
+    frames = [pair_rows([("s", 1), ("s", 2), ("s", 1), ("s", 1), ("t", 1)], [1, 2, 3, 4, 5])]
+    assert feature.live_frame(frames, 2, live=4)["n"].to_list() == [1, 2, 3, 4]  # the last 2 of (s, 1): rows 2 and 3
+    # a count that the hashed grouping does not give (as after a hash collision): grouped by the keys instead
+    assert feature.live_frame(frames, 2, live=3)["n"].to_list() == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("schema", [LEVEL, TICK], ids=["float key", "retention"])
 def test_compaction_from_row_tuples_keeps_evictions(schema: Schema, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(memory, "COMPACT_SLACK_ROWS", 2)
