@@ -517,29 +517,33 @@ class MemoryOnlineStore(OnlineStore):
         """Replace the features in ``state`` with what it holds (see :meth:`snapshot`): its
         writes are replayed in order, each with its ``retain_us`` (consecutive writes without
         one as one batch: their trimming does not depend on the batches' bounds)."""
-        from volga.storage.schema_json import schema_from_json
-
         if not self._record:
             self.record_writes()
-        for name, saved in state.items():
-            schema, rows = schema_from_json(saved["schema"]), saved["rows"]
-            self.clear(name)
-            if "batch_rows" not in saved:  # a checkpoint from before write logs: each key's rows, oldest first
-                self.write(name, schema, rows, retain_us=saved.get("retain_us"))
-                continue
-            batches = _replay_batches(name, rows.height, saved["batch_rows"], saved["batch_retain_us"])
-            if not batches:
-                self.write(name, schema, rows)  # no rows: the feature and its schema still exist
-            for i, (start, length, retain) in enumerate(batches):
-                self.write(name, schema, rows.slice(start, length), retain_us=retain)
-                if i == 0 and "evicted" in saved:  # the first write is the compacted log's live rows
-                    feature = self._features[name]
-                    keys = feature.request_keys(saved["evicted"]["keys"])
-                    with self._lock:
-                        assert feature.log is not None
-                        feature.log.base_evicted = dict(zip(keys, saved["evicted"]["at_us"].tolist()))
-                        feature.evicted_us.update(feature.log.base_evicted)
-            self.write(name, schema, rows.head(0), retain_us=saved.get("retain_us"))  # retain_us set without a row
+        with _gc_paused():  # not between the replayed writes either: each would end in a collection
+            for name, saved in state.items():
+                self._restore(name, saved)
+
+    def _restore(self, name: str, saved: dict[str, Any]) -> None:
+        from volga.storage.schema_json import schema_from_json
+
+        schema, rows = schema_from_json(saved["schema"]), saved["rows"]
+        self.clear(name)
+        if "batch_rows" not in saved:  # a checkpoint from before write logs: each key's rows, oldest first
+            self.write(name, schema, rows, retain_us=saved.get("retain_us"))
+            return
+        batches = _replay_batches(name, rows.height, saved["batch_rows"], saved["batch_retain_us"])
+        if not batches:
+            self.write(name, schema, rows)  # no rows: the feature and its schema still exist
+        for i, (start, length, retain) in enumerate(batches):
+            self.write(name, schema, rows.slice(start, length), retain_us=retain)
+            if i == 0 and "evicted" in saved:  # the first write is the compacted log's live rows
+                feature = self._features[name]
+                keys = feature.request_keys(saved["evicted"]["keys"])
+                with self._lock:
+                    assert feature.log is not None
+                    feature.log.base_evicted = dict(zip(keys, saved["evicted"]["at_us"].tolist()))
+                    feature.evicted_us.update(feature.log.base_evicted)
+        self.write(name, schema, rows.head(0), retain_us=saved.get("retain_us"))  # retain_us set without a row
 
 
 def _replay_batches(name: str, height: int, lengths: Any, retains: Any) -> list[tuple[int, int, int | None]]:
