@@ -1,15 +1,21 @@
 """Checkpoint benchmark: what checkpoints cost an online quickstart job, and recovery time.
 
     .venv/bin/python benchmarks/recovery.py [--orders 3000000] [--users 10000] [--keys 1000000]
+                                            [--sustained-orders 20000000]
 
 1. Throughput of the online quickstart job (embedded runtime, MemorySource, micro-batches
    of 10k rows, in-memory online store) without checkpoints, with ``checkpoint_interval``
    10 s and 1 s (each run in a fresh process; the last checkpoint, taken when the job ends,
    is inside the measured time). Per checkpoint: how long the job stood still (the snapshot
-   at the boundary; files are written in the background, except the final checkpoint's).
-2. State of ``--keys`` users (two orders each): duration and size of one checkpoint of
+   at the boundary, of which the in-memory store's part; files are written in the
+   background, except the final checkpoint's). Overhead: 1 - ev/s / ev/s without.
+2. Sustained: the same job over ``--sustained-orders`` orders (long enough for several
+   10 s checkpoints to fall inside the run; 0 skips it), without checkpoints and every 10 s:
+   the overhead end to end, and without the final checkpoint (a job that runs for months
+   pays it once).
+3. State of ``--keys`` users (two orders each): duration and size of one checkpoint of
    the job's state (operators + the in-memory store's contents), split by part.
-3. Recovery: the same job started again on that checkpoint directory: time to load and
+4. Recovery: the same job started again on that checkpoint directory: time to load and
    restore the latest checkpoint.
 
 Prints one line per figure. Not part of ``make test``.
@@ -68,6 +74,7 @@ def throughput(n_orders: int, n_users: int, interval: str | None) -> dict[str, A
     """One run in this process: events per second, checkpoints taken."""
     from volga.runtime.checkpoint import CheckpointStore
     from volga.runtime.local.checkpointing import Checkpointer
+    from volga.storage.online.memory import MemoryOnlineStore
 
     orders, users = orders_frame(n_orders, n_users), users_frame(n_users)
     sizes: list[tuple[int, int]] = []  # per checkpoint: (bytes it references, bytes it wrote)
@@ -79,25 +86,42 @@ def throughput(n_orders: int, n_users: int, interval: str | None) -> dict[str, A
         return out
 
     CheckpointStore.write = sized  # type: ignore[method-assign]
-    taken: list[float] = []  # time the job stood still per checkpoint (the snapshot; the final one: all)
-    for name in ("take", "take_in_background"):
+    taken: list[tuple[str, float]] = []  # per checkpoint: (periodic or final, time the job stood still)
+    for name, kind in (("take", "final"), ("take_in_background", "periodic")):
         original = getattr(Checkpointer, name)
 
-        def timed(self: Checkpointer, metrics: Any, __original: Any = original) -> Any:
+        def timed(self: Checkpointer, metrics: Any, __original: Any = original, __kind: str = kind) -> Any:
             start = time.perf_counter()
             out = __original(self, metrics)
-            taken.append(time.perf_counter() - start)
+            taken.append((__kind, time.perf_counter() - start))
             return out
 
         setattr(Checkpointer, name, timed)
+    store_s = _timed(MemoryOnlineStore, "snapshot")  # the in-memory store's part of each snapshot
     with tempfile.TemporaryDirectory() as tmp:
         client = _client(Path(tmp))
         extra = {} if interval is None else {"checkpoint_dir": Path(tmp) / "ckpt", "checkpoint_interval": interval}
         start = time.perf_counter()
         client.materialize([_pipeline(orders, users)], mode="online", batch_size=10_000, **extra)
         seconds = time.perf_counter() - start
-    return {"ev_per_s": n_orders / seconds, "seconds": seconds, "checkpoints": len(taken), "checkpoint_s": taken,
-            "sizes": sizes}
+    return {"ev_per_s": n_orders / seconds, "seconds": seconds, "checkpoints": len(taken),
+            "checkpoint_s": [s for _, s in taken], "periodic_s": [s for kind, s in taken if kind == "periodic"],
+            "final_s": sum(s for kind, s in taken if kind == "final"), "store_s": store_s, "sizes": sizes}
+
+
+def _timed(owner: Any, name: str) -> list[float]:
+    """Time every call of ``owner.name`` from now on; the list the durations go to."""
+    durations: list[float] = []
+    original = getattr(owner, name)
+
+    def timed(*a: Any, **k: Any) -> Any:
+        start = time.perf_counter()
+        out = original(*a, **k)
+        durations.append(time.perf_counter() - start)
+        return out
+
+    setattr(owner, name, timed)
+    return durations
 
 
 def state_of_keys(n_keys: int) -> dict[str, Any]:
@@ -180,6 +204,7 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=3_000_000)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--sustained-orders", type=int, default=20_000_000)
     parser.add_argument("--one", choices=["throughput", "state"])
     parser.add_argument("--interval", default="")
     args = parser.parse_args()
@@ -193,23 +218,42 @@ def main() -> None:
     base = ["--orders", str(args.orders), "--users", str(args.users)]
     runs = {label: _in_subprocess([*base, "--one", "throughput", "--interval", interval]) for label, interval in
             (("none", ""), ("10s", "10s"), ("1s", "1s"))}
-    none = runs["none"]["ev_per_s"]
     print(f"online quickstart, {args.orders:,} orders, {args.users:,} users (embedded, batches of 10k):")
-    for label, r in runs.items():
-        took = ", ".join(f"{s * 1000:.0f} ms" for s in r["checkpoint_s"][:6]) or "-"
-        print(f"  checkpoints {label:>4}: {r['ev_per_s']:>12,.0f} ev/s  {r['ev_per_s'] / none:5.2f}x  "
-              f"({r['seconds']:.2f} s, {r['checkpoints']} checkpoint(s): {took})")
-        if r["sizes"]:
-            shown = ", ".join(f"{total / 1e6:.1f}/{written / 1e6:.1f}" for total, written in r["sizes"][:6])
-            print(f"                   MB per checkpoint, whole/written (incremental: shared chunks are not rewritten): {shown}")
+    _print_runs(runs)
+    if args.sustained_orders:
+        base = ["--orders", str(args.sustained_orders), "--users", str(args.users)]
+        runs = {label: _in_subprocess([*base, "--one", "throughput", "--interval", interval]) for label, interval in
+                (("none", ""), ("10s", "10s"))}
+        print(f"sustained: {args.sustained_orders:,} orders, {args.users:,} users:")
+        _print_runs(runs)
+        none, every = runs["none"], runs["10s"]
+        steady = every["seconds"] - every["final_s"]
+        print(f"  every 10 s: {len(every['periodic_s'])} checkpoint(s) while the job ran; overhead "
+              f"{1 - every['ev_per_s'] / none['ev_per_s']:.1%} end to end, {1 - none['seconds'] / steady:.1%} without the final "
+              f"checkpoint ({every['final_s']:.2f} s); the job stood still {sum(every['periodic_s']):.2f} s for them "
+              f"({sum(every['periodic_s']) / steady:.1%} of its time)")
     s = _in_subprocess(["--keys", str(args.keys), "--one", "state"])
     print(f"state of {s['keys']:,} keys ({s['orders']:,} orders; the store holds {s['store_rows']:,} rows, "
           f"{s['store_bytes_in_memory'] / 1e6:.0f} MB as a frame):")
-    print(f"  checkpoint: {s['checkpoint_s']:.2f} s to take ({s['store_snapshot_s']:.2f} s of it the in-memory store's rows "
-          f"as a frame, {s['write_s']:.2f} s writing Arrow files), {s['checkpoint_bytes'] / 1e6:.1f} MB on disk")
+    print(f"  checkpoint: {s['checkpoint_s']:.2f} s to take ({s['store_snapshot_s']:.2f} s of it the in-memory store's "
+          f"snapshot, {s['write_s']:.2f} s writing Arrow files), {s['checkpoint_bytes'] / 1e6:.1f} MB on disk")
     print(f"  the job stands still {s['snapshot_s']:.2f} s for the snapshot (the rest is written in the background): "
           f"every 10 s, {s['snapshot_s'] / 10:.0%} of the job's time, {s['checkpoint_s'] / 10:.0%} counting the write")
     print(f"  recovery:   {s['load_s']:.2f} s to load the checkpoint, {s['resume_s']:.2f} s to load and restore it")
+
+
+def _print_runs(runs: dict[str, dict[str, Any]]) -> None:
+    none = runs["none"]["ev_per_s"]
+    for label, r in runs.items():
+        took = ", ".join(f"{s * 1000:.0f} ms" for s in r["checkpoint_s"][:8]) or "-"
+        store = ", ".join(f"{s * 1000:.0f}" for s in r["store_s"][:8])
+        print(f"  checkpoints {label:>4}: {r['ev_per_s']:>12,.0f} ev/s  {r['ev_per_s'] / none:5.2f}x  "
+              f"overhead {1 - r['ev_per_s'] / none:6.1%}  ({r['seconds']:.2f} s, {r['checkpoints']} checkpoint(s): {took}"
+              f"{'; the last one final' if r['final_s'] else ''})")
+        if r["sizes"]:
+            print(f"                   of which the in-memory store's snapshot, ms: {store}")
+            shown = ", ".join(f"{total / 1e6:.1f}/{written / 1e6:.1f}" for total, written in r["sizes"][:8])
+            print(f"                   MB per checkpoint, whole/written (incremental: shared chunks are not rewritten): {shown}")
 
 
 if __name__ == "__main__":
