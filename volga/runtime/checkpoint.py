@@ -272,12 +272,18 @@ class _Tables:
             return {"file": name}
         chunks = []
         for start in range(0, table.num_rows, CHUNK_ROWS):
-            data = _ipc_bytes(table.slice(start, CHUNK_ROWS).combine_chunks())
+            data = _ipc_bytes(_copied(table.slice(start, CHUNK_ROWS)))
             name, wrote = self.store._put_chunk(data)
             chunks.append(name)
             self.total_bytes += len(data)
             self.written_bytes += len(data) if wrote else 0
         return {"chunks": chunks}
+
+
+def _copied(rows: pa.Table) -> pa.Table:
+    """``rows`` in buffers of their own: a zero-copy slice of a string column writes bytes
+    that depend on the rows after it, so equal rows would not make equal chunks."""
+    return pa.table([pa.concat_arrays(col.chunks) for col in rows.columns], schema=rows.schema)
 
 
 def _read_table(fs: pafs.FileSystem, path: str) -> pa.Table:
