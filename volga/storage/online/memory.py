@@ -18,9 +18,7 @@ is their concatenation (no per-row Python work) and a restore replays them throu
 batches' bounds, so the replay rebuilds the same rows per key. The log is compacted when it
 holds more than twice the live rows: it becomes one frame of the live rows, so memory and
 checkpoint size stay bounded. Between compactions the log only grows, so consecutive
-checkpoints can share their leading row chunks (``volga.runtime.checkpoint``; today only
-when no column is a string: a chunk of a string column is written as a zero-copy slice, whose
-bytes depend on the rows after it).
+checkpoints share their leading row chunks (``volga.runtime.checkpoint``).
 """
 
 # No `from __future__ import annotations` here: the docstring example's @entity class needs
