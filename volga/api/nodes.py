@@ -128,7 +128,14 @@ STATELESS = (FilterNode, TransformNode, AssignNode, RenameNode, SelectNode, Drop
 
 def walk(roots: Node | Sequence[Node]) -> list[Node]:
     """Every node reachable from ``roots`` (one node or several), inputs before the nodes
-    that use them."""
+    that use them; a node several roots reach comes once.
+
+    >>> from volga.api.entity import Schema
+    >>> leaf = Node(Schema("s", (), (), "ts"))
+    >>> a, b = SelectNode(leaf.schema, leaf, ()), DropNullNode(leaf.schema, leaf, ())
+    >>> [n.label() for n in walk([a, b])], walk(a) == [leaf, a]
+    (['', 'select', 'dropnull'], True)
+    """
     order: list[Node] = []
     seen: set[int] = set()
 

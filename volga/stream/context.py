@@ -40,7 +40,7 @@ def _definition_fingerprint(sinks: list[sn.SinkNode]) -> dict[str, str]:
 
     lines: dict[str, str] = {}
     for i, node in enumerate(n for n in api.walk([s.input for s in sinks])):
-        parts = [sn.label(node)]
+        parts = [sn.stream_label(node)]
         if isinstance(node, sn.SourceNode):
             parts = [f"{node.name}: {dataclasses.replace(node, description='').label()}"]
             for step in node.prelude:

@@ -138,13 +138,13 @@ class DataStream:
     def __repr__(self) -> str:
         cols = ", ".join(f"{c}: {self.schema.field(c).dtype}" for c in self.columns)
         keyed = f"; keyed by {list(self.schema.keys)}" if self.schema.keys else ""
-        return f"<{type(self).__name__} {sn.label(self._node)} ({cols}{keyed})>"
+        return f"<{type(self).__name__} {sn.stream_label(self._node)} ({cols}{keyed})>"
 
     def _new(self, node: api.Node) -> DataStream:
         return (KeyedStream if node.schema.keys else DataStream)(self._ctx, node)
 
     def _where(self, op: str) -> str:
-        return f"{op} on {sn.label(self._node)}"
+        return f"{op} on {sn.stream_label(self._node)}"
 
     def _require(self, columns: Sequence[str], op: str) -> None:
         missing = [c for c in columns if not self.schema.has(c)]
@@ -302,7 +302,7 @@ class DataStream:
             if not isinstance(node, sn.STATELESS):
                 raise ValueError(
                     f"{self._where(op)}: event time and lateness belong to a source; call {op} right after "
-                    f"ctx.from_...() or after stateless steps (map/filter/flat_map), not after {sn.label(node)}"
+                    f"ctx.from_...() or after stateless steps (map/filter/flat_map), not after {sn.stream_label(node)}"
                 )
             path.append(node)
             node = node.input

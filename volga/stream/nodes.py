@@ -141,7 +141,7 @@ class SourceNode(StreamNode):
 
     def label(self) -> str:
         parts = [f"{self.kind}({self.description})" if self.description else f"{self.kind}()"]
-        parts += [label(p) for p in self.prelude]
+        parts += [stream_label(p) for p in self.prelude]
         if self.timestamps is not None:
             parts.append(self.timestamps.label())
         if self.lateness_us or self.late_sink is not None:
@@ -300,7 +300,7 @@ def _agg_label(agg: Aggregate) -> str:
     return f"{type(agg).__name__}({on}window={agg.window!r}, into={agg.into!r})"
 
 
-def label(node: api.Node) -> str:
+def stream_label(node: api.Node) -> str:
     """A node as the DataStream operator it is (``explain()``): an Entity API node too."""
     if isinstance(node, StreamNode):
         return node.label()

@@ -864,7 +864,7 @@ class RowChainSpec(OperatorSpec):
         return op.sequenced() if sequenced else op
 
     def fingerprint(self) -> list[str]:  # row functions by their code (an Entity API filter's predicate too)
-        return [f"{sn.label(s)} code {code_digest(fn)}" for s in self.steps
+        return [f"{sn.stream_label(s)} code {code_digest(fn)}" for s in self.steps
                 if (fn := getattr(s, "fn", None) or getattr(s, "predicate", None)) is not None]
 
 

@@ -59,7 +59,7 @@ def compile_stream(sinks: list[sn.SinkNode], *, fuse_keyed: bool = False) -> Str
     explicit: dict[int, int] = {}
     for step in graph.steps:
         members = graph.members[step.id]
-        labels[step.id] = " -> ".join(sn.label(m) for m in members)
+        labels[step.id] = " -> ".join(sn.stream_label(m) for m in members)
         # a chain runs where its first operator does; a fused keyed reduce where its reduce does
         owner = next((m for m in members if not isinstance(m, sn.STATELESS)), members[0])
         chosen = owner.parallelism
