@@ -863,6 +863,9 @@ class RowChainSpec(OperatorSpec):
         op = RowChain(list(self.steps), self.where)
         return op.sequenced() if sequenced else op
 
+    def rescale(self, states: list[State], routed: tuple[str, ...] | None, n: int) -> list[State]:
+        return [{} for _ in range(n)]  # stateless
+
     def fingerprint(self) -> list[str]:  # row functions by their code (an Entity API filter's predicate too)
         return [f"{sn.stream_label(s)} code {code_digest(fn)}" for s in self.steps
                 if (fn := getattr(s, "fn", None) or getattr(s, "predicate", None)) is not None]
