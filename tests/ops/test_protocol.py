@@ -15,7 +15,7 @@ from volga.ops.routing import SEQ
 from volga.plan.compile import PhysicalPlan, compile_plan
 from volga.sources import MemorySource
 from volga.stream import ListSink, StreamingContext, TumblingWindow
-from volga.stream.compile import compile_stream
+from volga.stream.plan import compile_stream
 from volga.testing.quickstart import order_records, quickstart
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)

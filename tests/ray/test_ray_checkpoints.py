@@ -310,3 +310,33 @@ def test_a_changed_definition_is_refused_or_rebuilt_from_the_sources_history(tmp
     embedded.materialize([aggregation_pipe(CASES[:3])], mode="online", write_offline=True, batch_size=500)
     got, want = all_stores(rebuilt, "features", keys), all_stores(embedded, "features", keys)
     assert got[1].equals(want[1]) and got[2].equals(want[2]), "the rebuilt job's stores differ from a fresh run's"
+
+
+def test_a_from_pipeline_job_stopped_at_parallelism_2_continues_at_3_with_its_join_and_window_state_moved(tmp_path: Path) -> None:
+    """A DataStream job made of an Entity pipeline runs the Entity API's own as-of join and
+    window operators (one graph, one compiler), so their state moves between actors when the
+    job resumes at another parallelism, as ``materialize``'s does."""
+    from volga.stream import ListSink, StreamingContext
+
+    def job(rate_per_s: float | None, parallelism: int | None) -> tuple[StreamingContext, ListSink]:
+        runtime = volga.RayRuntime(parallelism=parallelism) if parallelism else None
+        ctx, out = StreamingContext(runtime, batch_size=50), ListSink()
+        ctx.from_pipeline(pipe(rate_per_s)).sink(out)
+        return ctx, out
+
+    ctx, want = job(None, None)
+    ctx.execute()
+    assert len(want.items) > 1000
+
+    ctx, first = job(2500, 2)
+    running = ctx.submit(checkpoint_dir=tmp_path / "checkpoints", checkpoint_interval="1h")
+    deadline = time.monotonic() + 60
+    while sum(running.metrics.rows_out.values()) < len(want.items) // 2 and running.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    running.stop(timeout=60)
+    assert 0 < len(first.items) < len(want.items), f"stopped at {len(first.items)} of {len(want.items)} rows: not mid-run"
+
+    ctx, again = job(None, 3)
+    assert "join(kind='asof', how='left')" in ctx.explain()
+    ctx.execute(checkpoint_dir=tmp_path / "checkpoints", checkpoint_interval="1h")
+    assert again.frame().sort(pl.all()).equals(want.frame().sort(pl.all()))

@@ -10,8 +10,10 @@ from stream_runs import Run
 
 import volga
 from volga import Avg, Count, Entity, Max, pipeline, source
+from volga.api import nodes
+from volga.plan.compile import compile_plan
 from volga.sources import MemorySource
-from volga.stream import ListSink, plan_of
+from volga.stream import ListSink, StreamingContext, plan_of
 from volga.testing.data import make_orders, make_users
 from volga.testing.quickstart import Order, User, UserSpentInfo
 
@@ -67,3 +69,35 @@ def test_pipeline_through_datastream_equals_client_offline(tmp_path, run: Run) -
     # and the DataStream operators apply to it like to any stream
     assert list(stream.schema.keys) == ["user_id"]
     assert isinstance(got, pl.DataFrame)
+
+
+def test_pipeline_and_its_datastream_compile_to_the_same_steps() -> None:
+    """One compiler: ``from_pipeline`` puts the pipeline's own nodes in the DataStream graph,
+    so the job has the steps ``client.materialize`` runs, with the same operators."""
+    entity = compile_plan([user_spent])
+    ctx = StreamingContext()
+    ctx.from_pipeline(user_spent).sink(ListSink())
+    stream = ctx.compile().plan
+    assert [(s.kind, s.inputs) for s in stream.steps] == [(s.kind, s.inputs) for s in entity.steps]
+    assert [s.kind for s in stream.steps] == ["source", "chain", "source", "join", "window", "chain"]
+    for want, got in zip(entity.steps, stream.steps):
+        if want.kind == "source":
+            assert got.source.name == want.source.name
+        elif want.kind == "chain":  # the pipeline's own stateless nodes (run by StatelessChain in a RowChain)
+            assert [type(n) for n in got.spec.steps] == [type(n) for n in want.spec.steps]
+        else:  # the Entity API's as-of join and window operators, with the same definitions
+            assert type(got.spec) is type(want.spec)
+            assert got.spec.fingerprint() == want.spec.fingerprint()
+    # the filter node is the pipeline's own object, not a copy
+    (node,) = stream.steps[1].spec.steps
+    assert isinstance(node, nodes.FilterNode)
+
+
+def test_datastream_steps_after_a_pipeline_fuse_into_its_chain() -> None:
+    ctx = StreamingContext()
+    out = ListSink()
+    ctx.from_pipeline(user_spent).map(lambda r: r["user_id"]).sink(out)
+    plan = ctx.compile()
+    last = plan.plan.steps[-1]
+    assert [type(n).__name__ for n in last.spec.steps] == ["RenameNode", "SelectNode", "RowNode"]
+    assert plan.explain().splitlines()[-1].endswith("-> map(<lambda>) <- [4] => sink(ListSink(0 items))")

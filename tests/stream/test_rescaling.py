@@ -20,7 +20,7 @@ from volga.plan.compile import PhysicalPlan
 from volga.runtime.local.executors import sort_by_time
 from volga.runtime.local.runtime import open_sources
 from volga.stream import ListSink, StreamingContext, TumblingWindow
-from volga.stream.compile import compile_stream
+from volga.stream.plan import compile_stream
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from volga.stream import ListSink, StreamingContext
-from volga.stream.compile import compile_stream
 from volga.stream.ops import FusedKeyedReduce, KeyedReduceOp
+from volga.stream.plan import compile_stream
 
 MAPS: list[Callable[[int], Any]] = [lambda x: x + 3, lambda x: x * 2 - 5, lambda x: 60 // (x % 7)]
 FILTERS: list[Callable[[int], Any]] = [lambda x: x % 3, lambda x: x > 10, lambda x: 1 // (x % 5) + 1]

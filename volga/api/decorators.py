@@ -188,9 +188,17 @@ class PipelineDef:
         return out
 
     def build(
-        self, params: Params | None = None, lookup: Mapping[str, Any] | None = None, _stack: tuple[PipelineDef, ...] = ()
+        self,
+        params: Params | None = None,
+        lookup: Mapping[str, Any] | None = None,
+        _stack: tuple[PipelineDef, ...] = (),
+        *,
+        sources: Callable[[SourceDef], nodes.Node] | None = None,
     ) -> nodes.Node:
-        """Run the body on symbolic frames and return the validated logical output node."""
+        """Run the body on symbolic frames and return the validated logical output node.
+
+        ``sources``: the node each source definition is read as (default: a
+        ``SourceNode``; a DataStream job passes its own source nodes)."""
         if any(p is self for p in _stack):
             members = list(_stack[[id(p) for p in _stack].index(id(self)):])
             raise PipelineDefinitionError(f"pipeline {self.name}: dependency {_cycle_text(members)}")
@@ -201,9 +209,9 @@ class PipelineDef:
             arg = param_names[index] if index < len(param_names) else f"#{index}"
             where = f"pipeline {self.name} (argument '{arg}' from {dep.name})"
             if isinstance(dep, SourceDef):
-                node: nodes.Node = nodes.SourceNode(dep.schema, dep)
+                node: nodes.Node = nodes.SourceNode(dep.schema, dep) if sources is None else sources(dep)
             else:
-                node = dep.build(params, lookup, stack)
+                node = dep.build(params, lookup, stack, sources=sources)
             frames.append(Entity(node, where))
         result = self.fn(*frames, **resolve_params(self.name, self.fn, params, skip=len(frames)))
         if not isinstance(result, Entity):

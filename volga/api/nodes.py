@@ -1,14 +1,17 @@
-"""Logical plan nodes: what a pipeline body builds. Frozen data; nothing runs here.
+"""Logical plan nodes: what a pipeline body and a DataStream builder build. Frozen data;
+nothing runs here.
 
 Every node knows its output ``Schema`` (inferred when the node is created, so mistakes
-surface at definition time). The plan layer walks these nodes to compile physical
-operators.
+surface at definition time). This is the one node family of both APIs: the Entity API's
+nodes are defined here, the DataStream nodes (``volga.stream.nodes``) subclass ``Node``,
+and one compiler (``volga.plan.compile.compile_graph``) turns any graph of them into a
+physical plan: the Entity nodes by their type, every other node through its ``lower()``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Union
 
 import polars as pl
@@ -23,6 +26,9 @@ Predicate = Union[RowFn, pl.Expr]
 @dataclasses.dataclass(frozen=True, eq=False)
 class Node:
     schema: Schema
+    # how many partitions run the node's operator (a DataStream's set_parallelism(n));
+    # None: the runtime's default
+    parallelism: int | None = dataclasses.field(default=None, kw_only=True)
 
     @property
     def inputs(self) -> tuple[Node, ...]:
@@ -30,6 +36,12 @@ class Node:
 
     def label(self) -> str:
         return type(self).__name__.removesuffix("Node").lower()
+
+    def lower(self) -> Any:
+        """How a node the plan layer does not know compiles: a ``volga.plan.compile.Lowering``
+        (its step kind and operator spec). None (the default): the compiler knows the node
+        (the Entity API's nodes below) or cannot compile it."""
+        return None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,8 +122,20 @@ class JoinNode(Node):
         return (self.left, self.right)
 
 
-def walk(root: Node) -> list[Node]:
-    """Every node reachable from ``root``, inputs before the nodes that use them."""
+# the stateless nodes: a compiler fuses runs of them into one chain operator
+STATELESS = (FilterNode, TransformNode, AssignNode, RenameNode, SelectNode, DropNullNode)
+
+
+def walk(roots: Node | Sequence[Node]) -> list[Node]:
+    """Every node reachable from ``roots`` (one node or several), inputs before the nodes
+    that use them; a node several roots reach comes once.
+
+    >>> from volga.api.entity import Schema
+    >>> leaf = Node(Schema("s", (), (), "ts"))
+    >>> a, b = SelectNode(leaf.schema, leaf, ()), DropNullNode(leaf.schema, leaf, ())
+    >>> [n.label() for n in walk([a, b])], walk(a) == [leaf, a]
+    (['', 'select', 'dropnull'], True)
+    """
     order: list[Node] = []
     seen: set[int] = set()
 
@@ -123,5 +147,6 @@ def walk(root: Node) -> list[Node]:
             visit(child)
         order.append(node)
 
-    visit(root)
+    for root in [roots] if isinstance(roots, Node) else roots:
+        visit(root)
     return order

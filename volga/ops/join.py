@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from volga.api import nodes
+from volga.api.entity import Schema
 from volga.ops.frames import epoch_us, pick
 from volga.ops.protocol import FINISHED_WM, BufferedOperator, Input, OperatorSpec, State
 from volga.ops.rescaling import split_join
@@ -25,17 +26,35 @@ _RTS = "__volga_right_ts"
 _MATCH = "__volga_matched"
 
 
+@dataclasses.dataclass(frozen=True)
+class JoinShape:
+    """What an as-of join needs of its inputs and output: an Entity API ``JoinNode``'s
+    (``of``), or one a DataStream join builds for its prepared inputs."""
+
+    schema: Schema
+    left: Schema
+    right: Schema
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    how: str  # "left" | "inner"
+    right_columns: tuple[tuple[str, str], ...]  # right column -> output column
+
+    @classmethod
+    def of(cls, node: nodes.JoinNode) -> JoinShape:
+        return cls(node.schema, node.left.schema, node.right.schema, node.left_on, node.right_on, node.how, node.right_columns)
+
+
 class AsOfJoinOp(BufferedOperator):
-    def __init__(self, node: nodes.JoinNode) -> None:
-        self.node = node
-        self.left_ts = node.left.schema.timestamp
-        self.right_ts = node.right.schema.timestamp
+    def __init__(self, node: nodes.JoinNode | JoinShape) -> None:
+        self.node = node = node if isinstance(node, JoinShape) else JoinShape.of(node)
+        self.left_ts = node.left.timestamp
+        self.right_ts = node.right.timestamp
         self.right_keys = list(node.right_on)
         self.left_keys = list(node.left_on)
         self.left_buffer: list[pl.DataFrame] = []
         self.right_buffer: list[pl.DataFrame] = []
         # right rows sorted by time: the latest per key up to the watermark, then every row
-        self.latest = self._prepare_right(pl.DataFrame(schema=node.right.schema.polars_schema()))
+        self.latest = self._prepare_right(pl.DataFrame(schema=node.right.polars_schema()))
         self.uncollapsed = False
 
     def push(self, side: int, batch: pl.DataFrame) -> None:

@@ -24,14 +24,7 @@ from volga.ops.row_predicates import RowPredicate, translate
 
 HIDDEN_PREFIX = "__volga_"  # columns carried for request-time evaluation (volga.plan.request_time)
 
-StatelessNode = (
-    nodes.FilterNode,
-    nodes.TransformNode,
-    nodes.AssignNode,
-    nodes.RenameNode,
-    nodes.SelectNode,
-    nodes.DropNullNode,
-)
+StatelessNode = nodes.STATELESS
 
 
 class StatelessChain(RowOperator):

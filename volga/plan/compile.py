@@ -1,8 +1,11 @@
-"""Compile pipeline definitions into a physical plan: a small DAG of operators.
+"""Compile logical graphs into a physical plan: a small DAG of operators.
 
-The physical plan has four kinds of steps, shared by every runtime: ``source``,
-``chain`` (fused stateless operators), ``window`` (keyed aggregation) and ``join``
-(as-of join). Each source definition is read once even when several pipelines use it.
+One compiler for both APIs (``compile_graph``): the Entity API's pipelines
+(``compile_plan``) and DataStream jobs (``volga.stream.plan``) build nodes of one family
+(``volga.api.nodes.Node``). The physical plan has four kinds of steps, shared by every
+runtime: ``source``, ``chain`` (fused stateless operators), ``window`` (keyed state) and
+``join`` (operators driven by watermarks). Each source is read once even when several
+outputs use it.
 A step holds an operator *spec* (``ops.protocol.OperatorSpec``), not an operator: each job
 builds fresh operators from the plan (``build_operators``), in this process or in Ray actors.
 """
@@ -19,19 +22,21 @@ from volga.api.entity import Schema
 from volga.api.frame import PipelineDefinitionError
 from volga.ops.join import JoinSpec
 from volga.ops.protocol import Operator, OperatorSpec
-from volga.ops.stateless import ChainSpec, StatelessNode
+from volga.ops.stateless import ChainSpec
 from volga.ops.window import WindowSpec
 from volga.plan.request_time import RequestTimeShape, shape_of, with_hidden_columns
+
+StepKind = Literal["source", "chain", "window", "join"]
 
 
 @dataclasses.dataclass
 class Step:
     id: int
-    kind: Literal["source", "chain", "window", "join"]
+    kind: StepKind
     inputs: list[int]
     schema: Schema
     spec: OperatorSpec | None = None  # None for a source
-    source: SourceDef | None = None
+    source: Any = None  # a source step's reader: a SourceDef, or one duck-typed like it
 
     def describe(self) -> str:
         if self.kind == "source":
@@ -85,13 +90,140 @@ def _lookup_rule(shape: RequestTimeShape | None) -> str:
     return f"windows at request time ({windows}; the steps after the aggregate applied to them)"
 
 
+@dataclasses.dataclass
+class Lowering:
+    """What a node outside the Entity API compiles to (its ``lower()``).
+
+    ``kind`` "chain" with no ``spec``: a stateless node, fused into the chain before it when
+    that chain has no other reader. ``absorb``: given the step it reads (a chain only it
+    reads), one spec doing both, or None; used only when the compiler is asked to
+    (``compile_graph(absorb=True)``, for a runtime that never moves rows between partitions).
+    """
+
+    kind: StepKind
+    spec: OperatorSpec | None = None
+    source: Any = None  # a source step's reader
+    absorb: Callable[[Step], OperatorSpec | None] | None = None
+
+
+@dataclasses.dataclass
+class Graph:
+    """A compiled graph: its steps (inputs first), the step producing each output, and the
+    logical nodes each step runs (in order; what front ends name steps by)."""
+
+    steps: list[Step]
+    outputs: dict[str, int]
+    members: dict[int, list[nodes.Node]]
+
+
+def compile_graph(
+    outputs: Mapping[str, nodes.Node],
+    *,
+    where: Callable[[str], str] = lambda name: f"pipeline {name}",
+    chain: Callable[[list[Any], str], Any] = ChainSpec,
+    hidden: Mapping[int, tuple[dict[str, str], dict[str, str]]] | None = None,
+    absorb: bool = False,
+) -> Graph:
+    """The steps computing every output node (by name).
+
+    Entity API nodes compile by their type; any other node by its ``lower()``. A source
+    (``SourceNode``'s definition, or a lowered source node) is read once; a run of stateless
+    nodes is fused into one ``chain`` (built by ``chain(nodes, where)``; ``where``: how an
+    output's operators name themselves in errors) unless a node in it has several readers.
+    ``hidden``: per aggregate node id, the hidden columns request-time lookups need.
+
+    >>> from volga.sources import MemorySource
+    >>> from volga.testing.quickstart import order_records, quickstart
+    >>> root = quickstart(lambda online: MemorySource(order_records(3))).build()
+    >>> graph = compile_graph({"user_spent": root})
+    >>> [(s.kind, [n.label() for n in graph.members[s.id]]) for s in graph.steps][:2]
+    [('source', ['source[order_source]']), ('chain', ['filter'])]
+    """
+    steps: list[Step] = []
+    members: dict[int, list[nodes.Node]] = {}
+    by_node: dict[int, int] = {}
+    by_source: dict[int, int] = {}
+    done: dict[str, int] = {}
+    carries = hidden or {}
+    consumers: dict[int, int] = {}
+    for root in outputs.values():  # an output is read, like an input
+        consumers[id(root)] = consumers.get(id(root), 0) + 1
+    for node in nodes.walk(list(outputs.values())):
+        for child in node.inputs:
+            consumers[id(child)] = consumers.get(id(child), 0) + 1
+
+    def add(node: nodes.Node, kind: StepKind, inputs: list[int], spec: OperatorSpec | None = None, source: Any = None) -> int:
+        steps.append(Step(len(steps), kind, inputs, node.schema, spec, source))
+        members[len(steps) - 1] = [node]
+        return len(steps) - 1
+
+    def alone(node: nodes.Node, upstream: int) -> bool:
+        """``node`` is the only reader of its input's step."""
+        return consumers.get(id(node.inputs[0]), 0) <= 1 and upstream not in done.values()
+
+    def fuse(node: nodes.Node, upstream: int, where: str) -> int:
+        prev = steps[upstream]
+        if prev.kind == "chain" and alone(node, upstream):
+            assert prev.spec is not None
+            prev.spec.steps.append(node)  # type: ignore[attr-defined]
+            prev.schema = node.schema
+            members[upstream].append(node)
+            return upstream
+        return add(node, "chain", [upstream], chain([node], where))
+
+    def visit(node: nodes.Node, where: str) -> int:
+        if id(node) in by_node:
+            return by_node[id(node)]
+        if isinstance(node, nodes.SourceNode):
+            src: SourceDef = node.source
+            if id(src) not in by_source:
+                by_source[id(src)] = add(node, "source", [], source=src)
+            result = by_source[id(src)]
+        elif isinstance(node, nodes.STATELESS):
+            assert isinstance(node, nodes.UnaryNode)
+            result = fuse(node, visit(node.input, where), where)
+        elif isinstance(node, nodes.AggregateNode):
+            upstream = visit(node.input, where)
+            raw, kept = carries.get(id(node), ({}, {}))
+            spec = WindowSpec(node.input.schema, node.schema, tuple(node.keys), node.aggregates, raw, kept)
+            result = add(node, "window", [upstream], spec)
+        elif isinstance(node, nodes.JoinNode):
+            left = visit(node.left, where)
+            right = visit(node.right, where)
+            result = add(node, "join", [left, right], JoinSpec(node))
+        else:
+            lowered: Lowering | None = node.lower()
+            if lowered is None:
+                raise PipelineDefinitionError(f"{where}: cannot compile {node!r}")
+            inputs = [visit(child, where) for child in node.inputs]
+            if lowered.kind == "source":
+                result = add(node, "source", [], source=lowered.source)
+            elif lowered.kind == "chain" and lowered.spec is None:
+                result = fuse(node, inputs[0], where)
+            elif absorb and lowered.absorb is not None and alone(node, inputs[0]) and (both := lowered.absorb(steps[inputs[0]])):
+                prev = steps[inputs[0]]
+                steps[inputs[0]] = Step(prev.id, lowered.kind, prev.inputs, node.schema, both)
+                members[prev.id].append(node)
+                result = prev.id
+            else:
+                result = add(node, lowered.kind, inputs, lowered.spec)
+        by_node[id(node)] = result
+        return result
+
+    for name, root in outputs.items():
+        done[name] = visit(root, where(name))
+    return Graph(steps, done, members)
+
+
 def compile_plan(
     pipelines: Sequence[PipelineDef], params: Params | None = None, lookup: Mapping[str, Any] | None = None
 ) -> PhysicalPlan:
     """The physical plan of ``pipelines``.
 
-    Each pipeline body runs on symbolic frames; the logical nodes it returns become steps,
-    stateless runs fused into one ``chain``, and a source shared by pipelines is read once.
+    Each pipeline body runs on symbolic frames; the logical nodes it returns become steps
+    (``compile_graph``), stateless runs fused into one ``chain``, and a source shared by
+    pipelines is read once. A pipeline looked up at request time first gets the hidden
+    columns that needs (``plan.request_time``).
 
     >>> from volga.sources import MemorySource
     >>> from volga.testing.quickstart import order_records, quickstart
@@ -105,12 +237,7 @@ def compile_plan(
     [5] chain rename -> select <- [4]  => user_spent
     user_spent: lookups evaluate windows at request time (avg_spent_7d, num_purchases_1h, max_price_1d; the steps after the aggregate applied to them)
     """
-    steps: list[Step] = []
-    by_node: dict[int, int] = {}
-    by_source: dict[int, int] = {}
-    outputs: dict[str, int] = {}
-    consumers: dict[int, int] = {}
-    roots = []
+    roots: dict[str, nodes.Node] = {}
     shapes: dict[str, RequestTimeShape] = {}
     carries: dict[int, tuple[dict[str, str], dict[str, str]]] = {}  # aggregate node id -> hidden columns' sources
     for pipe in pipelines:
@@ -125,48 +252,6 @@ def compile_plan(
             new_agg, steps_after, raw, kept = with_hidden_columns(shape)
             carries[id(new_agg)] = (raw, kept)
             root = steps_after[-1] if steps_after else new_agg
-        roots.append((pipe, root))
-        for node in nodes.walk(root):
-            for child in node.inputs:
-                consumers[id(child)] = consumers.get(id(child), 0) + 1
-
-    def add(kind: Any, inputs: list[int], schema: Schema, spec: OperatorSpec | None = None, source: SourceDef | None = None) -> int:
-        steps.append(Step(len(steps), kind, inputs, schema, spec, source))
-        return len(steps) - 1
-
-    def visit(node: nodes.Node, where: str) -> int:
-        if id(node) in by_node:
-            return by_node[id(node)]
-        if isinstance(node, nodes.SourceNode):
-            src: SourceDef = node.source
-            if id(src) not in by_source:
-                by_source[id(src)] = add("source", [], node.schema, source=src)
-            result = by_source[id(src)]
-        elif isinstance(node, StatelessNode):
-            assert isinstance(node, nodes.UnaryNode)
-            upstream = visit(node.input, where)
-            prev = steps[upstream]
-            if prev.kind == "chain" and consumers.get(id(node.input), 0) <= 1 and upstream not in outputs.values():
-                assert isinstance(prev.spec, ChainSpec)
-                prev.spec.steps.append(node)
-                prev.schema = node.schema
-                result = upstream
-            else:
-                result = add("chain", [upstream], node.schema, ChainSpec([node], where))
-        elif isinstance(node, nodes.AggregateNode):
-            upstream = visit(node.input, where)
-            raw, kept = carries.get(id(node), ({}, {}))
-            spec = WindowSpec(node.input.schema, node.schema, tuple(node.keys), node.aggregates, raw, kept)
-            result = add("window", [upstream], node.schema, spec)
-        elif isinstance(node, nodes.JoinNode):
-            left = visit(node.left, where)
-            right = visit(node.right, where)
-            result = add("join", [left, right], node.schema, JoinSpec(node))
-        else:
-            raise PipelineDefinitionError(f"{where}: cannot compile {node!r}")
-        by_node[id(node)] = result
-        return result
-
-    for pipe, root in roots:
-        outputs[pipe.name] = visit(root, f"pipeline {pipe.name}")
-    return PhysicalPlan(steps, outputs, {p.name: p for p in pipelines}, shapes)
+        roots[pipe.name] = root
+    graph = compile_graph(roots, hidden=carries)
+    return PhysicalPlan(graph.steps, graph.outputs, {p.name: p for p in pipelines}, shapes)

@@ -1,9 +1,11 @@
 """The DataStream API: general-purpose streaming on Volga's engine.
 
 The Entity API is one way to build a plan for the engine; this is the other, Flink-like
-one. Both compile to the same physical steps (``volga.plan.compile.PhysicalPlan``) and
-run on the same executors, watermarks and operators; ``plan_of(pipeline)`` prints an
-Entity pipeline as DataStream operators.
+one. Both build nodes of one logical family (``volga.api.nodes.Node``; the Entity API's
+are a subset) that one compiler (``volga.plan.compile.compile_graph``) turns into the same
+physical steps, run by the same executors, watermarks and operators;
+``ctx.from_pipeline(pipeline)`` puts a pipeline's own nodes in a DataStream job and
+``plan_of(pipeline)`` prints one as DataStream operators.
 
 >>> from volga.stream import StreamingContext, ListSink
 >>> ctx = StreamingContext()

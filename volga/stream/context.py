@@ -20,8 +20,8 @@ from volga.runtime.local.executors import StreamOptions
 from volga.runtime.local.job import Job
 from volga.sources.base import Source
 from volga.stream import nodes as sn
-from volga.stream.compile import StreamPlan, compile_stream
 from volga.stream.datastream import DataStream, KeyedStream
+from volga.stream.plan import StreamPlan, compile_stream
 from volga.stream.sinks import SinkSet
 from volga.stream.sources import FrameSource, TextFileSource, collection_frame
 
@@ -33,15 +33,14 @@ def _definition_fingerprint(sinks: list[sn.SinkNode]) -> dict[str, str]:
     the same stream from another address)."""
 
     def code(node: Any) -> list[str]:
-        payload = getattr(node, "payload", None)
         fns = [getattr(node, "fn", None), getattr(node, "reduce_fn", None), getattr(node, "timestamps", None) and node.timestamps.fn,
-               payload if getattr(node, "op", None) == "map_batches" else None,
-               getattr(payload, "fn", None), getattr(payload, "predicate", None)]
+               getattr(node, "payload", None) if getattr(node, "op", None) == "map_batches" else None,
+               getattr(node, "predicate", None)]  # an Entity API filter's
         return [f"code {code_digest(fn)}" for fn in fns if callable(fn)]
 
     lines: dict[str, str] = {}
-    for i, node in enumerate(n for n in sn.walk(list(sinks)) if not isinstance(n, sn.SinkNode)):
-        parts = [node.label()]
+    for i, node in enumerate(n for n in api.walk([s.input for s in sinks])):
+        parts = [sn.stream_label(node)]
         if isinstance(node, sn.SourceNode):
             parts = [f"{node.name}: {dataclasses.replace(node, description='').label()}"]
             for step in node.prelude:
@@ -76,7 +75,7 @@ class StreamJob:
                         except KeyError:
                             continue
                         if late.height:  # the source's late sink, and the late sinks of the windows it feeds
-                            step.source.on_late(late)  # type: ignore[union-attr]
+                            step.source.on_late(late)
                 windows: dict[int, pl.DataFrame] = getattr(self.job, "window_late_events", dict)()
                 for step in self.plan.plan.steps:  # a window's rows that came after it was emitted
                     node = getattr(step.spec, "node", None)
@@ -236,43 +235,24 @@ class StreamingContext:
         return KeyedStream(self, node)
 
     def from_pipeline(self, pipeline: PipelineDef, params: Params | None = None) -> KeyedStream:
-        """An Entity API ``@pipeline`` as a DataStream: its sources, stateless steps,
-        as-of joins and windowed aggregations become DataStream operators running the same
-        engine operators (``StatelessChain``, ``AsOfJoinOp``, ``WindowAggregateOp``)."""
+        """An Entity API ``@pipeline`` as a DataStream: the pipeline's own logical nodes
+        (stateless steps, as-of joins, windowed aggregations) in this job's graph, compiled
+        by the same compiler to the same engine operators (``StatelessChain``,
+        ``AsOfJoinOp``, ``WindowAggregateOp``). Each ``@source`` it reads becomes a source
+        of this context, as ``from_source(definition, params=params)`` would make it (its
+        name, lateness and idle timeout)."""
         if not isinstance(pipeline, PipelineDef):
             raise TypeError(f"from_pipeline expects a @pipeline definition, got {pipeline!r}")
-        root = pipeline.build(params)
-        sources: dict[int, DataStream] = {}
-        memo: dict[int, sn.StreamNode] = {}
+        sources: dict[int, sn.SourceNode] = {}
 
-        def tr(node: api.Node) -> sn.StreamNode:
-            if id(node) in memo:
-                return memo[id(node)]
-            if isinstance(node, api.SourceNode):
-                if id(node.source) not in sources:
-                    sources[id(node.source)] = self.from_source(node.source, params=params)
-                out: sn.StreamNode = sources[id(node.source)].node
-            elif isinstance(node, api.AggregateNode):
-                upstream = tr(node.input)
-                import dataclasses
+        def source(definition: SourceDef) -> sn.SourceNode:
+            if id(definition) not in sources:
+                node = self.from_source(definition, params=params).node
+                assert isinstance(node, sn.SourceNode)
+                sources[id(definition)] = node
+            return sources[id(definition)]
 
-                keyed = sn.BatchNode(schema=dataclasses.replace(upstream.schema, keys=node.keys), input=upstream, op="key_by", payload=node.keys)
-                out = sn.AggregateNode(schema=node.schema, input=keyed, aggregates=node.aggregates)
-            elif isinstance(node, api.JoinNode):
-                import dataclasses
-
-                left, right = tr(node.left), tr(node.right)
-                lk = sn.BatchNode(schema=dataclasses.replace(left.schema, keys=node.left_on), input=left, op="key_by", payload=node.left_on)
-                rk = sn.BatchNode(schema=dataclasses.replace(right.schema, keys=node.right_on), input=right, op="key_by", payload=node.right_on)
-                out = sn.JoinNode(schema=node.schema, left=lk, right=rk, kind="asof", how=node.how, right_columns=node.right_columns, api_node=node)
-            elif isinstance(node, api.UnaryNode):
-                out = sn.BatchNode(schema=node.schema, input=tr(node.input), op="entity", payload=node)
-            else:
-                raise TypeError(f"from_pipeline: cannot translate {node!r}")
-            memo[id(node)] = out
-            return out
-
-        return KeyedStream(self, tr(root))
+        return KeyedStream(self, pipeline.build(params, sources=source))
 
     # -- running ---------------------------------------------------------------------------
     def _add_sink(self, node: sn.SinkNode) -> None:

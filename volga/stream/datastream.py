@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import polars as pl
 
+from volga.api import nodes as api
 from volga.api.aggregates import Aggregate, LastN
 from volga.api.entity import Schema, entity_schema, is_entity
 from volga.api.types import Duration, parse_duration_us
@@ -116,13 +117,13 @@ def _exprs(exprs: Sequence[Any], where: str) -> tuple[pl.Expr, ...]:
 class DataStream:
     """A stream of elements with event times. See ``volga.stream`` for the model."""
 
-    def __init__(self, ctx: StreamingContext, node: sn.StreamNode) -> None:
+    def __init__(self, ctx: StreamingContext, node: api.Node) -> None:
         self._ctx = ctx
         self._node = node
 
     # -- introspection -----------------------------------------------------------------
     @property
-    def node(self) -> sn.StreamNode:
+    def node(self) -> api.Node:
         return self._node
 
     @property
@@ -137,13 +138,13 @@ class DataStream:
     def __repr__(self) -> str:
         cols = ", ".join(f"{c}: {self.schema.field(c).dtype}" for c in self.columns)
         keyed = f"; keyed by {list(self.schema.keys)}" if self.schema.keys else ""
-        return f"<{type(self).__name__} {self._node.label()} ({cols}{keyed})>"
+        return f"<{type(self).__name__} {sn.stream_label(self._node)} ({cols}{keyed})>"
 
-    def _new(self, node: sn.StreamNode) -> DataStream:
+    def _new(self, node: api.Node) -> DataStream:
         return (KeyedStream if node.schema.keys else DataStream)(self._ctx, node)
 
     def _where(self, op: str) -> str:
-        return f"{op} on {self._node.label()}"
+        return f"{op} on {sn.stream_label(self._node)}"
 
     def _require(self, columns: Sequence[str], op: str) -> None:
         missing = [c for c in columns if not self.schema.has(c)]
@@ -293,15 +294,15 @@ class DataStream:
         return KeyedStream(self._ctx, sn.RowNode(schema=out, input=self._node, op="key_by", fn=key))
 
     # -- event time ------------------------------------------------------------------------
-    def _source_path(self, op: str) -> tuple[sn.SourceNode, list[sn.StreamNode]]:
+    def _source_path(self, op: str) -> tuple[sn.SourceNode, list[api.Node]]:
         """The source this stream reads and the stateless steps in between (source first)."""
-        path: list[sn.StreamNode] = []
+        path: list[api.Node] = []
         node = self._node
         while not isinstance(node, sn.SourceNode):
             if not isinstance(node, sn.STATELESS):
                 raise ValueError(
                     f"{self._where(op)}: event time and lateness belong to a source; call {op} right after "
-                    f"ctx.from_...() or after stateless steps (map/filter/flat_map), not after {node.label()}"
+                    f"ctx.from_...() or after stateless steps (map/filter/flat_map), not after {sn.stream_label(node)}"
                 )
             path.append(node)
             node = node.input
@@ -342,14 +343,14 @@ class DataStream:
         lateness). Later events go to ``late_sink`` (and ``job.late_events(source)``), never
         silently dropped. ``idle_timeout`` stops a silent source from holding others back."""
         source, path = self._source_path("with_lateness")
-        node: sn.StreamNode = dataclasses.replace(
+        node: api.Node = dataclasses.replace(
             source,
             lateness_us=parse_duration_us(lateness, what="with_lateness"),
             late_sink=None if late_sink is None else as_sink(late_sink),
             idle_timeout_us=None if idle_timeout is None else parse_duration_us(idle_timeout, what="idle_timeout"),
         )
         for step in path:  # the same steps, reading the new source
-            assert isinstance(step, sn.Unary)
+            assert isinstance(step, (sn.Unary, api.UnaryNode))
             node = dataclasses.replace(step, input=node)
         return self._new(node)
 

@@ -1,5 +1,9 @@
 """The DataStream graph: frozen nodes built by ``DataStream`` methods. Nothing runs here.
 
+They are nodes of the one logical family (``volga.api.nodes.Node``; the Entity API's
+nodes are a subset, and ``from_pipeline`` puts a pipeline's own nodes in a DataStream
+graph); each says how it compiles (``lower()``) to ``volga.plan.compile``'s one compiler.
+
 Every stream is a sequence of polars micro-batches with a known schema. A **value
 stream** has one data column, ``value`` (Python callables get the bare value); a
 **record stream** has named, typed columns (callables get a dict per row). Columns whose
@@ -15,9 +19,11 @@ from typing import Any, Literal
 
 import polars as pl
 
+from volga.api import nodes as api
 from volga.api.aggregates import Aggregate
 from volga.api.entity import FieldSpec, Schema
 from volga.api.types import TIMESTAMP_DTYPE, dtype_of
+from volga.plan.compile import Lowering
 
 TS = "__ts"
 KEY = "__key"
@@ -80,25 +86,22 @@ def fn_name(fn: Any) -> str:
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class StreamNode:
-    schema: Schema
-    parallelism: int | None = None  # set_parallelism(n); None: the runtime's default
-
-    @property
-    def inputs(self) -> tuple[StreamNode, ...]:
-        return ()
-
-    def label(self) -> str:
-        return type(self).__name__.removesuffix("Node").lower()
+class StreamNode(api.Node):
+    """A DataStream operator's node (``parallelism``: ``set_parallelism(n)``, on ``api.Node``)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Unary(StreamNode):
-    input: StreamNode
+    input: api.Node
 
     @property
-    def inputs(self) -> tuple[StreamNode, ...]:
+    def inputs(self) -> tuple[api.Node, ...]:
         return (self.input,)
+
+
+def keyed(node: Unary) -> list[tuple[str, ...]]:
+    """A keyed operator's input is partitioned by its ``key_by`` key."""
+    return [tuple(node.input.schema.keys)]
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -129,11 +132,16 @@ class SourceNode(StreamNode):
     lateness_us: int = 0
     idle_timeout_us: int | None = None
     late_sink: Any = None
-    prelude: tuple[StreamNode, ...] = ()
+    prelude: tuple[api.Node, ...] = ()
+
+    def lower(self) -> Lowering:
+        from volga.stream.sources import SourceSpec
+
+        return Lowering("source", source=SourceSpec(self))
 
     def label(self) -> str:
         parts = [f"{self.kind}({self.description})" if self.description else f"{self.kind}()"]
-        parts += [p.label() for p in self.prelude]
+        parts += [stream_label(p) for p in self.prelude]
         if self.timestamps is not None:
             parts.append(self.timestamps.label())
         if self.lateness_us or self.late_sink is not None:
@@ -149,6 +157,9 @@ class RowNode(Unary):
     fn: Callable[[Any], Any]
     output: Literal["value", "records"] = "value"  # map(fn, schema=...) builds records
 
+    def lower(self) -> Lowering:
+        return Lowering("chain")  # stateless: fused into a RowChain
+
     def label(self) -> str:
         schema = f", schema={data_columns(self.schema)}" if self.output == "records" else ""
         return f"{self.op}({fn_name(self.fn)}{schema})"
@@ -156,19 +167,19 @@ class RowNode(Unary):
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class BatchNode(Unary):
-    """A columnar step: map_batches, polars-expression filter/select/with_columns, key_by(columns),
-    or a stateless Entity API node (``entity``) run by the engine's ``StatelessChain``."""
+    """A columnar step: map_batches, polars-expression filter/select/with_columns, key_by(columns)."""
 
-    op: Literal["map_batches", "filter", "select", "with_columns", "key_by", "entity"]
+    op: Literal["map_batches", "filter", "select", "with_columns", "key_by"]
     payload: Any = None
+
+    def lower(self) -> Lowering:
+        return Lowering("chain")  # stateless: fused into a RowChain
 
     def label(self) -> str:
         if self.op == "key_by":
             return f"key_by({list(self.schema.keys)})"
         if self.op == "map_batches":
             return f"map_batches({fn_name(self.payload)})"
-        if self.op == "entity":
-            return entity_label(self.payload)
         exprs = self.payload if isinstance(self.payload, tuple) else (self.payload,)
         return f"{self.op}({', '.join(str(e) for e in exprs)})"
 
@@ -176,6 +187,13 @@ class BatchNode(Unary):
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ReduceNode(Unary):
     fn: Callable[[Any, Any], Any]
+
+    def lower(self) -> Lowering:
+        from volga.stream import ops
+        from volga.stream.rescaling import split_reduce
+
+        spec = ops.StreamOpSpec(ops.KeyedReduceOp, self, keyed(self), "stream", split_reduce)
+        return Lowering("window", spec, absorb=lambda prev: ops.fuse_reduce(prev, self))
 
     def label(self) -> str:
         return f"reduce({fn_name(self.fn)})"
@@ -187,6 +205,12 @@ class AggregateNode(Unary):
 
     aggregates: tuple[Aggregate, ...]
     key_alias: str | None = None  # output name of a key_by(fn) key
+
+    def lower(self) -> Lowering:
+        from volga.stream import ops
+        from volga.stream.rescaling import split_aggregate
+
+        return Lowering("window", ops.StreamOpSpec(ops.AggregateOp, self, keyed(self), f"stream step {self.label()}", split_aggregate))
 
     def label(self) -> str:
         return f"aggregate([{', '.join(_agg_label(a) for a in self.aggregates)}])"
@@ -203,6 +227,12 @@ class WindowNode(Unary):
     late_sink: Any = None
     key_alias: str | None = None
 
+    def lower(self) -> Lowering:
+        from volga.stream import ops
+        from volga.stream.rescaling import split_windows
+
+        return Lowering("join", ops.StreamOpSpec(ops.EventWindowOp, self, keyed(self), f"stream step {self.label()}", split_windows))
+
     def label(self) -> str:
         size, slide = fmt_us(self.size_us), fmt_us(self.slide_us)
         kind = f"TumblingWindow({size!r})" if self.size_us == self.slide_us else f"HoppingWindow({size!r}, {slide!r})"
@@ -212,18 +242,24 @@ class WindowNode(Unary):
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class JoinNode(StreamNode):
-    left: StreamNode
-    right: StreamNode
+    left: api.Node
+    right: api.Node
     kind: Literal["asof", "interval"]
     how: Literal["left", "inner"]
     lower_us: int = 0
     upper_us: int = 0
     right_columns: tuple[tuple[str, str], ...] = ()  # right column -> output column
-    api_node: Any = None  # the Entity API's JoinNode when compiled from a pipeline
 
     @property
-    def inputs(self) -> tuple[StreamNode, ...]:
+    def inputs(self) -> tuple[api.Node, ...]:
         return (self.left, self.right)
+
+    def lower(self) -> Lowering:
+        from volga.stream import ops
+
+        make = ops.AsOfJoin if self.kind == "asof" else ops.IntervalJoinOp
+        sides = [tuple(self.left.schema.keys), tuple(self.right.schema.keys)]
+        return Lowering("join", ops.StreamOpSpec(make, self, sides))
 
     def label(self) -> str:
         between = f", between=({fmt_us(self.lower_us)!r}, {fmt_us(self.upper_us)!r})" if self.kind == "interval" else ""
@@ -232,11 +268,17 @@ class JoinNode(StreamNode):
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class UnionNode(StreamNode):
-    members: tuple[StreamNode, ...]
+    members: tuple[api.Node, ...]
 
     @property
-    def inputs(self) -> tuple[StreamNode, ...]:
+    def inputs(self) -> tuple[api.Node, ...]:
         return self.members
+
+    def lower(self) -> Lowering:
+        from volga.stream import ops
+
+        merged: list[tuple[str, ...]] = [() for _ in self.members]  # one partition merges them by event time
+        return Lowering("join", ops.StreamOpSpec(ops.UnionOp, self, merged))
 
     def label(self) -> str:
         return f"union({len(self.members)} inputs)"
@@ -250,7 +292,7 @@ class SinkNode(Unary):
         return f"sink({self.sink!r})"
 
 
-STATELESS = (RowNode, BatchNode)
+STATELESS = (RowNode, BatchNode, *api.STATELESS)  # what a RowChain runs
 
 
 def _agg_label(agg: Aggregate) -> str:
@@ -258,10 +300,10 @@ def _agg_label(agg: Aggregate) -> str:
     return f"{type(agg).__name__}({on}window={agg.window!r}, into={agg.into!r})"
 
 
-def entity_label(node: Any) -> str:
-    """The DataStream operator an Entity API stateless node is."""
-    from volga.api import nodes as api
-
+def stream_label(node: api.Node) -> str:
+    """A node as the DataStream operator it is (``explain()``): an Entity API node too."""
+    if isinstance(node, StreamNode):
+        return node.label()
     if isinstance(node, api.FilterNode):
         return f"filter({fn_name(node.predicate)})"
     if isinstance(node, api.TransformNode):
@@ -278,22 +320,8 @@ def entity_label(node: Any) -> str:
         return f"select({list(node.columns)})"
     if isinstance(node, api.DropNullNode):
         return f"filter(not_null({list(node.columns)}))"
+    if isinstance(node, api.AggregateNode):  # keyed by its keys, as key_by(columns).aggregate(...)
+        return f"key_by({list(node.keys)}) -> aggregate([{', '.join(_agg_label(a) for a in node.aggregates)}])"
+    if isinstance(node, api.JoinNode):
+        return f"join(kind='asof', how={node.how!r})"
     return node.label()
-
-
-def walk(roots: list[StreamNode]) -> list[StreamNode]:
-    """Every node reachable from ``roots``, inputs first."""
-    order: list[StreamNode] = []
-    seen: set[int] = set()
-
-    def visit(node: StreamNode) -> None:
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-        for child in node.inputs:
-            visit(child)
-        order.append(node)
-
-    for root in roots:
-        visit(root)
-    return order

@@ -31,7 +31,7 @@ from volga.api.aggregates import Aggregate
 from volga.api.entity import Schema
 from volga.errors import Rejected
 from volga.ops.frames import assemble, epoch_us
-from volga.ops.join import AsOfJoinOp, SeqJoin, take_before
+from volga.ops.join import AsOfJoinOp, JoinShape, SeqJoin, take_before
 from volga.ops.protocol import (
     FINISHED_WM,
     NO_WM,
@@ -47,6 +47,7 @@ from volga.ops.routing import SEQ  # a distributed runtime's per-row arrival num
 from volga.ops.row_predicates import RowPredicate, translate
 from volga.ops.stateless import SeqChain, StatelessChain
 from volga.ops.window import WindowAggregateOp
+from volga.plan.compile import Step
 from volga.stream import nodes as sn
 from volga.stream.rowloop import RowLoop
 
@@ -146,10 +147,11 @@ class RowChain(_Calls, RowOperator):
     """Consecutive stateless steps fused into one operator. Runs of Python callables stay
     Python lists between steps (no frame is built until the run ends)."""
 
-    def __init__(self, steps: list[sn.StreamNode], where: str) -> None:
+    def __init__(self, steps: list[api.Node], where: str) -> None:
         super().__init__(where)
         self.steps = steps
-        self.entity_ops = {id(s): StatelessChain([s.payload], where) for s in steps if isinstance(s, sn.BatchNode) and s.op == "entity"}
+        # Entity API stateless nodes run as the engine's chain (the Entity API's own semantics)
+        self.entity_ops = {id(s): StatelessChain([s], where) for s in steps if isinstance(s, api.STATELESS)}
         self.loops: dict[tuple[int, ...], RowLoop] = {}
         self.predicates: dict[int, RowPredicate | None] = {}
 
@@ -183,6 +185,12 @@ class RowChain(_Calls, RowOperator):
                 if run:
                     batch = self._rows(run, batch)
                 i = j
+            elif id(steps[i]) in self.entity_ops:
+                chain = self.entity_ops[id(steps[i])]
+                batch = chain.apply(batch)
+                self.rejected.extend(chain.rejected)
+                chain.rejected = []
+                i += 1
             else:
                 batch = self._columnar(steps[i], batch)  # type: ignore[arg-type]
                 i += 1
@@ -252,12 +260,6 @@ class RowChain(_Calls, RowOperator):
             return batch.with_columns(*step.payload)
         if step.op == "select":
             return batch.select(*step.payload, *[c for c in with_seq(step.schema.names, batch) if c.startswith("__")])
-        if step.op == "entity":
-            chain = self.entity_ops[id(step)]
-            out = chain.apply(batch)
-            self.rejected.extend(chain.rejected)
-            chain.rejected = []
-            return out
         seq = batch[SEQ] if SEQ in batch.columns else None
         if seq is not None:
             batch = batch.drop(SEQ)  # user functions never see it
@@ -332,7 +334,7 @@ class FusedKeyedReduce(_Calls, RowOperator):
     never turned into a frame between them. Only where keys need no exchange (the embedded
     runtime); results are those of ``RowChain`` followed by ``KeyedReduceOp``."""
 
-    def __init__(self, prefix: list[sn.StreamNode], tail: list[sn.RowNode], node: sn.ReduceNode, where: str) -> None:
+    def __init__(self, prefix: list[api.Node], tail: list[sn.RowNode], node: sn.ReduceNode, where: str) -> None:
         super().__init__(where)
         self.prefix = RowChain(prefix, where) if prefix else None
         self.tail, self.node = tail, node
@@ -753,20 +755,14 @@ class AsOfJoin(BufferedOperator):
     def __init__(self, node: sn.JoinNode) -> None:
         self.node = node
         self.inputs = _JoinInputs(node)
-        if node.api_node is not None:  # an Entity API join: exactly the engine's operator
-            self.op = AsOfJoinOp(node.api_node)
-            self.inputs.pairs = False
-            return
         left, right = _prepared_schema(node.left.schema, 0), _prepared_schema(node.right.schema, 1)
         out_cols = {**left.polars_schema()}
         for src, dst in node.right_columns:
             out_cols[dst] = right.field(src).dtype
         out = sn.make_schema("join", out_cols, left.keys, left.timestamp)
-        api_join = api.JoinNode(
-            out, api.Node(left), api.Node(right), tuple(join_keys(node.left.schema)), tuple(join_keys(node.right.schema)),
-            node.how, node.right_columns,
-        )
-        self.op = AsOfJoinOp(api_join)
+        self.op = AsOfJoinOp(JoinShape(
+            out, left, right, tuple(join_keys(node.left.schema)), tuple(join_keys(node.right.schema)), node.how, node.right_columns,
+        ))
 
     @property
     def buffered_rows(self) -> int:
@@ -860,15 +856,19 @@ class IntervalJoinOp(BufferedOperator):
 class RowChainSpec(OperatorSpec):
     """Consecutive stateless DataStream steps (the compiler appends to ``steps`` while fusing)."""
 
-    steps: list[sn.StreamNode]
+    steps: list[api.Node]
     where: str
 
     def build(self, *, sequenced: bool = False) -> RowChain:
         op = RowChain(list(self.steps), self.where)
         return op.sequenced() if sequenced else op
 
-    def fingerprint(self) -> list[str]:
-        return [f"{s.label()} code {code_digest(fn)}" for s in self.steps if (fn := getattr(s, "fn", None)) is not None]
+    def rescale(self, states: list[State], routed: tuple[str, ...] | None, n: int) -> list[State]:
+        return [{} for _ in range(n)]  # stateless
+
+    def fingerprint(self) -> list[str]:  # row functions by their code (an Entity API filter's predicate too)
+        return [f"{sn.stream_label(s)} code {code_digest(fn)}" for s in self.steps
+                if (fn := getattr(s, "fn", None) or getattr(s, "predicate", None)) is not None]
 
 
 @dataclasses.dataclass
@@ -914,7 +914,7 @@ class StreamOpSpec(OperatorSpec):
 class FusedReduceSpec(OperatorSpec):
     """``FusedKeyedReduce``: only for a runtime that never moves rows between partitions."""
 
-    prefix: list[sn.StreamNode]
+    prefix: list[api.Node]
     tail: list[sn.RowNode]
     node: sn.ReduceNode
     where: str
@@ -927,3 +927,19 @@ class FusedReduceSpec(OperatorSpec):
     def fingerprint(self) -> list[str]:
         steps = [*self.prefix, *self.tail, self.node]
         return [f"{s.label()} code {code_digest(fn)}" for s in steps if (fn := getattr(s, "fn", None)) is not None]
+
+
+def fuse_reduce(prev: Step, node: sn.ReduceNode) -> FusedReduceSpec | None:
+    """``prev`` (a chain ending in row steps ``... -> key_by(fn) [-> filter(fn)...]``) and
+    ``node`` as one operator (``ReduceNode.lower``'s ``absorb``: embedded runtime only)."""
+    if prev.kind != "chain" or not isinstance(prev.spec, RowChainSpec):
+        return None
+    chain: list[Any] = prev.spec.steps
+    start = len(chain)
+    while start > 0 and isinstance(chain[start - 1], sn.RowNode) and chain[start - 1].op in ("map", "filter", "key_by"):
+        start -= 1
+    kinds = [s.op for s in chain[start:]]
+    keyed_at = [i for i, kind in enumerate(kinds) if kind == "key_by"]
+    if not keyed_at or any(kind != "filter" for kind in kinds[keyed_at[-1] + 1 :]):
+        return None  # the key comes from an earlier step (a column, or before a map)
+    return FusedReduceSpec(chain[:start], chain[start:], node, prev.spec.where)

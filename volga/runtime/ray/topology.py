@@ -105,7 +105,7 @@ def portable(topology: Topology) -> Topology:
     """A copy of ``topology`` for the actors: specs and sources without the side outputs
     the driver writes (the plan's timers, which are this process's, are left behind)."""
     steps = [dataclasses.replace(step, spec=step.spec.detached() if step.spec is not None else None,
-                                 source=_without_late_sink(step.source))  # type: ignore[arg-type]
+                                 source=_without_late_sink(step.source))
              for step in topology.plan.steps]
     plan = PhysicalPlan(steps, dict(topology.plan.outputs), dict(topology.plan.pipelines), dict(topology.plan.request_time))
     return dataclasses.replace(topology, plan=plan)
