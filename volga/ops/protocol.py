@@ -147,6 +147,12 @@ def code_digest(fn: Any) -> str:
 class _Driven:
     """What every operator shares: no rows set aside unless it says so."""
 
+    def snapshot(self) -> State:
+        raise NotImplementedError
+
+    def restore(self, state: State) -> None:
+        raise NotImplementedError
+
     @property
     def buffered_rows(self) -> int:
         """Rows held until a watermark passes them (none for an operator that holds none)."""

@@ -296,10 +296,11 @@ class WindowAggregateOp(RowOperator):
         kernels.relink(rows["kid"][: self.size], keys["last_row"][:n_keys], rows["prev"], rows["nxt"])
 
 
-class SeqWindow(RowOperator):
-    """The window carrying the sequence column: each output row keeps its input row's."""
+class PerRowSequence(RowOperator):
+    """An operator with one output row per input row (a sliding window, a per-event
+    aggregate), carrying the sequence column: each output row keeps its input row's."""
 
-    def __init__(self, op: WindowAggregateOp) -> None:
+    def __init__(self, op: RowOperator) -> None:
         self.op = op
 
     def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
@@ -323,9 +324,9 @@ class WindowSpec(OperatorSpec):
     carry: dict[str, str] = dataclasses.field(default_factory=dict)
     carry_outputs: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def build(self, *, sequenced: bool = False) -> WindowAggregateOp | SeqWindow:
+    def build(self, *, sequenced: bool = False) -> WindowAggregateOp | PerRowSequence:
         op = WindowAggregateOp(self.input_schema, self.output_schema, self.keys, self.aggregates, self.carry, self.carry_outputs)
-        return SeqWindow(op) if sequenced else op
+        return PerRowSequence(op) if sequenced else op
 
     def input_keys(self) -> list[tuple[str, ...]]:
         return [tuple(self.keys)]

@@ -46,7 +46,7 @@ from volga.ops.protocol import (
 from volga.ops.routing import SEQ  # a distributed runtime's per-row arrival number: carried through, never in a schema
 from volga.ops.row_predicates import RowPredicate, translate
 from volga.ops.stateless import SeqChain, StatelessChain
-from volga.ops.window import WindowAggregateOp
+from volga.ops.window import PerRowSequence, WindowAggregateOp
 from volga.plan.compile import Step
 from volga.stream import nodes as sn
 from volga.stream.rowloop import RowLoop
@@ -437,23 +437,7 @@ class AggregateOp(RowOperator):
         self.op.restore(snap)
 
     def sequenced(self) -> Operator:
-        return SeqAggregate(self)
-
-
-class SeqAggregate(RowOperator):
-    """The per-event ``aggregate`` carrying the sequence column: one output row per input row, keeping its number."""
-
-    def __init__(self, op: AggregateOp) -> None:
-        self.op = op
-
-    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
-        return self.op.apply(batch.drop(SEQ)).with_columns(batch[SEQ])
-
-    def snapshot(self) -> dict[str, Any]:
-        return dict(self.op.snapshot())
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.op.restore(state)
+        return PerRowSequence(self)
 
 
 
