@@ -300,7 +300,7 @@ class SourceStage:
             "rows_in": self.rows_in,
             "polled": self.polled + self.skip_rows,  # rows still to skip were handed out before
             "done": self.done,
-            "position": self.reader.position() if hasattr(self.reader, "position") else None,
+            "position": self.reader.position(),
         }
         if self.partitions is not None:
             state["part_max"] = {str(p): m for p, m in self.part_max.items()}
