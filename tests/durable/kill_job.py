@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ from volga.sources import KafkaSource
 from volga.storage import ParquetOfflineStore
 from volga.storage.online.redis import RedisOnlineStore
 from volga.testing.quickstart import offline_rows, quickstart
+
+_PRINT = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One whole line on stdout: the job's progress and the checkpoint writer are two
+    threads, and ``print`` writes a line and its newline separately (interleaved, they
+    made lines like ``rows 1053checkpointing``)."""
+    with _PRINT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def run_job(bootstrap: str, topic: str, redis_url: str, root: Path, expect: int, interval: str = "100ms") -> volga.Client:
@@ -36,17 +48,17 @@ def run_job(bootstrap: str, topic: str, redis_url: str, root: Path, expect: int,
     while (stored := offline_rows(client)) < expect:
         out = job.metrics.rows_out.get("user_spent", 0)
         if out != shown:
-            print(f"rows {out}", flush=True)
+            say(f"rows {out}")
             shown = out
             if out >= expect:  # (all out: the offline rows should follow at once; say so if not)
-                print(f"all rows out, {stored} offline", flush=True)
+                say(f"all rows out, {stored} offline")
         if not job.running:
             job.wait()  # raises the job's error
             raise RuntimeError("job ended early")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{stored} of {expect} offline rows ({out} out) after 150 s")
         time.sleep(0.002)
-    print("stopping", flush=True)  # (a hang after this line is in job.stop())
+    say("stopping")  # (a hang after this line is in job.stop())
     job.stop()
     return client
 
@@ -56,7 +68,7 @@ def _pause_before_manifests(pause_s: float) -> None:
 
     def encode(*args: Any, **kwargs: Any) -> Any:
         out = original(*args, **kwargs)
-        print("checkpointing", flush=True)
+        say("checkpointing")
         time.sleep(pause_s)
         return out
 
@@ -74,5 +86,5 @@ if __name__ == "__main__":
     if args.pause:
         _pause_before_manifests(args.pause)
     run_job(args.bootstrap, args.topic, args.redis_url, Path(args.root), args.expect, args.interval)
-    print("done", flush=True)
+    say("done")
     sys.exit(0)
