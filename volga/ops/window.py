@@ -67,6 +67,9 @@ class _Arrays:
         return self.arrays[name]
 
 
+_CHAIN = ("prev", "nxt")  # row pointers that ``kernels.relink`` rebuilds from the key ids
+
+
 class WindowAggregateOp(RowOperator):
     """Sliding-window aggregates per key: one output row per input row, over that key's rows
     in ``[t - window, t]`` up to and including it; state carries over between ``apply`` calls.
@@ -149,7 +152,8 @@ class WindowAggregateOp(RowOperator):
     def snapshot(self) -> dict[str, Any]:
         """The whole state in the columnar form of ``ops.protocol``: the key and value
         indexes as frames, the row log and per-key arrays, count-distinct tables, the
-        value log as series; only sizes are plain metadata."""
+        value log as series; only sizes are plain metadata. The per-key row chain
+        (``prev``/``nxt``) is left out: ``restore`` rebuilds it from the rows' key ids."""
         return {
             "keys": self.key_index.snapshot(),
             "values_index": {c: v.snapshot() for c, v in self.value_index.items()},
@@ -157,7 +161,7 @@ class WindowAggregateOp(RowOperator):
                 c: {"values": pl.Series(lab.values, dtype=pl.String), "labels": np.asarray(lab.labels, dtype=np.float64)}
                 for c, lab in self.order_labels.items()
             },
-            "rows": {n: a[: self.size].copy() for n, a in self.rows.arrays.items()},
+            "rows": {n: a[: self.size].copy() for n, a in self.rows.arrays.items() if n not in _CHAIN},
             "per_key": {n: a[: self.key_index.size].copy() for n, a in self.per_key.arrays.items()},
             "counts": {
                 str(i): {"slots": np.fromiter(d.keys(), dtype=np.int64, count=len(d)), "counts": np.fromiter(d.values(), dtype=np.int64, count=len(d))}
@@ -178,6 +182,11 @@ class WindowAggregateOp(RowOperator):
             for name, values in saved.items():
                 arrays.arrays[name] = np.array(values, copy=True)
             arrays.capacity = len(next(iter(saved.values()))) if saved else 0
+        if "prev" not in snap["rows"]:  # the chain of each key's rows, in row order
+            for name in _CHAIN:
+                self.rows.arrays[name] = np.full(self.rows.capacity, -1, dtype=np.int64)
+            kernels.relink(self.rows["kid"][: snap["size"]], self.per_key["last_row"][: self.key_index.size],
+                           self.rows["prev"], self.rows["nxt"])
         for i, saved_counts in snap["counts"].items():
             self.counts[int(i)] = kernels.empty_counts()
             for slot, c in zip(saved_counts["slots"].tolist(), saved_counts["counts"].tolist()):
