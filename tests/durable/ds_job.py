@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from typing import Any
 
 import polars as pl
 
+from tests.durable.job_output import pause_before_manifests, say
 from volga import Count, Sum
-from volga.runtime import checkpoint as checkpoint_module
 from volga.storage import MemoryOnlineStore, ParquetOfflineStore
 from volga.stream import CallableSink, FileSink, ListSink, StreamingContext, StreamJob, TumblingWindow
 
@@ -113,26 +112,8 @@ def delivered(job: StreamJob) -> int:
     return sum(job.metrics.rows_out.values())
 
 
-_PRINT = threading.Lock()
 
 
-def say(line: str) -> None:
-    """One whole line on stdout (the reporter and the checkpoint writer are two threads)."""
-    with _PRINT:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-
-def _pause_before_manifests(pause_s: float) -> None:
-    original = checkpoint_module._encode
-
-    def encode(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        say("checkpointing")
-        time.sleep(pause_s)
-        return out
-
-    checkpoint_module._encode = encode  # type: ignore[assignment]
 
 
 def main() -> None:
@@ -144,7 +125,7 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=0.0)
     args = parser.parse_args()
     if args.pause:
-        _pause_before_manifests(args.pause)
+        pause_before_manifests(args.pause)
     root = Path(args.root)
     sinks = Sinks(root)
     ctx = build(sinks, period=args.period)

@@ -11,28 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import volga
-from volga.runtime import checkpoint as checkpoint_module
+from tests.durable.job_output import pause_before_manifests, say
 from volga.sources import KafkaSource
 from volga.storage import ParquetOfflineStore
 from volga.storage.online.redis import RedisOnlineStore
 from volga.testing.quickstart import offline_rows, quickstart
-
-_PRINT = threading.Lock()
-
-
-def say(line: str) -> None:
-    """One whole line on stdout: the job's progress and the checkpoint writer are two
-    threads, and ``print`` writes a line and its newline separately (interleaved, they
-    made lines like ``rows 1053checkpointing``)."""
-    with _PRINT:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 def run_job(bootstrap: str, topic: str, redis_url: str, root: Path, expect: int, interval: str = "100ms") -> volga.Client:
@@ -63,16 +50,6 @@ def run_job(bootstrap: str, topic: str, redis_url: str, root: Path, expect: int,
     return client
 
 
-def _pause_before_manifests(pause_s: float) -> None:
-    original = checkpoint_module._encode
-
-    def encode(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        say("checkpointing")
-        time.sleep(pause_s)
-        return out
-
-    checkpoint_module._encode = encode  # type: ignore[assignment]
 
 
 if __name__ == "__main__":
@@ -84,7 +61,7 @@ if __name__ == "__main__":
     parser.add_argument("--pause", type=float, default=0.0)
     args = parser.parse_args()
     if args.pause:
-        _pause_before_manifests(args.pause)
+        pause_before_manifests(args.pause)
     run_job(args.bootstrap, args.topic, args.redis_url, Path(args.root), args.expect, args.interval)
     say("done")
     sys.exit(0)
