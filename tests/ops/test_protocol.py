@@ -95,7 +95,7 @@ def test_a_join_is_driven_by_its_inputs_watermarks() -> None:
     readers = open_sources(plan, "offline", None)
     polled = {i: r.poll(10**6) for i, r in readers.items()}
     join = next(s for s in plan.steps if s.kind == "join")
-    chain, users = join.inputs
+    chain = join.inputs[0]
     orders = plan.steps[chain].inputs[0]
     left, wm = ops[chain].advance([(polled[orders], (123, False))])
     assert left is not None and left.height and wm == (123, False)  # a row operator: the watermark passes through
@@ -112,11 +112,23 @@ def test_a_join_is_driven_by_its_inputs_watermarks() -> None:
 
 
 def test_a_sequenced_window_keeps_each_rows_arrival_number() -> None:
+    from volga.runtime.local.runtime import open_sources
+
     plan = entity_plan()
+    ops = plan.build_operators()
+    readers = open_sources(plan, "offline", None)
+    polled = {i: r.poll(10**6) for i, r in readers.items()}
+    join = next(s for s in plan.steps if s.kind == "join")
     window = next(s for s in plan.steps if s.kind == "window")
-    assert window.spec is not None
-    upstream = plan.steps[window.inputs[0]].schema
-    op = window.spec.build(sequenced=True)
-    rows = pl.DataFrame(schema=upstream.polars_schema()).with_columns(pl.lit(None, dtype=pl.Int64).alias(SEQ))
-    out, wm = op.advance([(rows, (7, False))])
-    assert out is not None and SEQ in out.columns and wm == (7, False)
+    assert window.spec is not None and window.inputs == [join.id]
+    chain = join.inputs[0]
+    left, _ = ops[chain].advance([(polled[plan.steps[chain].inputs[0]], (FINISHED_WM, True))])
+    done = (FINISHED_WM, True)
+    joined, _ = ops[join.id].advance([(left, done), (polled[join.inputs[1]], done)])
+    assert joined is not None and joined.height > 1
+    numbered = joined.with_columns(pl.int_range(100, 100 + joined.height, dtype=pl.Int64).alias(SEQ))
+    out, wm = window.spec.build(sequenced=True).advance([(numbered, (7, False))])
+    plain, _ = ops[window.id].advance([(joined, (7, False))])
+    assert out is not None and plain is not None and wm == (7, False)
+    assert out[SEQ].to_list() == numbered[SEQ].to_list()  # each output row keeps its input row's number
+    assert out.drop(SEQ).equals(plain)  # and the values are the plain window's
