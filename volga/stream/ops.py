@@ -41,7 +41,6 @@ from volga.ops.protocol import (
     OperatorSpec,
     RowOperator,
     State,
-    code_digest,
 )
 from volga.ops.routing import SEQ  # a distributed runtime's per-row arrival number: carried through, never in a schema
 from volga.ops.row_predicates import RowPredicate, translate
@@ -838,7 +837,11 @@ class IntervalJoinOp(BufferedOperator):
 
 @dataclasses.dataclass
 class RowChainSpec(OperatorSpec):
-    """Consecutive stateless DataStream steps (the compiler appends to ``steps`` while fusing)."""
+    """Consecutive stateless DataStream steps (the compiler appends to ``steps`` while fusing).
+
+    DataStream specs add nothing to a checkpoint's fingerprint: the context fingerprints
+    the whole DataStream definition, functions' code included
+    (``volga.stream.context._definition_fingerprint``)."""
 
     steps: list[api.Node]
     where: str
@@ -850,9 +853,6 @@ class RowChainSpec(OperatorSpec):
     def rescale(self, states: list[State], routed: tuple[str, ...] | None, n: int) -> list[State]:
         return [{} for _ in range(n)]  # stateless
 
-    def fingerprint(self) -> list[str]:  # row functions by their code (an Entity API filter's predicate too)
-        return [f"{sn.stream_label(s)} code {code_digest(fn)}" for s in self.steps
-                if (fn := getattr(s, "fn", None) or getattr(s, "predicate", None)) is not None]
 
 
 @dataclasses.dataclass
@@ -886,12 +886,6 @@ class StreamOpSpec(OperatorSpec):
             raise NotRescalable(f"DataStream {self.node.label()}")
         return self.split(self.node, states, routed, n)
 
-    def fingerprint(self) -> list[str]:
-        out = [self.node.label(), f"keys {self.keys!r}"]
-        for attr in ("fn", "reduce_fn"):
-            if (fn := getattr(self.node, attr, None)) is not None:
-                out.append(f"{attr} code {code_digest(fn)}")
-        return out
 
 
 @dataclasses.dataclass
@@ -908,9 +902,6 @@ class FusedReduceSpec(OperatorSpec):
             raise NotImplementedError("a fused keyed reduce runs only on the embedded runtime")
         return FusedKeyedReduce(list(self.prefix), list(self.tail), self.node, self.where)
 
-    def fingerprint(self) -> list[str]:
-        steps = [*self.prefix, *self.tail, self.node]
-        return [f"{s.label()} code {code_digest(fn)}" for s in steps if (fn := getattr(s, "fn", None)) is not None]
 
 
 def fuse_reduce(prev: Step, node: sn.ReduceNode) -> FusedReduceSpec | None:
