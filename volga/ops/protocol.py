@@ -30,8 +30,10 @@ An operator's whole state is a :data:`State`: a dict with string keys whose valu
 * ``bytes``: opaque blobs, used only for the Python objects a DataStream pipeline keeps
   (e.g. a ``reduce`` accumulator), which are pickled. Nothing else is pickled.
 
-``snapshot()`` returns state that no later call mutates (copies, or frames polars never
-changes in place); ``restore(state)`` is called on a freshly built operator of the same
+``snapshot()`` returns state that no later call mutates (copies, frames polars never
+changes in place, or views of memory the operator only appends to): the checkpoint writer
+reads it while the job goes on, and knows an unchanged chunk at the next checkpoint by its
+memory alone; ``restore(state)`` is called on a freshly built operator of the same
 definition and makes it behave exactly as the snapshotted one would from there on.
 A stateless operator returns ``{}``.
 

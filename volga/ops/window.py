@@ -63,6 +63,14 @@ class _Arrays:
             self.arrays[name] = new
         self.capacity = capacity
 
+    def compact(self, keep: np.ndarray) -> None:
+        """Keep the rows ``keep`` (ascending), renumbered from 0, in new arrays (snapshots
+        may still share the old ones)."""
+        for name, old in self.arrays.items():
+            new = np.full(self.capacity, self.fills[name], dtype=old.dtype)
+            new[: keep.shape[0]] = old[keep]
+            self.arrays[name] = new
+
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
 
@@ -139,6 +147,9 @@ class WindowAggregateOp(RowOperator):
             rows.add(f"valid:{col}", np.bool_, False)
             if col in self.value_index:
                 rows.add(f"vid:{col}", np.int64, -1)
+        # Written once, when their row is appended (compaction and relabelling replace the
+        # whole array): a snapshot may share them instead of copying.
+        self.append_only = frozenset(rows.arrays) - set(_CHAIN)
         for i, state in enumerate(self.states):
             keys.add(f"lo:{i}", np.int64, -1)
             state.declare(self, i)
@@ -153,7 +164,11 @@ class WindowAggregateOp(RowOperator):
         """The whole state in the columnar form of ``ops.protocol``: the key and value
         indexes as frames, the row log and per-key arrays, count-distinct tables, the
         value log as series; only sizes are plain metadata. The per-key row chain
-        (``prev``/``nxt``) is left out: ``restore`` rebuilds it from the rows' key ids."""
+        (``prev``/``nxt``) is left out: ``restore`` rebuilds it from the rows' key ids.
+
+        Append-only row columns are views, not copies: no row below ``size`` is written
+        again in place, so the job goes on while the view is written out (and an unchanged
+        chunk of them is the same memory at the next checkpoint, which is not encoded again)."""
         return {
             "keys": self.key_index.snapshot(),
             "values_index": {c: v.snapshot() for c, v in self.value_index.items()},
@@ -161,7 +176,10 @@ class WindowAggregateOp(RowOperator):
                 c: {"values": pl.Series(lab.values, dtype=pl.String), "labels": np.asarray(lab.labels, dtype=np.float64)}
                 for c, lab in self.order_labels.items()
             },
-            "rows": {n: a[: self.size].copy() for n, a in self.rows.arrays.items() if n not in _CHAIN},
+            "rows": {
+                n: a[: self.size] if n in self.append_only else a[: self.size].copy()
+                for n, a in self.rows.arrays.items() if n not in _CHAIN
+            },
             "per_key": {n: a[: self.key_index.size].copy() for n, a in self.per_key.arrays.items()},
             "counts": {
                 str(i): {"slots": np.fromiter(d.keys(), dtype=np.int64, count=len(d)), "counts": np.fromiter(d.values(), dtype=np.int64, count=len(d))}
@@ -256,7 +274,9 @@ class WindowAggregateOp(RowOperator):
                 labels = self.order_labels[col]
                 rows[f"val:{col}"][r0 : r0 + n] = labels.label(series)
                 if labels.relabelled:  # every stored label moved: recompute them from the value log
-                    rows[f"val:{col}"][:r0] = labels.label(self._value_log(col).head(r0))
+                    relabelled = rows[f"val:{col}"].copy()  # not in place: snapshots share the old one
+                    relabelled[:r0] = labels.label(self._value_log(col).head(r0))
+                    rows.arrays[f"val:{col}"] = relabelled
             if col in self.value_index:
                 ids = self.value_index[col].ids(pick(batch, [col]))
                 valid = rows[f"valid:{col}"][r0 : r0 + n]
@@ -293,8 +313,7 @@ class WindowAggregateOp(RowOperator):
         _mark(live, keys["last_row"][:n_keys])
         new_id = np.cumsum(live) - 1
         keep = np.flatnonzero(live)
-        for array in rows.arrays.values():
-            array[: keep.shape[0]] = array[keep]
+        rows.compact(keep)
         for name in row_pointers:
             _remap(rows[name][: keep.shape[0]], new_id, live)
         for name in pointers:
