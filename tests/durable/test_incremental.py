@@ -62,3 +62,40 @@ def test_a_chunk_left_half_written_by_a_crash_is_never_read(tmp_path: Path) -> N
     latest = again.latest()
     assert latest is not None and latest.state["window"]["size"] == CHUNK_ROWS + 2
     assert "0" * 32 + ".arrow" not in chunk_files(tmp_path)
+
+
+def test_chunks_over_memory_a_previous_checkpoint_encoded_are_not_encoded_again(tmp_path: Path, monkeypatch) -> None:
+    """A long array that only grows, and immutable frames, are the same memory at the next
+    checkpoint: those chunks reuse their names without being encoded and hashed again."""
+    from volga.runtime import checkpoint
+
+    encoded = []
+    ipc_bytes = checkpoint._ipc_bytes
+    monkeypatch.setattr(checkpoint, "_ipc_bytes", lambda table: encoded.append(table.num_rows) or ipc_bytes(table))
+    log = np.arange(10 * CHUNK_ROWS, dtype=np.int64)  # the operator's array; views of it are snapshots
+    flags = np.arange(10 * CHUNK_ROWS) % 3 == 0
+    history = pl.concat([pl.DataFrame({"key": [f"user-{i}" for i in range(j, j + 1000)], "value": np.arange(1000) * 0.5})
+                         for j in range(0, 3 * CHUNK_ROWS, 1000)], rechunk=False)
+    store = CheckpointStore(tmp_path, keep=2)
+    store.write({"log": log[: 3 * CHUNK_ROWS + 7], "flags": flags[: 3 * CHUNK_ROWS + 7], "history": history}, {})
+    encoded.clear()
+    store.write({"log": log[: 5 * CHUNK_ROWS], "flags": flags[: 5 * CHUNK_ROWS], "history": history}, {})
+    # the log and flags: 3 full chunks shared, the 4th and 5th new; the history: nothing new
+    assert sorted(encoded) == [CHUNK_ROWS] * 4
+    latest = store.latest()
+    assert latest is not None
+    assert np.array_equal(latest.state["log"], log[: 5 * CHUNK_ROWS])
+    assert latest.state["flags"].dtype == np.bool_ and np.array_equal(latest.state["flags"], flags[: 5 * CHUNK_ROWS])
+    assert latest.state["history"].equals(history)
+
+
+def test_a_chunk_whose_memory_changed_is_encoded_again(tmp_path: Path) -> None:
+    """A fresh copy with other values is other memory: never mistaken for the chunk before."""
+    store = CheckpointStore(tmp_path, keep=2)
+    values = np.arange(2 * CHUNK_ROWS, dtype=np.float64)
+    store.write({"sums": values.copy()}, {})
+    values[5] = -1.0
+    store.write({"sums": values.copy()}, {})
+    latest = store.latest()
+    assert latest is not None and latest.state["sums"][5] == -1.0
+    assert np.array_equal(latest.state["sums"], values)

@@ -4,8 +4,8 @@ A checkpoint is one :data:`~volga.ops.protocol.State` tree (every operator's sta
 source's position and watermark, the job's counters, the sink's write counts and, for an
 in-memory online store, its contents) written under ``checkpoint_dir`` as::
 
-    chk-000007/arrays-0.arrow   1-D arrays and series of one length, one column each
-    chk-000007/frame-3.arrow    one file per frame
+    chk-000007/arrays-40.arrow  short 1-D arrays and series of one length, a column each
+    chk-000007/frame-3.arrow    one file per frame (a long array or series: one table each)
     chk-000007/blobs.arrow      bytes values (pickled DataStream Python objects only)
     chk-000007.json             the manifest: plan fingerprint, plain values, file index
     chunks/5f0c...e1.arrow      row chunks of large tables, shared between checkpoints
@@ -16,13 +16,16 @@ manifest does not exist, so a crash while one is written leaves the previous one
 force. The newest ``keep`` checkpoints are kept. Columns of Python objects (DataStream
 values) are the one thing pickled, each value in a binary column.
 
-Checkpoints are incremental: a table of at least ``CHUNK_ROWS`` rows is cut into chunks of
-``CHUNK_ROWS`` rows from its first row, each stored once under the hash of its bytes. State
-that only grows (a window operator's row log between compactions, appended store history)
-keeps its earlier chunks' contents, so a later checkpoint references them instead of
-writing them again; only the new tail is written. A chunk is written under a temporary
-name and renamed, so a crash never leaves a partial chunk under a real name. Chunks that no
-kept manifest references are deleted when old checkpoints are.
+Checkpoints are incremental: a table of at least ``CHUNK_ROWS`` rows (a frame, or one long
+array or series on its own) is cut into chunks of ``CHUNK_ROWS`` rows from its first row,
+each stored once under the hash of its bytes. State that only grows (a window operator's
+row log between compactions, appended store history) keeps its earlier chunks' contents,
+so a later checkpoint references them instead of writing them again; only the new tail is
+written. Nor is an unchanged chunk encoded and hashed again: a chunk whose Arrow buffers
+are the very memory a previous checkpoint of this store encoded (immutable frames, the
+append-only part of a row log) reuses that chunk's name. A chunk is written under a
+temporary name and renamed, so a crash never leaves a partial chunk under a real name.
+Chunks that no kept manifest references are deleted when old checkpoints are.
 
 ``checkpoint_dir`` is a local path or a URL pyarrow.fs understands, e.g.
 ``s3://bucket/prefix?endpoint_override=http://127.0.0.1:9000&scheme=http``.
@@ -39,7 +42,6 @@ kept manifest references are deleted when old checkpoints are.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pickle
 import re
@@ -51,6 +53,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
+import xxhash
 
 from volga.ops.protocol import State, check_state
 
@@ -60,7 +63,7 @@ _MANIFEST = re.compile(r"chk-(\d{6,})\.json")
 _DIR = re.compile(r"chk-(\d{6,})")
 _CHUNKS = "chunks"
 FORMAT = 2
-CHUNK_ROWS = 1 << 16
+CHUNK_ROWS = 1 << 18
 
 
 class DefinitionChanged(ValueError):
@@ -103,6 +106,9 @@ class CheckpointStore:
             raise ValueError(f"checkpoints: keep must be >= 1, got {keep}")
         self.url, self.keep = str(url), keep
         self._chunks: set[str] | None = None
+        # chunks of the last checkpoint by the identity of their Arrow buffers (``_identity``);
+        # each entry holds its arrays, so that memory is not freed and reused meanwhile
+        self._encoded: dict[tuple[Any, ...], _Encoded] = {}
         self.last_bytes: int | None = None
         self.last_written_bytes: int | None = None
         try:
@@ -162,6 +168,7 @@ class CheckpointStore:
         manifest_bytes = len(json.dumps(manifest))
         self.last_bytes = tables.total_bytes + manifest_bytes  # the whole checkpoint, shared chunks included
         self.last_written_bytes = tables.written_bytes + manifest_bytes  # what this one wrote
+        self._encoded = tables.encoded  # only once the manifest that references them is in place
         self._prune(ckpt)
         return ckpt
 
@@ -177,13 +184,14 @@ class CheckpointStore:
 
     def _put_chunk(self, data: pa.Buffer) -> tuple[str, bool]:
         """Store one chunk's bytes (once per distinct content): its name, and whether this
-        call wrote it. Named by SHA-1 (content addressing, not security: twice blake2b's speed
-        here, with the CPU's SHA instructions)."""
-        name = hashlib.sha1(data, usedforsecurity=False).hexdigest() + ".arrow"
+        call wrote it. Named by XXH3-128 (content addressing, not security: 30x SHA-1's
+        speed here, with collisions as unlikely between chunks nobody crafted)."""
+        name = xxhash.xxh3_128_hexdigest(data) + ".arrow"
         known = self._chunk_names()
         if name in known:
             return name, False
-        self.fs.create_dir(self._path(_CHUNKS), recursive=True)
+        if not known:  # the first chunk this store writes (or the directory was emptied)
+            self.fs.create_dir(self._path(_CHUNKS), recursive=True)
         final = self._path(f"{_CHUNKS}/{name}")
         with self.fs.open_output_stream(final + ".tmp") as out:
             out.write(data)
@@ -240,11 +248,48 @@ def _leaves(state: State, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, .
     return out
 
 
-def _to_arrow(series: pl.Series) -> tuple[pa.Array, bool]:
-    """A series as an Arrow array; Python-object series as pickled values (True)."""
+def _to_arrow(series: pl.Series) -> tuple[pa.Array | pa.ChunkedArray, bool]:
+    """A series as Arrow without copying it, chunk for chunk; Python-object series as
+    pickled values (True).
+
+    Through a frame, because ``Series.to_arrow`` first rechunks: a copy of the whole column
+    (an appended log has thousands of chunks). Strings and binaries come out as views of
+    polars' own memory (``string_view``), so an unchanged chunk keeps its identity between
+    checkpoints; ``_plain`` casts what is written to the classic types."""
     if series.dtype == pl.Object:
         return pa.array([pickle.dumps(v) for v in series.to_list()], type=pa.binary()), True
-    return series.to_arrow(), False
+    views = series.dtype in (pl.String, pl.Binary)
+    level = pl.CompatLevel.newest() if views else pl.CompatLevel.oldest()
+    return series.to_frame().to_arrow(compat_level=level).column(0), False
+
+
+def _numpy_to_arrow(array: np.ndarray) -> tuple[pa.Array, bool]:
+    """A numpy array as Arrow, sharing its memory where Arrow can (booleans as their bytes,
+    True: Arrow's bit-packed booleans would be a copy)."""
+    if array.dtype == np.bool_:
+        return pa.array(array.view(np.uint8)), True
+    return pa.array(array), False
+
+
+_CLASSIC = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """``table`` with string and binary views cast to the classic Arrow types written."""
+    if not any(f.type in _CLASSIC for f in table.schema):
+        return table
+    return pa.table([col.cast(_CLASSIC[col.type]) if col.type in _CLASSIC else col for col in table.columns],
+                    names=table.column_names)
+
+
+def _identity(rows: pa.Table) -> tuple[Any, ...]:
+    """What ``rows`` are made of: each column piece's type, offset, length and buffer
+    addresses (not sizes: a view of an array that has grown since is over a longer buffer).
+    Equal for two tables over the same memory."""
+    return tuple(
+        (str(piece.type), piece.offset, len(piece), tuple(None if b is None else b.address for b in piece.buffers()))
+        for column in rows.columns for piece in column.chunks
+    )
 
 
 def _ipc_bytes(table: pa.Table) -> pa.Buffer:
@@ -254,6 +299,13 @@ def _ipc_bytes(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()  # hashed and written as it is: no copy
 
 
+@dataclasses.dataclass(frozen=True)
+class _Encoded:
+    name: str
+    size: int
+    rows: pa.Table  # the memory it was encoded from, kept alive
+
+
 class _Tables:
     """Where one checkpoint's tables go: small ones into its folder, large ones as shared
     row chunks. Counts the bytes the checkpoint references and the bytes it wrote."""
@@ -261,11 +313,12 @@ class _Tables:
     def __init__(self, store: CheckpointStore, folder: str) -> None:
         self.store, self.folder = store, folder
         self.total_bytes = self.written_bytes = 0
+        self.encoded: dict[tuple[Any, ...], _Encoded] = {}
 
     def put(self, name: str, table: pa.Table) -> dict[str, Any]:
         """Store ``table``; return the index fields that find it again."""
         if table.num_rows < CHUNK_ROWS:
-            data = _ipc_bytes(table)
+            data = _ipc_bytes(_plain(table).combine_chunks())  # one record batch, not one per appended piece
             with self.store.fs.open_output_stream(self.store._path(f"{self.folder}/{name}")) as out:
                 out.write(data)
             self.total_bytes += data.size
@@ -273,11 +326,17 @@ class _Tables:
             return {"file": name}
         chunks = []
         for start in range(0, table.num_rows, CHUNK_ROWS):
-            data = _ipc_bytes(_copied(table.slice(start, CHUNK_ROWS)))
-            name, wrote = self.store._put_chunk(data)
-            chunks.append(name)
-            self.total_bytes += data.size
-            self.written_bytes += data.size if wrote else 0
+            rows = table.slice(start, CHUNK_ROWS)
+            key = _identity(rows)
+            chunk = self.store._encoded.get(key) or self.encoded.get(key)
+            if chunk is None:
+                data = _ipc_bytes(_copied(_plain(rows)))
+                chunk_name, wrote = self.store._put_chunk(data)
+                chunk = _Encoded(chunk_name, data.size, rows)
+                self.written_bytes += data.size if wrote else 0
+            self.encoded[key] = chunk
+            chunks.append(chunk.name)
+            self.total_bytes += chunk.size
         return {"chunks": chunks}
 
 
@@ -309,21 +368,23 @@ def _read_entry(entry: dict[str, Any], fs: pafs.FileSystem, folder: str, chunks:
 def _encode(state: State, tables: _Tables) -> tuple[list[Any], list[dict[str, Any]]]:
     meta: list[Any] = []
     index: list[dict[str, Any]] = []
-    by_length: dict[int, dict[str, pa.Array]] = {}
+    grouped: dict[str, dict[str, pa.Array | pa.ChunkedArray]] = {}  # table name -> its columns
     blobs: dict[str, pa.Array] = {}
     frames = 0
     for path, value in _leaves(state):
-        if isinstance(value, np.ndarray):
-            group = by_length.setdefault(len(value), {})
+        if isinstance(value, (np.ndarray, pl.Series)):
+            # Short ones of one length share a table; a long one is chunked on its own, so
+            # a column that changed does not make its unchanged neighbours' chunks new.
+            table = f"arrays-{len(value)}.arrow" if len(value) < CHUNK_ROWS else f"array-{len(index)}.arrow"
+            group = grouped.setdefault(table, {})
             column = f"c{len(group)}"
-            group[column] = pa.array(value)
-            index.append({"path": list(path), "kind": "array", "table": f"arrays-{len(value)}.arrow", "column": column})
-        elif isinstance(value, pl.Series):
-            group = by_length.setdefault(len(value), {})
-            column = f"c{len(group)}"
-            group[column], pickled = _to_arrow(value)
-            index.append({"path": list(path), "kind": "series", "table": f"arrays-{len(value)}.arrow", "column": column,
-                          "name": value.name, "objects": pickled})
+            if isinstance(value, np.ndarray):
+                group[column], as_bytes = _numpy_to_arrow(value)
+                entry: dict[str, Any] = {"kind": "array", **({"bool": True} if as_bytes else {})}
+            else:
+                group[column], pickled = _to_arrow(value)
+                entry = {"kind": "series", "name": value.name, "objects": pickled}
+            index.append({"path": list(path), **entry, "table": table, "column": column})
         elif isinstance(value, pl.DataFrame):
             columns, objects = {}, []
             for s in value.iter_columns():
@@ -340,12 +401,12 @@ def _encode(state: State, tables: _Tables) -> tuple[list[Any], list[dict[str, An
             index.append({"path": list(path), "kind": "bytes", "table": "blobs.arrow", "column": column})
         else:
             meta.append([list(path), value])
-    placed = {f"arrays-{length}.arrow": tables.put(f"arrays-{length}.arrow", pa.table(group)) for length, group in by_length.items()}
+    placed = {table: tables.put(table, pa.table(group)) for table, group in grouped.items()}
     if blobs:
         placed["blobs.arrow"] = tables.put("blobs.arrow", pa.table(blobs))
-    for entry in index:  # arrays of one length, and blobs, share a table: say where it went
-        if "table" in entry:
-            entry.update(placed[entry["table"]])
+    for placed_entry in index:  # arrays of one length, and blobs, share a table: say where it went
+        if "table" in placed_entry:
+            placed_entry.update(placed[placed_entry["table"]])
     return meta, index
 
 
@@ -374,7 +435,8 @@ def _decode(meta: list[Any], index: list[dict[str, Any]], fs: pafs.FileSystem, f
         table = tables[name]
         kind = entry["kind"]
         if kind == "array":
-            put(entry["path"], table.column(entry["column"]).to_numpy())
+            array = table.column(entry["column"]).to_numpy()
+            put(entry["path"], array.view(np.bool_) if entry.get("bool") else array)
         elif kind == "series":
             put(entry["path"], _from_arrow(table.column(entry["column"]), entry["name"], entry["objects"]))
         elif kind == "bytes":
