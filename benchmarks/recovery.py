@@ -1,7 +1,7 @@
 """Checkpoint benchmark: what checkpoints cost an online quickstart job, and recovery time.
 
     .venv/bin/python benchmarks/recovery.py [--orders 3000000] [--users 10000] [--keys 1000000]
-                                            [--sustained-orders 20000000]
+                                            [--sustained-orders 20000000] [--repeat 3]
 
 1. Throughput of the online quickstart job (embedded runtime, MemorySource, micro-batches
    of 10k rows, in-memory online store) without checkpoints, with ``checkpoint_interval``
@@ -10,9 +10,9 @@
    at the boundary, of which the in-memory store's part; files are written in the
    background, except the final checkpoint's). Overhead: 1 - ev/s / ev/s without.
 2. Sustained: the same job over ``--sustained-orders`` orders (long enough for several
-   10 s checkpoints to fall inside the run; 0 skips it), without checkpoints and every 10 s:
-   the overhead end to end, and without the final checkpoint (a job that runs for months
-   pays it once).
+   10 s checkpoints to fall inside the run; 0 skips it), without checkpoints and every 10 s,
+   ``--repeat`` times each, alternating: the overhead of the medians end to end, and
+   without the final checkpoint (a job that runs for months pays it once).
 3. State of ``--keys`` users (two orders each): duration and size of one checkpoint of
    the job's state (operators + the in-memory store's contents), split by part.
 4. Recovery: the same job started again on that checkpoint directory: time to load and
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,7 @@ def main() -> None:
     parser.add_argument("--sustained-orders", type=int, default=20_000_000)
     parser.add_argument("--one", choices=["throughput", "state"])
     parser.add_argument("--interval", default="")
+    parser.add_argument("--repeat", type=int, default=3, help="sustained runs of each kind, alternating (medians)")
     args = parser.parse_args()
     if args.one == "throughput":
         print(json.dumps(throughput(args.orders, args.users, args.interval or None)))
@@ -221,17 +223,7 @@ def main() -> None:
     print(f"online quickstart, {args.orders:,} orders, {args.users:,} users (embedded, batches of 10k):")
     _print_runs(runs)
     if args.sustained_orders:
-        base = ["--orders", str(args.sustained_orders), "--users", str(args.users)]
-        runs = {label: _in_subprocess([*base, "--one", "throughput", "--interval", interval]) for label, interval in
-                (("none", ""), ("10s", "10s"))}
-        print(f"sustained: {args.sustained_orders:,} orders, {args.users:,} users:")
-        _print_runs(runs)
-        none, every = runs["none"], runs["10s"]
-        steady = every["seconds"] - every["final_s"]
-        print(f"  every 10 s: {len(every['periodic_s'])} checkpoint(s) while the job ran; overhead "
-              f"{1 - every['ev_per_s'] / none['ev_per_s']:.1%} end to end, {1 - none['seconds'] / steady:.1%} without the final "
-              f"checkpoint ({every['final_s']:.2f} s); the job stood still {sum(every['periodic_s']):.2f} s for them "
-              f"({sum(every['periodic_s']) / steady:.1%} of its time)")
+        _sustained(args.sustained_orders, args.users, args.repeat)
     s = _in_subprocess(["--keys", str(args.keys), "--one", "state"])
     print(f"state of {s['keys']:,} keys ({s['orders']:,} orders; the store holds {s['store_rows']:,} rows, "
           f"{s['store_bytes_in_memory'] / 1e6:.0f} MB as a frame):")
@@ -240,6 +232,29 @@ def main() -> None:
     print(f"  the job stands still {s['snapshot_s']:.2f} s for the snapshot (the rest is written in the background): "
           f"every 10 s, {s['snapshot_s'] / 10:.0%} of the job's time, {s['checkpoint_s'] / 10:.0%} counting the write")
     print(f"  recovery:   {s['load_s']:.2f} s to load the checkpoint, {s['resume_s']:.2f} s to load and restore it")
+
+
+def _sustained(orders: int, users: int, repeat: int) -> None:
+    """Runs without checkpoints and every 10 s, alternating (this machine's speed drifts by
+    more than the overhead between runs); the overhead of the medians."""
+    base = ["--orders", str(orders), "--users", str(users), "--one", "throughput"]
+    print(f"sustained: {orders:,} orders, {users:,} users, {repeat} run(s) of each, alternating:")
+    none: list[float] = []
+    every: list[dict[str, Any]] = []
+    for _ in range(repeat):
+        none.append(_in_subprocess([*base, "--interval", ""])["seconds"])
+        every.append(_in_subprocess([*base, "--interval", "10s"]))
+        r = every[-1]
+        print(f"  without: {none[-1]:6.2f} s   every 10 s: {r['seconds']:6.2f} s, of which the final checkpoint "
+              f"{r['final_s']:.2f} s; {len(r['periodic_s'])} periodic, the job stood still "
+              f"{sum(r['periodic_s']):.2f} s for them; MB written: "
+              + ", ".join(f"{written / 1e6:.0f}" for _, written in r["sizes"]))
+    without = statistics.median(none)
+    total = statistics.median(r["seconds"] for r in every)
+    steady = statistics.median(r["seconds"] - r["final_s"] for r in every)
+    print(f"  medians: without {without:.2f} s, every 10 s {total:.2f} s ({steady:.2f} s without the final checkpoint): "
+          f"overhead {1 - without / total:.1%} end to end, {1 - without / steady:.1%} without the final checkpoint "
+          "(a job that runs for months pays it once)")
 
 
 def _print_runs(runs: dict[str, dict[str, Any]]) -> None:
