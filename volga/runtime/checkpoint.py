@@ -107,7 +107,9 @@ class CheckpointStore:
         self.url, self.keep = str(url), keep
         self._chunks: set[str] | None = None
         # chunks of the last checkpoint by the identity of their Arrow buffers (``_identity``);
-        # each entry holds its arrays, so that memory is not freed and reused meanwhile
+        # each entry holds its arrays, so that memory is not freed and reused meanwhile. Off
+        # where every state arrives in fresh memory (a Ray driver's): nothing to reuse.
+        self.reuse_memory = True
         self._encoded: dict[tuple[Any, ...], _Encoded] = {}
         self.last_bytes: int | None = None
         self.last_written_bytes: int | None = None
@@ -168,7 +170,8 @@ class CheckpointStore:
         manifest_bytes = len(json.dumps(manifest))
         self.last_bytes = tables.total_bytes + manifest_bytes  # the whole checkpoint, shared chunks included
         self.last_written_bytes = tables.written_bytes + manifest_bytes  # what this one wrote
-        self._encoded = tables.encoded  # only once the manifest that references them is in place
+        if self.reuse_memory:  # only once the manifest that references them is in place
+            self._encoded = tables.encoded
         self._prune(ckpt)
         return ckpt
 

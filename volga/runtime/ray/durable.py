@@ -130,6 +130,9 @@ class RayCheckpointer(Checkpointer):
 
     def __init__(self, topology: Topology, options: CheckpointOptions) -> None:
         super().__init__(topology.plan, {}, {}, options)  # operators and sources live in the actors
+        # actor states arrive as new memory every time (from Ray's object store): remembering
+        # it would only keep the last checkpoint's arrays alive, pinned there, for nothing
+        options.store.reuse_memory = False
         self.topology = topology
         self.collect: Callable[[Metrics], State] | None = None
         self.rebuild = False  # the definition changed and the job starts over from the sources' history
