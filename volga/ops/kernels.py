@@ -51,6 +51,24 @@ def _window_start(r, k, ts, nxt, lo, window_us):  # type: ignore[no-untyped-def]
 
 
 @_jit
+def _sum_front(end, start, prev, val, valid, f_sum, f_cnt):  # type: ignore[no-untyped-def]
+    """A front part: at each row from ``end`` back to ``start``, the sum and count of the
+    values from that row to ``end``."""
+    acc = 0.0
+    c = 0
+    j = end
+    while True:
+        if valid[j]:
+            acc = val[j] + acc
+            c += 1
+        f_sum[j] = acc
+        f_cnt[j] = c
+        if j == start:
+            break
+        j = prev[j]
+
+
+@_jit
 def sliding_sum(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end, b_sum, b_cnt, f_sum, f_cnt, out_sum, out_cnt):  # type: ignore[no-untyped-def]
     for r in range(r0, r0 + n):
         k = kid[r]
@@ -59,18 +77,7 @@ def sliding_sum(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end, b_s
             b_sum[k] += val[r]
             b_cnt[k] += 1
         if start > f_end[k]:  # front exhausted: rebuild it over the whole window
-            acc = 0.0
-            c = 0
-            j = r
-            while True:
-                if valid[j]:
-                    acc = val[j] + acc
-                    c += 1
-                f_sum[j] = acc
-                f_cnt[j] = c
-                if j == start:
-                    break
-                j = prev[j]
+            _sum_front(r, start, prev, val, valid, f_sum, f_cnt)
             f_end[k] = r
             b_sum[k] = 0.0
             b_cnt[k] = 0
@@ -90,6 +97,21 @@ def _merge_moments(n1, mean1, m2_1, n2, mean2, m2_2):  # type: ignore[no-untyped
 
 
 @_jit
+def _moments_front(end, start, prev, val, valid, f_n, f_mean, f_m2):  # type: ignore[no-untyped-def]
+    cn, cmean, cm2 = 0, 0.0, 0.0
+    j = end
+    while True:
+        if valid[j]:
+            cn, cmean, cm2 = _merge_moments(1, val[j], 0.0, cn, cmean, cm2)
+        f_n[j] = cn
+        f_mean[j] = cmean
+        f_m2[j] = cm2
+        if j == start:
+            break
+        j = prev[j]
+
+
+@_jit
 def sliding_moments(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end, b_n, b_mean, b_m2, f_n, f_mean, f_m2, out_n, out_m2):  # type: ignore[no-untyped-def]
     """Count and M2 (sum of squared deviations, Chan's merge) per window."""
     for r in range(r0, r0 + n):
@@ -98,17 +120,7 @@ def sliding_moments(r0, n, kid, ts, prev, nxt, val, valid, window_us, lo, f_end,
         if valid[r]:
             b_n[k], b_mean[k], b_m2[k] = _merge_moments(b_n[k], b_mean[k], b_m2[k], 1, val[r], 0.0)
         if start > f_end[k]:
-            cn, cmean, cm2 = 0, 0.0, 0.0
-            j = r
-            while True:
-                if valid[j]:
-                    cn, cmean, cm2 = _merge_moments(1, val[j], 0.0, cn, cmean, cm2)
-                f_n[j] = cn
-                f_mean[j] = cmean
-                f_m2[j] = cm2
-                if j == start:
-                    break
-                j = prev[j]
+            _moments_front(r, start, prev, val, valid, f_n, f_mean, f_m2)
             f_end[k] = r
             b_n[k], b_mean[k], b_m2[k] = 0, 0.0, 0.0
         tn, _, tm2 = _merge_moments(f_n[start], f_mean[start], f_m2[start], b_n[k], b_mean[k], b_m2[k])
@@ -127,6 +139,19 @@ def _better(a, b, order, want_max):  # type: ignore[no-untyped-def]
 
 
 @_jit
+def _extreme_front(end, start, prev, order, valid, want_max, f_idx):  # type: ignore[no-untyped-def]
+    best = -1
+    j = end
+    while True:
+        if valid[j] and (best < 0 or not _better(best, j, order, want_max)):
+            best = j  # ties: the earliest row, whose value is the same
+        f_idx[j] = best
+        if j == start:
+            break
+        j = prev[j]
+
+
+@_jit
 def sliding_extreme(r0, n, kid, ts, prev, nxt, order, valid, want_max, window_us, lo, f_end, b_idx, f_idx, out_idx):  # type: ignore[no-untyped-def]
     """Row id of the min (max) non-null value per window; -1 if none."""
     for r in range(r0, r0 + n):
@@ -135,15 +160,7 @@ def sliding_extreme(r0, n, kid, ts, prev, nxt, order, valid, want_max, window_us
         if valid[r] and _better(r, b_idx[k], order, want_max):
             b_idx[k] = r
         if start > f_end[k]:
-            best = -1
-            j = r
-            while True:
-                if valid[j] and (best < 0 or not _better(best, j, order, want_max)):
-                    best = j  # ties: the earliest row, whose value is the same
-                f_idx[j] = best
-                if j == start:
-                    break
-                j = prev[j]
+            _extreme_front(r, start, prev, order, valid, want_max, f_idx)
             f_end[k] = r
             b_idx[k] = -1
         front = f_idx[start]
@@ -247,6 +264,29 @@ def count_distinct(r0, n, kid, ts, nxt, vid, window_us, lo, counts, distinct, ou
         out[r - r0] = distinct[k]
 
 
+# Front parts are derived state: snapshots leave them out, and a restore recomputes each
+# key's over ``[lo, f_end]`` with the loop that wrote them (so bitwise the same values).
+@_jit
+def sum_fronts(lo, f_end, prev, val, valid, f_sum, f_cnt):  # type: ignore[no-untyped-def]
+    for k in range(lo.shape[0]):
+        if 0 <= lo[k] <= f_end[k]:
+            _sum_front(f_end[k], lo[k], prev, val, valid, f_sum, f_cnt)
+
+
+@_jit
+def moments_fronts(lo, f_end, prev, val, valid, f_n, f_mean, f_m2):  # type: ignore[no-untyped-def]
+    for k in range(lo.shape[0]):
+        if 0 <= lo[k] <= f_end[k]:
+            _moments_front(f_end[k], lo[k], prev, val, valid, f_n, f_mean, f_m2)
+
+
+@_jit
+def extreme_fronts(lo, f_end, prev, order, valid, want_max, f_idx):  # type: ignore[no-untyped-def]
+    for k in range(lo.shape[0]):
+        if 0 <= lo[k] <= f_end[k]:
+            _extreme_front(f_end[k], lo[k], prev, order, valid, want_max, f_idx)
+
+
 @_jit
 def relink(kid, last_row, prev, nxt):  # type: ignore[no-untyped-def]
     """Rebuild the per-key links of a compacted log."""
@@ -283,6 +323,6 @@ def empty_counts():  # type: ignore[no-untyped-def]
 
 
 __all__ = [
-    "count_distinct", "empty_counts", "first_last", "last_n", "link_rows", "mark_last_valid",
-    "relink", "sliding_count", "sliding_extreme", "sliding_moments", "sliding_sum", "np",
+    "count_distinct", "empty_counts", "extreme_fronts", "first_last", "last_n", "link_rows", "mark_last_valid",
+    "moments_fronts", "relink", "sliding_count", "sliding_extreme", "sliding_moments", "sliding_sum", "sum_fronts", "np",
 ]

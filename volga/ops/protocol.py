@@ -35,6 +35,8 @@ changes in place, or views of memory the operator only appends to): the checkpoi
 reads it while the job goes on, and knows an unchanged chunk at the next checkpoint by its
 memory alone; ``restore(state)`` is called on a freshly built operator of the same
 definition and makes it behave exactly as the snapshotted one would from there on.
+State the operator can recompute from the rest (an index, a partial aggregate) may be
+left out of the snapshot and rebuilt by ``restore``.
 A stateless operator returns ``{}``.
 
 >>> import numpy as np

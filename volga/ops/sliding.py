@@ -50,6 +50,10 @@ class State:
     def keep(self, op: WindowAggregateOp, i: int, agg: Aggregate, live: np.ndarray) -> None:
         """Mark rows this state needs beyond its window start and ``live_rows``."""
 
+    def rebuild(self, op: WindowAggregateOp, i: int, agg: Aggregate) -> None:
+        """Recompute the ``per_row`` arrays (derived state, which snapshots leave out)
+        from the restored rows and per-key arrays."""
+
 
 def _common(op: WindowAggregateOp, r0: int, n: int) -> tuple[int, int, np.ndarray, np.ndarray]:
     return (r0, n, op.rows["kid"], op.rows["ts"])
@@ -93,6 +97,11 @@ class _Sum(State):
                             rows[f"f_sum:{i}"], rows[f"f_cnt:{i}"], sums, counts)
         return _finished(agg, Partials(counts, total=sums))
 
+    def rebuild(self, op: WindowAggregateOp, i: int, agg: Aggregate) -> None:
+        rows, keys = op.rows, op.per_key
+        kernels.sum_fronts(keys[f"lo:{i}"], keys[f"f_end:{i}"], rows["prev"], rows[f"val:{agg.on}"],
+                           _valid(op, agg), rows[f"f_sum:{i}"], rows[f"f_cnt:{i}"])
+
 
 class _Moments(State):
     per_key = (("f_end", np.int64, -1), ("b_n", np.int64, 0), ("b_mean", np.float64, 0.0), ("b_m2", np.float64, 0.0))
@@ -107,6 +116,11 @@ class _Moments(State):
                                 keys[f"b_mean:{i}"], keys[f"b_m2:{i}"], rows[f"f_n:{i}"], rows[f"f_mean:{i}"],
                                 rows[f"f_m2:{i}"], counts, m2)
         return _finished(agg, Partials(counts, m2=m2))
+
+    def rebuild(self, op: WindowAggregateOp, i: int, agg: Aggregate) -> None:
+        rows, keys = op.rows, op.per_key
+        kernels.moments_fronts(keys[f"lo:{i}"], keys[f"f_end:{i}"], rows["prev"], rows[f"val:{agg.on}"],
+                               _valid(op, agg), rows[f"f_n:{i}"], rows[f"f_mean:{i}"], rows[f"f_m2:{i}"])
 
 
 class _Distinct(State):
@@ -143,6 +157,11 @@ class _Extreme(State):
                                 self.want_max, _window(agg), keys[f"lo:{i}"], keys[f"f_end:{i}"], keys[f"b_idx:{i}"],
                                 rows[f"f_idx:{i}"], idx)
         return op.gather(agg.on, idx)
+
+    def rebuild(self, op: WindowAggregateOp, i: int, agg: Aggregate) -> None:
+        rows, keys = op.rows, op.per_key
+        kernels.extreme_fronts(keys[f"lo:{i}"], keys[f"f_end:{i}"], rows["prev"], rows[f"val:{agg.on}"],
+                               _valid(op, agg), self.want_max, rows[f"f_idx:{i}"])
 
 
 class _FirstLast(State):

@@ -147,9 +147,11 @@ class WindowAggregateOp(RowOperator):
             rows.add(f"valid:{col}", np.bool_, False)
             if col in self.value_index:
                 rows.add(f"vid:{col}", np.int64, -1)
-        # Written once, when their row is appended (compaction and relabelling replace the
-        # whole array): a snapshot may share them instead of copying.
-        self.append_only = frozenset(rows.arrays) - set(_CHAIN)
+        # The rows' own columns: written once, when their row is appended (compaction and
+        # relabelling replace the whole array), so a snapshot shares them instead of copying.
+        # The other row arrays (the chain, the aggregates' front parts) are derived from
+        # them and the per-key arrays: left out of snapshots, rebuilt on restore.
+        self.snapshotted_rows = tuple(rows.arrays.keys() - set(_CHAIN))
         for i, state in enumerate(self.states):
             keys.add(f"lo:{i}", np.int64, -1)
             state.declare(self, i)
@@ -163,12 +165,13 @@ class WindowAggregateOp(RowOperator):
     def snapshot(self) -> dict[str, Any]:
         """The whole state in the columnar form of ``ops.protocol``: the key and value
         indexes as frames, the row log and per-key arrays, count-distinct tables, the
-        value log as series; only sizes are plain metadata. The per-key row chain
-        (``prev``/``nxt``) is left out: ``restore`` rebuilds it from the rows' key ids.
+        value log as series; only sizes are plain metadata. Derived row arrays are left
+        out: ``restore`` rebuilds the per-key row chain (``prev``/``nxt``) from the rows' key
+        ids and the aggregates' front parts (``f_*``) from the rows in each key's front.
 
-        Append-only row columns are views, not copies: no row below ``size`` is written
-        again in place, so the job goes on while the view is written out (and an unchanged
-        chunk of them is the same memory at the next checkpoint, which is not encoded again)."""
+        The row columns are views, not copies: no row below ``size`` is written again in
+        place, so the job goes on while the view is written out (and an unchanged chunk of
+        them is the same memory at the next checkpoint, which is not encoded again)."""
         return {
             "keys": self.key_index.snapshot(),
             "values_index": {c: v.snapshot() for c, v in self.value_index.items()},
@@ -176,10 +179,7 @@ class WindowAggregateOp(RowOperator):
                 c: {"values": pl.Series(lab.values, dtype=pl.String), "labels": np.asarray(lab.labels, dtype=np.float64)}
                 for c, lab in self.order_labels.items()
             },
-            "rows": {
-                n: a[: self.size] if n in self.append_only else a[: self.size].copy()
-                for n, a in self.rows.arrays.items() if n not in _CHAIN
-            },
+            "rows": {n: self.rows[n][: self.size] for n in self.snapshotted_rows},
             "per_key": {n: a[: self.key_index.size].copy() for n, a in self.per_key.arrays.items()},
             "counts": {
                 str(i): {"slots": np.fromiter(d.keys(), dtype=np.int64, count=len(d)), "counts": np.fromiter(d.values(), dtype=np.int64, count=len(d))}
@@ -196,21 +196,24 @@ class WindowAggregateOp(RowOperator):
         for c, saved in snap["order_labels"].items():
             self.order_labels[c].values = saved["values"].to_list()
             self.order_labels[c].labels = saved["labels"].tolist()
-        for saved, arrays in ((snap["rows"], self.rows), (snap["per_key"], self.per_key)):
-            for name, values in saved.items():
-                arrays.arrays[name] = np.array(values, copy=True)
-            arrays.capacity = len(next(iter(saved.values()))) if saved else 0
-        if "prev" not in snap["rows"]:  # the chain of each key's rows, in row order
-            for name in _CHAIN:
-                self.rows.arrays[name] = np.full(self.rows.capacity, -1, dtype=np.int64)
-            kernels.relink(self.rows["kid"][: snap["size"]], self.per_key["last_row"][: self.key_index.size],
-                           self.rows["prev"], self.rows["nxt"])
+        size = snap["size"]
+        for name in self.rows.arrays:  # derived arrays saved by older versions are rebuilt too
+            saved = snap["rows"].get(name) if name in self.snapshotted_rows else None
+            self.rows.arrays[name] = np.full(size, self.rows.fills[name], self.rows[name].dtype) if saved is None \
+                else np.array(saved, copy=True)
+        self.rows.capacity = size
+        for name, values in snap["per_key"].items():
+            self.per_key.arrays[name] = np.array(values, copy=True)
+        self.per_key.capacity = self.key_index.size
+        kernels.relink(self.rows["kid"][:size], self.per_key["last_row"], self.rows["prev"], self.rows["nxt"])
+        for i, (agg, state) in enumerate(zip(self.aggregates, self.states)):
+            state.rebuild(self, i, agg)
         for i, saved_counts in snap["counts"].items():
             self.counts[int(i)] = kernels.empty_counts()
             for slot, c in zip(saved_counts["slots"].tolist(), saved_counts["counts"].tolist()):
                 self.counts[int(i)][slot] = c
         self.values = {c: [s.clone()] for c, s in snap["values"].items()}
-        self.size = self.live_after_compaction = snap["size"]
+        self.size = self.live_after_compaction = size
 
     def _value_log(self, col: str) -> pl.Series:
         chunks = self.values[col]
