@@ -99,3 +99,49 @@ def test_a_chunk_whose_memory_changed_is_encoded_again(tmp_path: Path) -> None:
     latest = store.latest()
     assert latest is not None and latest.state["sums"][5] == -1.0
     assert np.array_equal(latest.state["sums"], values)
+
+
+def test_every_file_and_name_is_on_disk_before_the_manifest_that_needs_it(tmp_path: Path, monkeypatch) -> None:
+    """Power-loss safety, locally: each file is synced before it is renamed into place, the
+    directories holding new names before the manifest is renamed, and the root after it."""
+    import os
+
+    events: list[tuple[str, str]] = []
+    paths: dict[int, str] = {}
+    real_open, real_fdatasync, real_fsync, real_replace = os.open, os.fdatasync, os.fsync, os.replace
+
+    def opened(path, *a, **k):
+        fd = real_open(path, *a, **k)
+        paths[fd] = str(path)
+        return fd
+
+    def fdatasync(fd):
+        events.append(("sync", paths[fd]))
+        real_fdatasync(fd)
+
+    def fsync(fd):
+        events.append(("sync", paths[fd]))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "open", opened)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store = CheckpointStore(tmp_path)
+    store.write(log_state(CHUNK_ROWS + 5), {})
+
+    renamed = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
+    for i in renamed:  # each renamed file was synced just before
+        assert events[i - 1] == ("sync", events[i][1]), events[i - 1 : i + 1]
+    chunk_renames = [i for i in renamed if "/chunks/" in events[i][1]]
+    manifest = events.index(("rename", str(tmp_path / "chk-000001.json.tmp")))
+    assert chunk_renames and max(chunk_renames) < manifest
+    before = events[max(renamed[:-1]) : manifest]
+    for directory in (tmp_path / "chunks", tmp_path / "chk-000001", tmp_path):
+        assert ("sync", str(directory)) in before, f"{directory} not synced before the manifest"
+    assert events[manifest + 1] == ("sync", str(tmp_path))
+    assert store.latest() is not None

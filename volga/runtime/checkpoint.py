@@ -10,11 +10,13 @@ in-memory online store, its contents) written under ``checkpoint_dir`` as::
     chk-000007.json             the manifest: plan fingerprint, plain values, file index
     chunks/5f0c...e1.arrow      row chunks of large tables, shared between checkpoints
 
-Files are Arrow IPC; plain values are JSON. The manifest is written last, under a
-temporary name that is then renamed (on S3, a single PUT): a checkpoint without its
-manifest does not exist, so a crash while one is written leaves the previous one in
-force. The newest ``keep`` checkpoints are kept. Columns of Python objects (DataStream
-values) are the one thing pickled, each value in a binary column.
+Files are Arrow IPC; plain values are JSON. Every file is written under a temporary name
+that is then renamed, and the manifest last: a checkpoint without its manifest does not
+exist, so a crash while one is written leaves the previous one in force. Locally, each
+file and each new name is synced to disk before the manifest is renamed (and after), so
+this holds for a power loss too; written files are dropped from the page cache. The
+newest ``keep`` checkpoints are kept. Columns of Python objects (DataStream values) are
+the one thing pickled, each value in a binary column.
 
 Checkpoints are incremental: a table of at least ``CHUNK_ROWS`` rows (a frame, or one long
 array or series on its own) is cut into chunks of ``CHUNK_ROWS`` rows from its first row,
@@ -23,9 +25,8 @@ row log between compactions, appended store history) keeps its earlier chunks' c
 so a later checkpoint references them instead of writing them again; only the new tail is
 written. Nor is an unchanged chunk encoded and hashed again: a chunk whose Arrow buffers
 are the very memory a previous checkpoint of this store encoded (immutable frames, the
-append-only part of a row log) reuses that chunk's name. A chunk is written under a
-temporary name and renamed, so a crash never leaves a partial chunk under a real name.
-Chunks that no kept manifest references are deleted when old checkpoints are.
+append-only part of a row log) reuses that chunk's name. Chunks that no kept manifest
+references are deleted when old checkpoints are.
 
 ``checkpoint_dir`` is a local path or a URL pyarrow.fs understands, e.g.
 ``s3://bucket/prefix?endpoint_override=http://127.0.0.1:9000&scheme=http``.
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import re
 import time
@@ -162,12 +164,14 @@ class CheckpointStore:
             "meta": meta,
             "columns": index,
         }
-        final = self._path(f"{folder}.json")
-        staging = final + ".tmp"
-        with self.fs.open_output_stream(staging) as out:
-            out.write(json.dumps(manifest).encode())
-        self.fs.move(staging, final)
-        manifest_bytes = len(json.dumps(manifest))
+        if tables.wrote_chunks:
+            self._sync_dir(_CHUNKS)
+        self._sync_dir(folder)
+        self._sync_dir("")  # the new directories' names, before the manifest that needs them
+        encoded = json.dumps(manifest).encode()
+        self._write_file(f"{folder}.json", encoded)
+        self._sync_dir("")
+        manifest_bytes = len(encoded)
         self.last_bytes = tables.total_bytes + manifest_bytes  # the whole checkpoint, shared chunks included
         self.last_written_bytes = tables.written_bytes + manifest_bytes  # what this one wrote
         if self.reuse_memory:  # only once the manifest that references them is in place
@@ -195,12 +199,41 @@ class CheckpointStore:
             return name, False
         if not known:  # the first chunk this store writes (or the directory was emptied)
             self.fs.create_dir(self._path(_CHUNKS), recursive=True)
-        final = self._path(f"{_CHUNKS}/{name}")
-        with self.fs.open_output_stream(final + ".tmp") as out:
-            out.write(data)
-        self.fs.move(final + ".tmp", final)
+        self._write_file(f"{_CHUNKS}/{name}", data)
         known.add(name)
         return name, True
+
+    def _write_file(self, name: str, data: pa.Buffer | bytes) -> None:
+        """Write a file whole under a temporary name, then rename it: a crash never leaves
+        part of one under its real name. A local file is synced to disk before the rename
+        (so a power loss cannot either) and dropped from the page cache: it is read back
+        only after a restart, and would otherwise crowd out the job's memory."""
+        final = self._path(name)
+        staging = final + ".tmp"
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            with self.fs.open_output_stream(staging) as out:
+                out.write(data)
+            self.fs.move(staging, final)
+            return
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        os.replace(staging, final)
+
+    def _sync_dir(self, name: str) -> None:
+        """Make the names created in a local directory durable (a no-op elsewhere)."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            fd = os.open(self._path(name) if name else self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _prune(self, newest: int) -> None:
         manifests, dirs = self._ids()
@@ -316,14 +349,14 @@ class _Tables:
     def __init__(self, store: CheckpointStore, folder: str) -> None:
         self.store, self.folder = store, folder
         self.total_bytes = self.written_bytes = 0
+        self.wrote_chunks = False
         self.encoded: dict[tuple[Any, ...], _Encoded] = {}
 
     def put(self, name: str, table: pa.Table) -> dict[str, Any]:
         """Store ``table``; return the index fields that find it again."""
         if table.num_rows < CHUNK_ROWS:
             data = _ipc_bytes(_plain(table).combine_chunks())  # one record batch, not one per appended piece
-            with self.store.fs.open_output_stream(self.store._path(f"{self.folder}/{name}")) as out:
-                out.write(data)
+            self.store._write_file(f"{self.folder}/{name}", data)
             self.total_bytes += data.size
             self.written_bytes += data.size
             return {"file": name}
@@ -337,6 +370,7 @@ class _Tables:
                 chunk_name, wrote = self.store._put_chunk(data)
                 chunk = _Encoded(chunk_name, data.size, rows)
                 self.written_bytes += data.size if wrote else 0
+                self.wrote_chunks |= wrote
             self.encoded[key] = chunk
             chunks.append(chunk.name)
             self.total_bytes += chunk.size
