@@ -176,6 +176,7 @@ class Client:
         checkpoint_dir: str | Path | None = None,
         checkpoint_interval: Duration = "10s",
         on_definition_change: Literal["refuse", "rebuild"] = "refuse",
+        checkpoint_keep: int = 3,
     ) -> Job:
         """Run pipelines over their sources.
 
@@ -193,10 +194,11 @@ class Client:
         ``checkpoint_dir`` (online mode, embedded or Ray runtime; a path or an S3-compatible URL):
         every ``checkpoint_interval``, and when the job ends or is stopped, a checkpoint of
         all operator state, source positions and the stores' write positions is written
-        there; running the same job with the same ``checkpoint_dir`` resumes from the latest
-        one with exactly-once effect on the stores (README, "Durable state"). A checkpoint
-        of a changed definition is refused, unless ``on_definition_change="rebuild"``
-        (outputs dropped, state rebuilt from the sources' history).
+        there (the newest ``checkpoint_keep`` are kept); running the same job with the same
+        ``checkpoint_dir`` resumes from the latest one with exactly-once effect on the stores
+        (README, "Durable state"). A checkpoint of a changed definition is refused, unless
+        ``on_definition_change="rebuild"`` (outputs dropped, state rebuilt from the sources'
+        history).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -216,6 +218,7 @@ class Client:
             return self._materialize_checkpointed(
                 plan, params, schemas, retain, options, block=block, write_offline=write_offline, mode=mode,
                 checkpoint_dir=checkpoint_dir, interval=checkpoint_interval, on_change=on_definition_change,
+                keep=checkpoint_keep,
             )
         if mode == "offline":
             def sink(name: str, rows: pl.DataFrame) -> None:
@@ -265,6 +268,7 @@ class Client:
         checkpoint_dir: str | Path,
         interval: Duration,
         on_change: str,
+        keep: int,
     ) -> Job:
         # Imported here: only checkpointed jobs need them.
         from volga.runtime.local.checkpointing import checkpoint_options
@@ -276,7 +280,8 @@ class Client:
         sink = CheckpointedSink(self.online_store, self.offline_store if write_offline else None, schemas, retain)
         # starting_point: a crash before the first periodic checkpoint resumes from the start
         # with the rows Redis applied skipped, instead of numbering them from 0 again
-        checkpoint = checkpoint_options(f"materialize({names})", checkpoint_dir, interval, sink, on_change, starting_point=True)
+        checkpoint = checkpoint_options(f"materialize({names})", checkpoint_dir, interval, sink, on_change,
+                                        starting_point=True, keep=keep)
         runtime = self.runtime if self.runtime is not None else LocalRuntime()  # embedded or RayRuntime
         job = runtime.start(plan, mode, params, sink, block=block, options=options, checkpoint=checkpoint)
         self.jobs.append(job)

@@ -37,6 +37,7 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("--params", default=None, help='materialize params as JSON (default {"online": true} merged in)')
     run.add_argument("--checkpoint-dir", default=None, help="checkpoint the job's state here (a path or an s3:// URL); a restart resumes from it")
     run.add_argument("--checkpoint-interval", default=None, help="time between checkpoints, e.g. 10s")
+    run.add_argument("--checkpoint-keep", type=int, default=None, help="how many checkpoints to keep (default 3)")
     run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics (Prometheus) and /ui on this port")
     run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     run.add_argument("--write-offline", action="store_true", help="also make the job's output the offline rows")
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_options(client: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """``checkpoint_dir``/``checkpoint_interval`` for materialize, only when given."""
+    """``checkpoint_dir``/``checkpoint_interval``/``checkpoint_keep`` for materialize, only when given."""
     extra: dict[str, Any] = {}
     if args.checkpoint_dir:
         extra["checkpoint_dir"] = args.checkpoint_dir
@@ -160,6 +161,10 @@ def _checkpoint_options(client: Any, args: argparse.Namespace) -> dict[str, Any]
         if not args.checkpoint_dir:
             raise UsageError("--checkpoint-interval needs --checkpoint-dir")
         extra["checkpoint_interval"] = args.checkpoint_interval
+    if args.checkpoint_keep is not None:
+        if not args.checkpoint_dir:
+            raise UsageError("--checkpoint-keep needs --checkpoint-dir")
+        extra["checkpoint_keep"] = args.checkpoint_keep
     accepted = inspect.signature(client.materialize).parameters
     missing = [k for k in extra if k not in accepted]
     if missing:

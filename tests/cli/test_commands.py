@@ -139,7 +139,8 @@ def test_run_failing_to_start_exits_non_zero_with_one_line(project):
 def test_run_with_a_checkpoint_dir_takes_a_final_checkpoint_and_resumes_from_it(project):
     checkpoints = project / "checkpoints"
     for attempt in range(2):
-        proc = subprocess.Popen([sys.executable, "-m", "volga", "run", "app.py", "--checkpoint-dir", str(checkpoints)],
+        proc = subprocess.Popen([sys.executable, "-m", "volga", "run", "app.py", "--checkpoint-dir", str(checkpoints),
+                                 "--checkpoint-keep", "1"],
                                 cwd=project, env=volga_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             started = "".join(wait_for_line(proc, "online job started: user_spend"))
@@ -149,7 +150,7 @@ def test_run_with_a_checkpoint_dir_takes_a_final_checkpoint_and_resumes_from_it(
             proc.kill()
         assert proc.returncode == 0, rest
         manifests = sorted(checkpoints.glob("chk-*.json"))
-        assert manifests, f"no checkpoint after SIGTERM (attempt {attempt}): {rest}"
+        assert len(manifests) == 1, f"not one checkpoint kept after SIGTERM (attempt {attempt}): {manifests} {rest}"
     assert "resumed from checkpoint" in started, started  # the second run restored the first one's final state
 
 
@@ -157,6 +158,8 @@ def test_run_refuses_checkpoint_interval_without_dir(project):
     done = volga("run", "app.py", "--checkpoint-interval", "10s", cwd=project)
     assert done.returncode == 2
     assert "--checkpoint-interval needs --checkpoint-dir" in done.stderr
+    done = volga("run", "app.py", "--checkpoint-keep", "2", cwd=project)
+    assert done.returncode == 2 and "--checkpoint-keep needs --checkpoint-dir" in done.stderr
 
 
 def test_historical_and_serve_work_on_the_new_project(project):

@@ -41,6 +41,17 @@ def test_checkpoints_are_arrow_files_and_a_json_manifest_and_the_last_three_are_
     assert state.state["sink"]["written"]["user_spent"] == stores(client)[0].height == 759
 
 
+def test_checkpoint_keep_sets_how_many_are_kept(tmp_path: Path) -> None:
+    for _ in range(3):
+        client, _ = run(tmp_path, checkpoint_keep=1)
+    root = tmp_path / "checkpoints"
+    store = CheckpointStore(root)
+    (latest,) = store.ids()
+    assert latest > 3  # every run took several (one per micro-batch): only the newest is left
+    assert [p.name for p in root.iterdir() if p.is_dir() and p.name != "chunks"] == [f"chk-{latest:06d}"]
+    assert store.latest().state["sink"]["written"]["user_spent"] == stores(client)[0].height
+
+
 def test_a_job_rerun_on_a_finished_checkpoint_writes_nothing_twice(tmp_path: Path) -> None:
     client, _ = run(tmp_path)
     first = stores(client)
@@ -205,6 +216,8 @@ def test_bad_checkpoint_options_are_named(tmp_path: Path) -> None:
         run(tmp_path, on_definition_change="ignore")
     with pytest.raises(ValueError, match="checkpoint_interval"):
         run(tmp_path, checkpoint_interval="soon")
+    with pytest.raises(ValueError, match=r"materialize\(user_spent\): checkpoint_keep must be an int >= 1 .*got 0"):
+        run(tmp_path, checkpoint_keep=0)
 
     class NoState(MemoryOnlineStore):
         snapshot = None  # type: ignore[assignment]

@@ -168,6 +168,18 @@ def test_rebuild_drops_the_sinks_outputs_and_reruns_the_changed_job_from_its_sou
     assert_same_sinks(sinks, want)
 
 
+def test_checkpoint_keep_sets_how_many_are_kept(tmp_path: Path) -> None:
+    runs = []
+    for _ in range(2):
+        ctx, out = StreamingContext(), ListSink()
+        ctx.from_collection(list(range(20))).key_by(lambda x: x % 3).reduce(lambda a, b: a + b).sink(out)
+        ctx.execute(checkpoint_dir=tmp_path / "c", checkpoint_interval="0s", checkpoint_keep=2)
+        runs.append(out.items)
+    store = CheckpointStore(tmp_path / "c")
+    assert len(store.ids()) == 2 and store.ids()[-1] >= 4  # a start and an end per run at least
+    assert runs[1] == runs[0] and len(runs[0]) == 20  # the second run resumed the finished one
+
+
 def test_bad_checkpoint_arguments_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="execute\\(\\): checkpoint_dir is for mode='streaming'"):
         build(Sinks(tmp_path)).execute(mode="batch", checkpoint_dir=tmp_path / "c")
@@ -175,6 +187,8 @@ def test_bad_checkpoint_arguments_are_clear_errors(tmp_path: Path) -> None:
         build(Sinks(tmp_path)).submit(checkpoint_dir=tmp_path / "c", on_definition_change="keep")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="checkpoint_interval"):
         build(Sinks(tmp_path)).execute(checkpoint_dir=tmp_path / "c", checkpoint_interval="soon")
+    with pytest.raises(ValueError, match="submit\\(\\): checkpoint_keep must be an int >= 1"):
+        build(Sinks(tmp_path)).submit(checkpoint_dir=tmp_path / "c", checkpoint_keep=0)
     ctx = StreamingContext()
     ctx.from_collection([{"k": "a", "v": 1}]).key_by("k").sink(_NotCheckpointable(), name="f")
     with pytest.raises(TypeError, match="checkpoint_dir: the online store .* neither snapshots"):

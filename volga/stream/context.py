@@ -277,6 +277,7 @@ class StreamingContext:
         checkpoint_dir: str | Path | None = None,
         checkpoint_interval: Duration = "10s",
         on_definition_change: Literal["refuse", "rebuild"] = "refuse",
+        checkpoint_keep: int = 3,
     ) -> StreamJob:
         if mode not in ("batch", "streaming"):
             raise ValueError(f"mode must be 'batch' or 'streaming', not {mode!r}")
@@ -297,7 +298,8 @@ class StreamingContext:
             # uses it; it opens the sinks (fresh or restored) before the job starts
             fingerprint = {**_definition_fingerprint(self._sinks), **sinks.fingerprint()}
             extra["checkpoint"] = checkpoint_options(
-                where, checkpoint_dir, checkpoint_interval, sinks, on_definition_change, fingerprint=fingerprint, starting_point=True
+                where, checkpoint_dir, checkpoint_interval, sinks, on_definition_change, fingerprint=fingerprint,
+                starting_point=True, keep=checkpoint_keep,
             )
         else:
             sinks.open()
@@ -320,6 +322,7 @@ class StreamingContext:
         checkpoint_dir: str | Path | None = None,
         checkpoint_interval: Duration = "10s",
         on_definition_change: Literal["refuse", "rebuild"] = "refuse",
+        checkpoint_keep: int = 3,
     ) -> StreamJob:
         """Run every stream with a sink until its bounded sources are exhausted; returns
         the finished job. ``mode="batch"`` reads everything first and runs each operator
@@ -329,7 +332,7 @@ class StreamingContext:
         ``Client.materialize``: every ``checkpoint_interval``, and when the job ends or is
         stopped, a checkpoint of every operator's state (reduce accumulators, windows, join
         buffers), each source's position and watermark and each sink's position is written
-        there. Running the same job with the same ``checkpoint_dir`` resumes from the
+        there (the newest ``checkpoint_keep`` are kept). Running the same job with the same ``checkpoint_dir`` resumes from the
         latest one: ``ListSink``, ``FileSink`` and store sinks end as an uninterrupted
         run's (exactly-once effect); callables (``CallableSink``, ``BatchSink``) get the
         rows after the last checkpoint again (at-least-once; see ``volga.stream.sinks``).
@@ -351,7 +354,7 @@ class StreamingContext:
         >>> again.items
         [1, 2, 4]
         """
-        return self._start(mode, True, checkpoint_dir, checkpoint_interval, on_definition_change)
+        return self._start(mode, True, checkpoint_dir, checkpoint_interval, on_definition_change, checkpoint_keep)
 
     def submit(
         self,
@@ -359,7 +362,8 @@ class StreamingContext:
         checkpoint_dir: str | Path | None = None,
         checkpoint_interval: Duration = "10s",
         on_definition_change: Literal["refuse", "rebuild"] = "refuse",
+        checkpoint_keep: int = 3,
     ) -> StreamJob:
         """Start the job in the background (for unbounded sources); ``job.stop()`` ends it
         (with ``checkpoint_dir``, after a final checkpoint; see :meth:`execute`)."""
-        return self._start("streaming", False, checkpoint_dir, checkpoint_interval, on_definition_change)
+        return self._start("streaming", False, checkpoint_dir, checkpoint_interval, on_definition_change, checkpoint_keep)

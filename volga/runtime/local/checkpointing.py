@@ -66,11 +66,11 @@ class CheckpointOptions:
 
 def checkpoint_options(
     where: str, checkpoint_dir: str | Path, interval: Duration, sink: SinkState, on_definition_change: str,
-    fingerprint: Mapping[str, str] | None = None, *, starting_point: bool = False,
+    fingerprint: Mapping[str, str] | None = None, *, starting_point: bool = False, keep: int = 3,
 ) -> CheckpointOptions:
     """The options of a checkpointed online job from ``checkpoint_dir``,
-    ``checkpoint_interval`` and ``on_definition_change`` as a user passes them; errors name
-    ``where`` (the call they were passed to).
+    ``checkpoint_interval``, ``on_definition_change`` and ``checkpoint_keep`` (``keep``) as
+    a user passes them; errors name ``where`` (the call they were passed to).
 
     >>> import tempfile
     >>> checkpoint_options("execute()", tempfile.mkdtemp(), "2s", None, "rebuild").interval_s
@@ -79,7 +79,9 @@ def checkpoint_options(
     if on_definition_change not in ("refuse", "rebuild"):
         raise ValueError(f"{where}: on_definition_change must be 'refuse' or 'rebuild', not {on_definition_change!r}")
     interval_s = parse_duration_us(interval, what=f"{where}: checkpoint_interval") / 1e6
-    store = CheckpointStore(checkpoint_dir)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"{where}: checkpoint_keep must be an int >= 1 (how many checkpoints to keep), got {keep!r}")
+    store = CheckpointStore(checkpoint_dir, keep=keep)
     return CheckpointOptions(store, interval_s, sink, on_definition_change, dict(fingerprint or {}), starting_point)  # type: ignore[arg-type]
 
 
