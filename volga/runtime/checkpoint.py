@@ -220,15 +220,17 @@ class CheckpointStore:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            getattr(os, "fdatasync", os.fsync)(fd)  # macOS has only fsync
+            if hasattr(os, "posix_fadvise"):  # Linux
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
         os.replace(staging, final)
 
     def _sync_dir(self, name: str) -> None:
-        """Make the names created in a local directory durable (a no-op elsewhere)."""
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        """Make the names created in a local directory durable (a no-op elsewhere, and on
+        Windows, which cannot open a directory)."""
+        if isinstance(self.fs, pafs.LocalFileSystem) and hasattr(os, "O_DIRECTORY"):
             fd = os.open(self._path(name) if name else self.root, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
