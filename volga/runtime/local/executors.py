@@ -18,6 +18,7 @@ from volga.errors import Rejected
 from volga.ops.frames import epoch_us
 from volga.ops.protocol import FINISHED_WM, Operator, Watermark
 from volga.plan.compile import PhysicalPlan
+from volga.runtime.heap import frozen_while_streaming
 from volga.runtime.local.stage import SourceStage
 from volga.runtime.steps import run_steps
 from volga.sources.base import SourceReader
@@ -170,7 +171,23 @@ def run_streaming(
     ``checkpoint(metrics, final)`` is called between micro-batches (and once at the end,
     ``final=True``); it returns True when it took a checkpoint, after which the sources
     commit their positions. Without it, sources commit after every written micro-batch.
+    The objects alive when the job starts are left out of garbage collection while it runs
+    (``volga.runtime.heap``): a full collection would stall a micro-batch.
     """
+    with frozen_while_streaming():
+        _stream(plan, ops, stages, sink, metrics, stop, options, checkpoint)
+
+
+def _stream(
+    plan: PhysicalPlan,
+    ops: Mapping[int, Operator],
+    stages: dict[int, SourceStage],
+    sink: Sink,
+    metrics: Metrics,
+    stop: threading.Event,
+    options: StreamOptions,
+    checkpoint: Callable[[Metrics, bool], bool] | None,
+) -> None:
     step_ids = [s.id for s in plan.steps]
     inputs_of = {s.id: s.inputs for s in plan.steps}
     while not stop.is_set():
