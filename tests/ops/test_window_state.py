@@ -83,6 +83,19 @@ from hypothesis import strategies as st  # noqa: E402
 
 from volga import Last  # noqa: E402
 
+# (key, minutes since the previous row, value or None)
+STEPS = st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 5), st.one_of(st.none(), st.integers(0, 6))), min_size=1, max_size=120)
+
+
+def steps_frame(steps):
+    base = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    ts, rows = 0, []
+    for key, gap, value in steps:
+        ts += gap
+        rows.append({"k": key, "ts": base + datetime.timedelta(minutes=ts), "v": None if value is None else float(value)})
+    return pl.DataFrame(rows, schema={"k": pl.String, "ts": pl.Datetime("us", "UTC"), "v": pl.Float64})
+
+
 ALL_KINDS = [
     lambda w: Count(window=w, into="n"), lambda w: Count(on="v", window=w, into="nv"),
     lambda w: Sum(on="v", window=w, into="s"), lambda w: Avg(on="v", window=w, into="a"),
@@ -95,7 +108,7 @@ ALL_KINDS = [
 
 @settings(max_examples=150, deadline=None)
 @given(
-    steps=st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 5), st.one_of(st.none(), st.integers(0, 6))), min_size=1, max_size=120),
+    steps=STEPS,
     window=st.sampled_from(["1m", "3m", "10m", "forever"]),
     batch=st.integers(1, 20),
     slack=st.integers(0, 8),
@@ -103,12 +116,7 @@ ALL_KINDS = [
 )
 def test_compaction_never_changes_results(steps, window, batch, slack, kinds):
     """Dropping rows no window can see, at any point, gives bitwise the same outputs."""
-    base = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
-    ts, rows = 0, []
-    for key, gap, value in steps:
-        ts += gap
-        rows.append({"k": key, "ts": base + datetime.timedelta(minutes=ts), "v": None if value is None else float(value)})
-    frame = pl.DataFrame(rows, schema={"k": pl.String, "ts": pl.Datetime("us", "UTC"), "v": pl.Float64})
+    frame = steps_frame(steps)
     aggs = [ALL_KINDS[i](window) for i in kinds]  # few at a time: one kind's kept rows can't mask another's
     compacting, plain = make_op(aggs), make_op(aggs)
     compacting.compact_slack_rows = slack
@@ -118,7 +126,7 @@ def test_compaction_never_changes_results(steps, window, batch, slack, kinds):
 
 @settings(max_examples=150, deadline=None)
 @given(
-    steps=st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 5), st.one_of(st.none(), st.integers(0, 6))), min_size=1, max_size=120),
+    steps=STEPS,
     window=st.sampled_from(["1m", "3m", "10m", "forever"]),
     batch=st.integers(1, 20),
     slack=st.integers(0, 8),
@@ -128,12 +136,7 @@ def test_a_restored_window_resumes_bitwise(steps, window, batch, slack, cut):
     """Snapshots hold no derived row arrays (the row chain, the front parts of sums, moments
     and extremes); an operator restored from one at any batch boundary, after any
     compactions, rebuilds them and goes on with bitwise the outputs of one never stopped."""
-    base = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
-    ts, rows = 0, []
-    for key, gap, value in steps:
-        ts += gap
-        rows.append({"k": key, "ts": base + datetime.timedelta(minutes=ts), "v": None if value is None else float(value)})
-    frame = pl.DataFrame(rows, schema={"k": pl.String, "ts": pl.Datetime("us", "UTC"), "v": pl.Float64})
+    frame = steps_frame(steps)
     batches = [frame.slice(i, batch) for i in range(0, frame.height, batch)]
     aggs = [kind(window) for kind in ALL_KINDS]
     stopped, restored, plain = make_op(aggs), make_op(aggs), make_op(aggs)

@@ -155,6 +155,7 @@ class StreamOptions:
     idle_sleep_s: float = 0.0005
 
 
+@frozen_while_streaming()
 def run_streaming(
     plan: PhysicalPlan,
     ops: Mapping[int, Operator],
@@ -174,20 +175,6 @@ def run_streaming(
     The objects alive when the job starts are left out of garbage collection while it runs
     (``volga.runtime.heap``): a full collection would stall a micro-batch.
     """
-    with frozen_while_streaming():
-        _stream(plan, ops, stages, sink, metrics, stop, options, checkpoint)
-
-
-def _stream(
-    plan: PhysicalPlan,
-    ops: Mapping[int, Operator],
-    stages: dict[int, SourceStage],
-    sink: Sink,
-    metrics: Metrics,
-    stop: threading.Event,
-    options: StreamOptions,
-    checkpoint: Callable[[Metrics, bool], bool] | None,
-) -> None:
     step_ids = [s.id for s in plan.steps]
     inputs_of = {s.id: s.inputs for s in plan.steps}
     while not stop.is_set():
