@@ -353,9 +353,18 @@ class KafkaReader(SourceReader):
         return self._partition_ids
 
     def caught_up(self, partition: int) -> bool:
+        """Every message the broker holds in ``partition`` has been handed out: known from an
+        end-of-partition event at or after the next offset, or from the high-water mark the
+        consumer last heard (cached, no request). Both, because librdkafka signals the end
+        only when its fetch position equals the high-water mark, and a broker that reports
+        a lower one (Tansu: the last batch's base offset) would otherwise never signal it."""
         if not self._follow and partition not in self._end:
             return True
-        return self._eof.get(partition, -1) >= self._next.get(partition, 0)
+        nxt = self._next.get(partition, 0)
+        if self._eof.get(partition, -1) >= nxt:
+            return True
+        _low, high = self._consumer.get_watermark_offsets(self._ck.TopicPartition(self._topic, partition), cached=True)
+        return high is not None and 0 <= high <= nxt
 
     def partition_finished(self, partition: int) -> bool:
         return not self._follow and partition not in self._end
