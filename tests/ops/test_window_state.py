@@ -87,6 +87,11 @@ from volga import Last  # noqa: E402
 STEPS = st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 5), st.one_of(st.none(), st.integers(0, 6))), min_size=1, max_size=120)
 
 
+# a run of the window: its rows, window length, micro-batch size and compaction slack
+RUNS = {"steps": STEPS, "window": st.sampled_from(["1m", "3m", "10m", "forever"]),
+        "batch": st.integers(1, 20), "slack": st.integers(0, 8)}
+
+
 def steps_frame(steps):
     base = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
     ts, rows = 0, []
@@ -108,10 +113,7 @@ ALL_KINDS = [
 
 @settings(max_examples=150, deadline=None)
 @given(
-    steps=STEPS,
-    window=st.sampled_from(["1m", "3m", "10m", "forever"]),
-    batch=st.integers(1, 20),
-    slack=st.integers(0, 8),
+    **RUNS,
     kinds=st.lists(st.sampled_from(range(len(ALL_KINDS))), min_size=1, max_size=3, unique=True),
 )
 def test_compaction_never_changes_results(steps, window, batch, slack, kinds):
@@ -126,10 +128,7 @@ def test_compaction_never_changes_results(steps, window, batch, slack, kinds):
 
 @settings(max_examples=150, deadline=None)
 @given(
-    steps=STEPS,
-    window=st.sampled_from(["1m", "3m", "10m", "forever"]),
-    batch=st.integers(1, 20),
-    slack=st.integers(0, 8),
+    **RUNS,
     cut=st.integers(0, 1000),
 )
 def test_a_restored_window_resumes_bitwise(steps, window, batch, slack, cut):

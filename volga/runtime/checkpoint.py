@@ -123,6 +123,7 @@ class CheckpointStore:
             self.fs.create_dir(self.root, recursive=True)
         except (pa.ArrowException, OSError) as e:
             raise ValueError(f"checkpoint_dir {self.url!r} cannot be used: {e}") from None
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)  # written with os calls: synced, page cache dropped
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.url!r})"
@@ -210,7 +211,7 @@ class CheckpointStore:
         only after a restart, and would otherwise crowd out the job's memory."""
         final = self._path(name)
         staging = final + ".tmp"
-        if not isinstance(self.fs, pafs.LocalFileSystem):
+        if not self.local:
             with self.fs.open_output_stream(staging) as out:
                 out.write(data)
             self.fs.move(staging, final)
@@ -230,7 +231,7 @@ class CheckpointStore:
     def _sync_dir(self, name: str) -> None:
         """Make the names created in a local directory durable (a no-op elsewhere, and on
         Windows, which cannot open a directory)."""
-        if isinstance(self.fs, pafs.LocalFileSystem) and hasattr(os, "O_DIRECTORY"):
+        if self.local and hasattr(os, "O_DIRECTORY"):
             fd = os.open(self._path(name) if name else self.root, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
