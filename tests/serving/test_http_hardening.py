@@ -375,6 +375,11 @@ def test_pipelining_without_reading_stops_reading_and_answering(start):
     request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n" + AUTH + b"X-Pad: " + b"p" * 4000 + b"\r\n\r\n"
     sock = socket.create_connection((server.host, server.port), timeout=30)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    wait_for(lambda: len(server._connections.open) == 1, "the server to accept the connection")
+    # A fixed kernel send buffer on the server's side: autotuned, it grows towards tcp_wmem's
+    # maximum (4 MiB here, more elsewhere) and could swallow every answer without a pause.
+    (conn,) = server._connections.open
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
     sender = threading.Thread(target=lambda: sock.sendall(request * count), daemon=True)
     sender.start()
     try:
@@ -382,7 +387,6 @@ def test_pipelining_without_reading_stops_reading_and_answering(start):
             return any(not c.reading and c.write_paused_at is not None for c in list(server._connections.open))
 
         wait_for(paused, "the server to pause the connection", timeout=30.0)
-        (conn,) = server._connections.open
         assert len(handled) < count and len(conn.pending) <= _MAX_PENDING + 65536 // len(request) + 1
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read fast
         replies = read_replies(sock, count)  # reading lets the server resume, to the last request
