@@ -10,11 +10,9 @@
    at the boundary, of which the in-memory store's part; files are written in the
    background, except the final checkpoint's). Overhead: 1 - ev/s / ev/s without.
 2. Sustained: the same job over ``--sustained-orders`` orders (long enough for several
-   10 s checkpoints to fall inside the run; 0 skips it), without checkpoints, every 10 s,
-   and without checkpoints but with the in-memory store keeping the write log a
-   checkpointed job keeps, ``--repeat`` times each, alternating: the overhead of the
-   medians end to end, without the final checkpoint (a job that runs for months pays it
-   once), and how much of it the write log alone costs.
+   10 s checkpoints to fall inside the run; 0 skips it), without checkpoints and every
+   10 s, ``--repeat`` times each, alternating: the overhead of the medians end to end and
+   without the final checkpoint (a job that runs for months pays it once).
 3. State of ``--keys`` users (two orders each): duration and size of one checkpoint of
    the job's state (operators + the in-memory store's contents), split by part.
 4. Recovery: the same job started again on that checkpoint directory: time to load and
@@ -73,9 +71,8 @@ def _pipeline(orders: pl.DataFrame, users: pl.DataFrame) -> Any:
     return quickstart(lambda online: MemorySource(orders), users=users)
 
 
-def throughput(n_orders: int, n_users: int, interval: str | None, *, write_log: bool = False) -> dict[str, Any]:
-    """One run in this process: events per second, checkpoints taken. ``write_log``: no
-    checkpoints, but the in-memory store keeps the write log a checkpointed job keeps."""
+def throughput(n_orders: int, n_users: int, interval: str | None) -> dict[str, Any]:
+    """One run in this process: events per second, checkpoints taken."""
     from volga.runtime.checkpoint import CheckpointStore
     from volga.runtime.local.checkpointing import Checkpointer
     from volga.storage.online.memory import MemoryOnlineStore
@@ -104,8 +101,6 @@ def throughput(n_orders: int, n_users: int, interval: str | None, *, write_log: 
     store_s = _timed(MemoryOnlineStore, "snapshot")  # the in-memory store's part of each snapshot
     with tempfile.TemporaryDirectory() as tmp:
         client = _client(Path(tmp))
-        if write_log:
-            client.online_store.record_writes()
         extra = {} if interval is None else {"checkpoint_dir": Path(tmp) / "ckpt", "checkpoint_interval": interval}
         start = time.perf_counter()
         client.materialize([_pipeline(orders, users)], mode="online", batch_size=10_000, **extra)
@@ -213,11 +208,10 @@ def main() -> None:
     parser.add_argument("--sustained-orders", type=int, default=20_000_000)
     parser.add_argument("--one", choices=["throughput", "state"])
     parser.add_argument("--interval", default="")
-    parser.add_argument("--write-log", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=5, help="sustained runs of each kind, alternating (medians)")
     args = parser.parse_args()
     if args.one == "throughput":
-        print(json.dumps(throughput(args.orders, args.users, args.interval or None, write_log=args.write_log)))
+        print(json.dumps(throughput(args.orders, args.users, args.interval or None)))
         return
     if args.one == "state":
         print(json.dumps(state_of_keys(args.keys)))
@@ -241,34 +235,26 @@ def main() -> None:
 
 
 def _sustained(orders: int, users: int, repeat: int) -> None:
-    """Runs without checkpoints, every 10 s, and without checkpoints but with the in-memory
-    store's write log, alternating (this machine's speed drifts by more than the overhead
-    between runs); the overheads of the medians."""
+    """Runs without checkpoints and every 10 s, alternating (this machine's speed drifts by
+    more than the overhead between runs); the overheads of the medians."""
     base = ["--orders", str(orders), "--users", str(users), "--one", "throughput"]
     print(f"sustained: {orders:,} orders, {users:,} users, {repeat} run(s) of each, alternating:")
     none: list[float] = []
-    logged: list[float] = []
     every: list[dict[str, Any]] = []
     for _ in range(repeat):
         none.append(_in_subprocess([*base, "--interval", ""])["seconds"])
         every.append(_in_subprocess([*base, "--interval", "10s"]))
-        logged.append(_in_subprocess([*base, "--interval", "", "--write-log"])["seconds"])
         r = every[-1]
         print(f"  without: {none[-1]:6.2f} s   every 10 s: {r['seconds']:6.2f} s, of which the final checkpoint "
               f"{r['final_s']:.2f} s; {len(r['periodic_s'])} periodic, the job stood still "
               f"{sum(r['periodic_s']):.2f} s for them; MB written: "
-              + ", ".join(f"{written / 1e6:.0f}" for _, written in r["sizes"])
-              + f"   write log only: {logged[-1]:6.2f} s")
+              + ", ".join(f"{written / 1e6:.0f}" for _, written in r["sizes"]))
     without = statistics.median(none)
     total = statistics.median(r["seconds"] for r in every)
     steady = statistics.median(r["seconds"] - r["final_s"] for r in every)
-    log_only = statistics.median(logged)
     print(f"  medians: without {without:.2f} s, every 10 s {total:.2f} s ({steady:.2f} s without the final checkpoint): "
           f"overhead {1 - without / total:.1%} end to end, {1 - without / steady:.1%} without the final checkpoint "
           "(a job that runs for months pays it once)")
-    print(f"  of which the in-memory store's write log (kept by a checkpointed job; no checkpoint taken): "
-          f"{log_only:.2f} s, overhead {1 - without / log_only:.1%}; the checkpoints themselves: "
-          f"{1 - log_only / steady:.1%} without the final one")
 
 
 def _print_runs(runs: dict[str, dict[str, Any]]) -> None:

@@ -63,8 +63,6 @@ class CheckpointedSink:
         retain_us: Mapping[str, int | None] | None = None,
     ) -> None:
         check_checkpointable(online)
-        if isinstance(online, SnapshotStore) and hasattr(online, "record_writes"):
-            online.record_writes()  # from the job's start: each checkpoint's snapshot is then cheap
         self.online, self.offline, self.schemas = online, offline, dict(schemas)
         self.retain = dict(retain_us or {})  # request-time pipelines: history kept by time
         self.written = dict.fromkeys(self.schemas, 0)
