@@ -11,8 +11,8 @@
    background, except the final checkpoint's). Overhead: 1 - ev/s / ev/s without.
 2. Sustained: the same job over ``--sustained-orders`` orders (long enough for several
    10 s checkpoints to fall inside the run; 0 skips it), without checkpoints and every
-   10 s, ``--repeat`` times each, alternating: the overhead of the medians end to end and
-   without the final checkpoint (a job that runs for months pays it once).
+   10 s, ``--repeat`` times each, alternating in ABBA order: the overhead of the medians
+   end to end and without the final checkpoint (a job that runs for months pays it once).
 3. State of ``--keys`` users (two orders each): duration and size of one checkpoint of
    the job's state (operators + the in-memory store's contents), split by part.
 4. Recovery: the same job started again on that checkpoint directory: time to load and
@@ -238,12 +238,18 @@ def _sustained(orders: int, users: int, repeat: int) -> None:
     """Runs without checkpoints and every 10 s, alternating (this machine's speed drifts by
     more than the overhead between runs); the overheads of the medians."""
     base = ["--orders", str(orders), "--users", str(users), "--one", "throughput"]
-    print(f"sustained: {orders:,} orders, {users:,} users, {repeat} run(s) of each, alternating:")
+    print(f"sustained: {orders:,} orders, {users:,} users, {repeat} run(s) of each, alternating (ABBA):")
     none: list[float] = []
     every: list[dict[str, Any]] = []
-    for _ in range(repeat):
-        none.append(_in_subprocess([*base, "--interval", ""])["seconds"])
-        every.append(_in_subprocess([*base, "--interval", "10s"]))
+    for i in range(repeat):
+        # ABBA order: this machine slows down run after run, and a fixed order would put
+        # that drift into the overhead
+        for interval in ("", "10s") if i % 2 == 0 else ("10s", ""):
+            run = _in_subprocess([*base, "--interval", interval])
+            if interval:
+                every.append(run)
+            else:
+                none.append(run["seconds"])
         r = every[-1]
         print(f"  without: {none[-1]:6.2f} s   every 10 s: {r['seconds']:6.2f} s, of which the final checkpoint "
               f"{r['final_s']:.2f} s; {len(r['periodic_s'])} periodic, the job stood still "
