@@ -10,7 +10,9 @@ reader sees a row entirely or not at all. Timestamps are held as integer microse
 
 No per-row Python objects: a row costs its columnar bytes plus 16 bytes of numbers,
 against ~290 bytes as row tuples (measured on the quickstart's feature), and a write
-converts only the key and timestamp columns to Python values.
+converts only the key and timestamp columns to Python values. Request-time reads, which
+need a key's rows as tuples, keep those of the keys they read (``_Feature.read_rows``) and
+convert only the rows written since on the next read.
 
 The log is compacted when it holds more than twice the live rows: it becomes one frame of
 the live rows (which keep their numbers), so memory stays bounded. Checkpoints: a snapshot
@@ -230,6 +232,7 @@ class _Feature:
         "next_seq",
         "next_check",
         "compacting",
+        "read_rows",
     )
 
     def __init__(self, name: str, schema: Schema) -> None:
@@ -250,6 +253,10 @@ class _Feature:
         self.next_seq = 0  # the number of the next row written
         self.next_check = COMPACT_SLACK_ROWS  # log rows above which to count the live rows
         self.compacting = False
+        # Keys read row-wise (request-time windows): their rows' numbers and row tuples when
+        # last read. A key's numbers only lose a prefix and gain a suffix, so the next read
+        # converts only the rows written since (~1 us a row), not the key's whole history.
+        self.read_rows: dict[Key, tuple[array.array[int], list[Row]]] = {}
 
     def conform(self, batch: pl.DataFrame) -> pl.DataFrame:
         return conform_batch(batch, self.schema, what=f"online store feature {self.name!r}")
@@ -595,20 +602,35 @@ class MemoryOnlineStore(OnlineStore):
                 held_rows.append(held[last:] if held else None)  # a C-level copy; cut outside the lock
                 gone.append(evicted(key))
             view = feature.log.view()
-        picked: list[array.array[int]] = []
-        for held in held_rows:
+        plan: list[tuple[Key, array.array[int], list[Row], int, int] | None] = []
+        fresh: list[array.array[int]] = []  # per key read, the numbers of its rows not yet read
+        for key, held in zip(wanted, held_rows):
             if not held:
-                picked.append(array.array("q"))
+                plan.append(None)
+                fresh.append(held or array.array("q"))
                 continue
             times, seqs = held[1::2], held[0::2]  # in time order: the window, and the one row before it
             end = bisect.bisect_right(times, end_us) if times[-1] > end_us else len(times)
             start = bisect.bisect_left(times, start_us, 0, end)
-            picked.append(seqs[max(start - 1, 0) : end])
-        rows = feature.take_rows(view, np.frombuffer(b"".join([p.tobytes() for p in picked]), dtype=np.int64))
-        per_key, at = [], 0
-        for seqs in picked:
-            per_key.append(rows[at : at + len(seqs)])
-            at += len(seqs)
+            known, rows = feature.read_rows.get(key, _NOT_READ)
+            drop = bisect.bisect_left(known, seqs[0])
+            kept = len(known) - drop
+            if kept > len(seqs) or (kept and seqs[kept - 1] != known[-1]):  # (cannot happen: see read_rows)
+                drop, kept = len(known), 0
+            fresh.append(seqs[kept:])
+            plan.append((key, seqs, rows[drop:], max(start - 1, 0), end))
+        converted = feature.take_rows(view, np.frombuffer(b"".join([f.tobytes() for f in fresh]), dtype=np.int64))
+        per_key: list[list[Row]] = []
+        at = 0
+        for entry, new in zip(plan, fresh):
+            if entry is None:
+                per_key.append([])
+                continue
+            key, seqs, rows, start, end = entry
+            rows = rows + converted[at : at + len(new)]
+            at += len(new)
+            feature.read_rows[key] = (seqs, rows)
+            per_key.append(rows[start:end])
         return WindowRows(feature.schema.names, per_key, gone)
 
     def _feature(self, name: str) -> _Feature:
@@ -676,6 +698,9 @@ class MemoryOnlineStore(OnlineStore):
                     feature.log.base_evicted = dict(zip(keys, saved["evicted"]["at_us"].tolist()))
                     feature.evicted_us.update(feature.log.base_evicted)
         self.write(name, schema, rows.head(0), retain_us=saved.get("retain_us"))  # retain_us set without a row
+
+
+_NOT_READ: "tuple[array.array[int], list[Row]]" = (array.array("q"), [])
 
 
 def _replay_batches(name: str, height: int, lengths: Any, retains: Any) -> list[tuple[int, int, int | None]]:
