@@ -227,7 +227,7 @@ def test_small_writes_are_merged_in_the_log_and_keep_their_bounds(retain: int | 
     for i in range(1000):
         store.write("tick", TICK, tick_rows([str(i % 7)], [i % 50]), retain_us=retain)
     log = store._features["tick"].log
-    assert log is not None and len(log.frames) <= 1000 // memory.SMALL_FRAMES + memory.SMALL_FRAMES  # not 1000 frames
+    assert len(log.columns) <= 1000 // memory.SMALL_FRAMES + memory.SMALL_FRAMES  # not 1000 frames
     state = store.snapshot(["tick"])["tick"]
     assert state["rows"].height == 1000
     # writes with retain_us keep their own bounds (trimming depends on them); without, one run

@@ -97,9 +97,8 @@ class _View:
     def __init__(self, columns: tuple[_Columns, ...], firsts: np.ndarray, base_seqs: np.ndarray | None) -> None:
         self.columns = columns
         self.frames = tuple(c.frame for c in columns)
-        frames = self.frames
         self.firsts = firsts  # each frame's first sequence number
-        self.offsets = np.cumsum([0, *(f.height for f in frames[:-1])], dtype=np.int64)  # its first position
+        self.offsets = np.cumsum([0, *(f.height for f in self.frames[:-1])], dtype=np.int64)  # its first position
         self.base_seqs = base_seqs  # the numbers of frames[0]'s rows, if it is a compacted base
         self._whole: pl.DataFrame | None = None
 
@@ -124,11 +123,10 @@ class _Log:
     in insertion order, and per write its row count and ``retain_us`` (-1: none).
     Consecutive writes without ``retain_us`` count as one (their bounds change nothing)."""
 
-    __slots__ = ("frames", "columns", "firsts", "base_seqs", "sizes", "retains", "rows", "small", "small_rows", "open_run", "base_evicted", "_view")
+    __slots__ = ("columns", "firsts", "base_seqs", "sizes", "retains", "rows", "small", "small_rows", "open_run", "base_evicted", "_view")
 
     def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-        self.columns: list[_Columns] = []  # each frame's, for row-wise reads
+        self.columns: list[_Columns] = []  # the frames (with their columns for row-wise reads)
         self.firsts = array.array("q")
         self.base_seqs: np.ndarray | None = None
         self.sizes, self.retains = array.array("q"), array.array("q")
@@ -162,13 +160,10 @@ class _Log:
         if rows >= SMALL_ROWS:
             self._merge_small()
             self.small = self.small_rows = 0
-            self.frames.append(frame)
-            self.columns.append(_Columns(frame))
-            self.firsts.append(first)
-            return
-        self.frames.append(frame)
         self.columns.append(_Columns(frame))
         self.firsts.append(first)
+        if rows >= SMALL_ROWS:
+            return
         self.small += 1
         self.small_rows += rows
         if self.small >= SMALL_FRAMES or self.small_rows >= SMALL_ROWS:
@@ -180,11 +175,9 @@ class _Log:
         """Merge the trailing small frames into one (~0.1 ms for 64); their rows are numbered
         consecutively, so the merged frame starts at the first one's number."""
         if self.small > 1:
-            merged = pl.concat(self.frames[-self.small :], rechunk=True)
-            del self.frames[-self.small :]
+            merged = pl.concat([c.frame for c in self.columns[-self.small :]], rechunk=True)
             del self.columns[-self.small :]
             del self.firsts[len(self.firsts) - self.small + 1 :]
-            self.frames.append(merged)
             self.columns.append(_Columns(merged))
             self.small = 1
             self._view = None
@@ -520,7 +513,6 @@ class MemoryOnlineStore(OnlineStore):
             old, new = feature.log, _Log.compacted(base, seqs, retain, evicted)
             assert old is log, "only a compaction replaces a log, and one runs at a time"
             done = len(view.frames)
-            new.frames += old.frames[done:]
             new.columns += old.columns[done:]
             new.firsts += old.firsts[done:]
             new.sizes += old.sizes[writes:]
