@@ -410,30 +410,23 @@ class MemoryOnlineStore(OnlineStore):
                 feature = self._features.setdefault(name, _Feature(name, schema))
             first = feature.next_seq
             feature.next_seq += frame.height
-            seqs = range(first, feature.next_seq)
             stored = feature.rows
+            for key, pair in zip(keys, zip(range(first, feature.next_seq), times)):
+                try:  # a known key is the common case: no lookup-then-branch per row
+                    stored[key].extend(pair)
+                except KeyError:
+                    stored[key] = array.array("q", pair)
             if feature.retain_us is not None:
-                self._insert_retaining(feature, keys, times, seqs)
-            else:
-                for key, pair in zip(keys, zip(seqs, times)):
-                    try:  # a known key is the common case: no lookup-then-branch per row
-                        stored[key].extend(pair)
-                    except KeyError:
-                        stored[key] = array.array("q", pair)
+                self._evict(feature, keys)
             # in insertion order, under the lock: a replay must see the writes in this order
             feature.log.append(frame, feature.retain_us, first)
             return feature if feature.log.rows > feature.next_check else None
 
-    def _insert_retaining(self, feature: _Feature, keys: list[Key], times: list[int], seqs: range) -> None:
-        """Append, then per touched key drop the oldest rows beyond ``history`` that are
-        older than the retention behind the key's newest row."""
+    def _evict(self, feature: _Feature, keys: list[Key]) -> None:
+        """Per key just written, drop the oldest rows beyond ``history`` that are older than
+        the retention behind the key's newest row (lock held)."""
         stored, history, retain = feature.rows, self.history, feature.retain_us
         assert retain is not None
-        for key, pair in zip(keys, zip(seqs, times)):
-            try:
-                stored[key].extend(pair)
-            except KeyError:
-                stored[key] = array.array("q", pair)
         for key in set(keys):
             held = stored[key]
             rows = len(held) // 2
@@ -471,7 +464,7 @@ class MemoryOnlineStore(OnlineStore):
     def _live_seqs(self, feature: _Feature) -> np.ndarray:
         """The numbers of the rows the keys hold, in log order (lock held)."""
         last = None if feature.retain_us is not None else -2 * self.history
-        pairs = np.frombuffer(b"".join([held[last:].tobytes() if last else held.tobytes() for held in feature.rows.values()]), dtype=np.int64)
+        pairs = _joined([held[last:] if last else held for held in feature.rows.values()])
         return np.sort(pairs[0::2])
 
     def _compact(self, name: str, feature: _Feature) -> None:
@@ -569,7 +562,7 @@ class MemoryOnlineStore(OnlineStore):
         with self._lock:
             picked = [pick(held) if (held := get(key)) else empty for key in wanted]
             view = feature.log.view()
-        pairs = np.frombuffer(b"".join([p.tobytes() for p in picked]), dtype=np.int64)
+        pairs = _joined(picked)
         seqs, times = pairs[0::2], pairs[1::2]
         index = np.repeat(np.arange(len(wanted), dtype=np.uint32), [len(p) // 2 for p in picked])
         if start_us is not None or end_us is not None:
@@ -599,7 +592,7 @@ class MemoryOnlineStore(OnlineStore):
         for key, held in zip(wanted, held_rows):
             if not held:
                 plan.append(None)
-                fresh.append(held or array.array("q"))
+                fresh.append(array.array("q"))
                 continue
             times, seqs = held[1::2], held[0::2]  # in time order: the window, and the one row before it
             end = bisect.bisect_right(times, end_us) if times[-1] > end_us else len(times)
@@ -611,7 +604,7 @@ class MemoryOnlineStore(OnlineStore):
                 drop, kept = len(known), 0
             fresh.append(seqs[kept:])
             plan.append((key, seqs, rows[drop:], max(start - 1, 0), end))
-        converted = feature.take_rows(view, np.frombuffer(b"".join([f.tobytes() for f in fresh]), dtype=np.int64))
+        converted = feature.take_rows(view, _joined(fresh))
         per_key: list[list[Row]] = []
         at = 0
         for entry, new in zip(plan, fresh):
@@ -693,6 +686,11 @@ class MemoryOnlineStore(OnlineStore):
 
 
 _NOT_READ: "tuple[array.array[int], list[Row]]" = (array.array("q"), [])
+
+
+def _joined(arrays: "Iterable[array.array[int]]") -> np.ndarray:
+    """The int64 arrays one after the other, as one numpy array (one C-level copy)."""
+    return np.frombuffer(b"".join([a.tobytes() for a in arrays]), dtype=np.int64)
 
 
 def _replay_batches(name: str, height: int, lengths: Any, retains: Any) -> list[tuple[int, int, int | None]]:
