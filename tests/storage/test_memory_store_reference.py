@@ -128,13 +128,16 @@ class ReferenceStore:
 
 @settings(max_examples=200, deadline=None)
 @given(ops=operations(), history=st.integers(1, 3), slack=st.sampled_from([0, 3, 1 << 16]),
-       small=st.sampled_from([(2, 3), (3, 100), (64, 4096)]))
-def test_every_read_matches_the_reference(ops: list[Any], history: int, slack: int, small: tuple[int, int]) -> None:
+       small=st.sampled_from([(2, 3), (3, 100), (64, 4096)]), read_cache=st.sampled_from([3, 1 << 20]))
+def test_every_read_matches_the_reference(
+    ops: list[Any], history: int, slack: int, small: tuple[int, int], read_cache: int,
+) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(memory, "COMPACT_SLACK_ROWS", slack)  # 0 and 3: compactions all along
         patch.setattr(memory, "SMALL_FRAMES", small[0])
         patch.setattr(memory, "SMALL_ROWS", small[1])
         store, reference = MemoryOnlineStore(history=history), ReferenceStore(history)
+        store.read_cache_rows = read_cache  # 3: request-time reads drop cached keys all along
         for i in range(len(ops)):  # after every operation, not only at the end
             apply(store, ops[i : i + 1])
             apply(reference, ops[i : i + 1])  # type: ignore[arg-type]
@@ -156,3 +159,31 @@ def test_the_reference_is_not_trivially_equal() -> None:
     asked = key_frame(TICK, ["a"])
     assert reads(store, "tick", asked)["latest"] == reads(reference, "tick", asked)["latest"]  # type: ignore[arg-type]
     assert reads(store, "tick", asked) != reads(reference, "tick", asked)  # type: ignore[arg-type]
+
+
+def test_request_time_reads_keep_a_bounded_number_of_row_tuples() -> None:
+    """The row tuples kept for request-time reads stay within ``read_cache_rows`` (the least
+    recently read keys' dropped first), and a key read again after its tuples were dropped
+    gets the same rows."""
+    from tests.storage.test_memory_snapshot import T0_US, TICK, tick_rows
+
+    store = MemoryOnlineStore(history=10)
+    store.read_cache_rows = 5
+    store.write("tick", TICK, tick_rows(["a"] * 4 + ["b"] * 3 + ["c"] * 2, [1, 2, 3, 4, 1, 2, 3, 1, 2]))
+    feature = store._features["tick"]
+
+    def read(key: str) -> list[Any]:
+        return store.window_rows("tick", key_frame(TICK, [key]), T0_US, T0_US + 10).rows[0]
+
+    def cached() -> list[int]:  # tuples kept per key, least recently read first
+        return [len(rows) for _, rows in feature.read_rows.values()]
+
+    first_a = read("a")
+    assert [r[2] for r in first_a] == [1.0, 2.0, 3.0, 4.0] and cached() == [4]
+    read("b")  # 7 tuples: a's, the least recently read, are dropped
+    assert cached() == [3] and feature.read_rows_held == 3
+    read("c")
+    assert cached() == [3, 2] and feature.read_rows_held == 5
+    store.read_cache_rows = 6
+    assert read("a") == first_a  # converted again: the same rows; b's dropped
+    assert cached() == [2, 4] and feature.read_rows_held == 6

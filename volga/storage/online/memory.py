@@ -12,7 +12,8 @@ No per-row Python objects: a row costs its columnar bytes plus 16 bytes of numbe
 against ~290 bytes as row tuples (measured on the quickstart's feature), and a write
 converts only the key and timestamp columns to Python values. Request-time reads, which
 need a key's rows as tuples, keep those of the keys they read (``_Feature.read_rows``) and
-convert only the rows written since on the next read.
+convert only the rows written since on the next read; at most ``read_cache_rows`` tuples
+per feature, the least recently read keys' dropped first.
 
 The log is compacted when it holds more than twice the live rows: it becomes one frame of
 the live rows (which keep their numbers), so memory stays bounded. Checkpoints: a snapshot
@@ -226,6 +227,7 @@ class _Feature:
         "next_check",
         "compacting",
         "read_rows",
+        "read_rows_held",
     )
 
     def __init__(self, name: str, schema: Schema) -> None:
@@ -249,7 +251,9 @@ class _Feature:
         # Keys read row-wise (request-time windows): their rows' numbers and row tuples when
         # last read. A key's numbers only lose a prefix and gain a suffix, so the next read
         # converts only the rows written since (~1 us a row), not the key's whole history.
+        # Least recently read first; read_rows_held counts their tuples (read_cache_rows).
         self.read_rows: dict[Key, tuple[array.array[int], list[Row]]] = {}
+        self.read_rows_held = 0
 
     def conform(self, batch: pl.DataFrame) -> pl.DataFrame:
         return conform_batch(batch, self.schema, what=f"online store feature {self.name!r}")
@@ -355,6 +359,9 @@ class _Feature:
 class MemoryOnlineStore(OnlineStore):
     """In-process, thread-safe online store keeping the last ``history`` rows per key.
 
+    Request-time reads keep up to ``read_cache_rows`` row tuples per feature (about 300
+    bytes each), so that a key's next read converts only its new rows (module docstring).
+
     >>> import datetime
     >>> from volga.api.entity import entity, entity_schema, field
     >>> @entity
@@ -370,12 +377,15 @@ class MemoryOnlineStore(OnlineStore):
     [2.0, None]
     """
 
+    read_cache_rows = 1 << 20
+
     def __init__(self, history: int = 1000) -> None:
         if not isinstance(history, int) or history < 1:
             raise ValueError(f"MemoryOnlineStore: history must be an int >= 1 (rows kept per key), got {history!r}")
         self.history = history
         self._features: dict[str, _Feature] = {}
         self._lock = threading.Lock()
+        self._read_cache_lock = threading.Lock()  # request-time readers' tuples (``read_rows``)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -607,15 +617,21 @@ class MemoryOnlineStore(OnlineStore):
         converted = feature.take_rows(view, _joined(fresh))
         per_key: list[list[Row]] = []
         at = 0
-        for entry, new in zip(plan, fresh):
-            if entry is None:
-                per_key.append([])
-                continue
-            key, seqs, rows, start, end = entry
-            rows = rows + converted[at : at + len(new)]
-            at += len(new)
-            feature.read_rows[key] = (seqs, rows)
-            per_key.append(rows[start:end])
+        cache = feature.read_rows
+        with self._read_cache_lock:
+            for entry, new in zip(plan, fresh):
+                if entry is None:
+                    per_key.append([])
+                    continue
+                key, seqs, rows, start, end = entry
+                rows = rows + converted[at : at + len(new)]
+                at += len(new)
+                before = cache.pop(key, None)  # and put back last: the most recently read
+                cache[key] = (seqs, rows)
+                feature.read_rows_held += len(rows) - (len(before[1]) if before else 0)
+                per_key.append(rows[start:end])
+            while feature.read_rows_held > self.read_cache_rows:
+                feature.read_rows_held -= len(cache.pop(next(iter(cache)))[1])
         return WindowRows(feature.schema.names, per_key, gone)
 
     def _feature(self, name: str) -> _Feature:
