@@ -1,7 +1,7 @@
 """Checkpoint benchmark: what checkpoints cost an online quickstart job, and recovery time.
 
     .venv/bin/python benchmarks/recovery.py [--orders 3000000] [--users 10000] [--keys 1000000]
-                                            [--sustained-orders 20000000] [--repeat 5]
+                                            [--sustained-orders 20000000] [--repeat 10]
 
 1. Throughput of the online quickstart job (embedded runtime, MemorySource, micro-batches
    of 10k rows, in-memory online store) without checkpoints, with ``checkpoint_interval``
@@ -15,9 +15,7 @@
    to end and steady (without the job's start, where the starting point is written, and
    its final checkpoint: a job that runs for months pays those once), and per pair (median
    and mean; a pair's runs are adjacent in time, so share the machine's speed), in wall
-   time and in the job thread's CPU time; and per pair at the machine's speed in each run
-   (``_speed_probe``: a fixed Python loop timed in the job thread, outside checkpoint
-   writes; this VM's speed varies by up to 30% between runs, by more than the overhead).
+   time and in the job thread's CPU time.
 3. State of ``--keys`` users (two orders each): duration and size of one checkpoint of
    the job's state (operators + the in-memory store's contents), split by part.
 4. Recovery: the same job started again on that checkpoint directory: time to load and
@@ -84,13 +82,10 @@ def throughput(n_orders: int, n_users: int, interval: str | None) -> dict[str, A
 
     orders, users = orders_frame(n_orders, n_users), users_frame(n_users)
     sizes: list[tuple[int, int]] = []  # per checkpoint: (bytes it references, bytes it wrote)
-    writing: list[tuple[float, float]] = []  # per checkpoint: when its files were written (perf_counter)
     write = CheckpointStore.write
 
     def sized(self: CheckpointStore, *a: Any, **k: Any) -> int:
-        start = time.perf_counter()
         out = write(self, *a, **k)
-        writing.append((start, time.perf_counter()))
         sizes.append((self.last_bytes or 0, self.last_written_bytes or 0))
         return out
 
@@ -107,10 +102,8 @@ def throughput(n_orders: int, n_users: int, interval: str | None) -> dict[str, A
 
         setattr(Checkpointer, name, timed)
     store_s = _timed(MemoryOnlineStore, "snapshot")  # the in-memory store's part of each snapshot
-    # the job's start: looking for a checkpoint, writing the starting point (its first
-    # Arrow calls import pyarrow.compute, and with it pandas: once per process)
+    # the job's start: looking for a checkpoint, writing the starting point
     start_s = _timed(Checkpointer, "resume")
-    speed = _speed_probe(MemoryOnlineStore)
     with tempfile.TemporaryDirectory() as tmp:
         client = _client(Path(tmp))
         extra = {} if interval is None else {"checkpoint_dir": Path(tmp) / "ckpt", "checkpoint_interval": interval}
@@ -123,40 +116,7 @@ def throughput(n_orders: int, n_users: int, interval: str | None) -> dict[str, A
             "checkpoints": len(taken),
             "checkpoint_s": [s for _, s in taken], "periodic_s": [s for kind, s in taken if kind == "periodic"],
             "final_s": sum(s for kind, s in taken if kind == "final"), "start_s": sum(start_s), "store_s": store_s,
-            "sizes": sizes, "speed_us": _median_outside(speed, writing)}
-
-
-# A fixed piece of pure Python, timed in the job thread every PROBE_EVERY store writes: how
-# fast this machine runs the interpreter at that moment. On this VM the same job's time
-# varies by up to 30% from run to run, and this loop's time varies with it.
-PROBE_EVERY, PROBE_LOOPS = 20, 20_000
-
-
-def _speed_probe(store_class: Any) -> list[tuple[float, float]]:
-    """Time the probe loop before every PROBE_EVERY-th ``store_class.write`` from now on;
-    the list the (when, microseconds) pairs go to."""
-    probes: list[tuple[float, float]] = []
-    write, calls = store_class.write, [0]
-
-    def probed(*a: Any, **k: Any) -> Any:
-        calls[0] += 1
-        if calls[0] % PROBE_EVERY == 0:
-            start = time.perf_counter()
-            total = 0
-            for i in range(PROBE_LOOPS):
-                total += i
-            probes.append((start, (time.perf_counter() - start) * 1e6))
-        return write(*a, **k)
-
-    store_class.write = probed
-    return probes
-
-
-def _median_outside(probes: list[tuple[float, float]], busy: list[tuple[float, float]]) -> float:
-    """The probes' median time, leaving out those taken while a checkpoint was written (the
-    checkpoint's own cost must not count as the machine being slow)."""
-    kept = [us for at, us in probes if not any(start <= at <= end for start, end in busy)]
-    return statistics.median(kept) if kept else float("nan")
+            "sizes": sizes}
 
 
 def _timed(owner: Any, name: str) -> list[float]:
@@ -257,7 +217,7 @@ def main() -> None:
     parser.add_argument("--sustained-orders", type=int, default=20_000_000)
     parser.add_argument("--one", choices=["throughput", "state"])
     parser.add_argument("--interval", default="")
-    parser.add_argument("--repeat", type=int, default=5, help="sustained pairs of runs (without, every 10 s), alternating")
+    parser.add_argument("--repeat", type=int, default=10, help="sustained pairs of runs (without, every 10 s), alternating")
     args = parser.parse_args()
     if args.one == "throughput":
         print(json.dumps(throughput(args.orders, args.users, args.interval or None)))
@@ -296,14 +256,12 @@ def _sustained(orders: int, users: int, repeat: int) -> None:
                 for interval in (("", "10s") if i % 2 == 0 else ("10s", ""))}
         none, r = runs[""], runs["10s"]
         pairs.append((none, r))
-        print(f"  without: {none['seconds']:6.2f} s (job thread CPU {none['thread_cpu']:5.2f} s, probe "
-              f"{none['speed_us']:.0f} us)   every 10 s: {r['seconds']:6.2f} s (job thread CPU {r['thread_cpu']:5.2f} s, "
-              f"probe {r['speed_us']:.0f} us, process CPU "
+        print(f"  without: {none['seconds']:6.2f} s (job thread CPU {none['thread_cpu']:5.2f} s)   "
+              f"every 10 s: {r['seconds']:6.2f} s (job thread CPU {r['thread_cpu']:5.2f} s, process CPU "
               f"+{r['process_cpu'] - none['process_cpu']:.2f} s), of which the start {r['start_s']:.2f} s, the final "
               f"checkpoint {r['final_s']:.2f} s; "
               f"{len(r['periodic_s'])} periodic, the job stood still {sum(r['periodic_s']):.2f} s for them; "
-              f"overhead {1 - none['seconds'] / r['seconds']:.1%}, at the probes' speed {_at_speed(none, r, 'seconds'):.1%}; "
-              "MB written: "
+              f"overhead {1 - none['seconds'] / r['seconds']:.1%}; MB written: "
               + ", ".join(f"{written / 1e6:.0f}" for _, written in r["sizes"]))
     without = statistics.median(none["seconds"] for none, _ in pairs)
     total = statistics.median(r["seconds"] for _, r in pairs)
@@ -317,16 +275,6 @@ def _sustained(orders: int, users: int, repeat: int) -> None:
               f"{statistics.mean(per_pair):.1%} (range {min(per_pair):.1%} to {max(per_pair):.1%})")
     thread = [1 - none["thread_cpu"] / r["thread_cpu"] for none, r in pairs]
     print(f"  per pair, the job thread's CPU time: median {statistics.median(thread):.1%}, mean {statistics.mean(thread):.1%}")
-    at_speed = [_at_speed(none, r, "seconds") for none, r in pairs]
-    print(f"  per pair, end to end at the probes' speed (each run's time divided by its probe's): overhead median "
-          f"{statistics.median(at_speed):.1%}, mean {statistics.mean(at_speed):.1%} "
-          f"(range {min(at_speed):.1%} to {max(at_speed):.1%})")
-
-
-def _at_speed(none: dict[str, Any], every: dict[str, Any], measure: str) -> float:
-    """The overhead of ``every`` over ``none`` with each run's ``measure`` in units of its
-    speed probe: what is left when the machine's speed in each run is taken out."""
-    return float(1 - (none[measure] / none["speed_us"]) / (every[measure] / every["speed_us"]))
 
 
 def _steady(run: dict[str, Any]) -> float:
