@@ -74,6 +74,25 @@ def test_group_by_another_key_starts_a_new_stage() -> None:
     assert [s.partition for s in topology.stages] == [None, ("tag",)], topology.explain()
 
 
+def test_a_worker_freezes_the_heap_while_it_runs_a_stage() -> None:
+    """As an embedded job does (``volga.runtime.heap``): full collections skip the objects
+    alive when the worker was configured, until it is reset (configured twice: one freeze)."""
+    import gc
+
+    from volga.runtime.ray.actor import StageWorker
+
+    pipe, _ = tc.aggregation_pipeline([], [tc.AggCase("Count", None, "5m", 1)], keys=("tag",))
+    topology = split_plan(compile_plan([pipe]), 2)
+    before = gc.get_freeze_count()  # 0 unless a job another test left running still runs
+    worker = StageWorker()
+    worker.configure(topology, 1, 0, "online", {}, None, 1)
+    assert gc.get_freeze_count() > before
+    worker.configure(topology, 1, 1, "online", {}, None, 1)
+    assert gc.get_freeze_count() > before
+    worker.reset()
+    assert gc.get_freeze_count() == before
+
+
 def test_routing_is_stable_and_keeps_order() -> None:
     rows = pl.DataFrame({"user": [f"u{i % 5}" for i in range(50)], "i": list(range(50))})
     parts = split_by_key(rows, ["user"], 3)

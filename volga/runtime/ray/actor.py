@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import Any
 
 import polars as pl
 
 from volga._optional import optional_import
+from volga.runtime.heap import frozen_while_streaming
 from volga.runtime.ray.durable import pack, unpack
 from volga.runtime.ray.exchange import from_wire, to_wire
 from volga.runtime.ray.task import StageTask, TaskMetrics
@@ -37,6 +39,7 @@ class StageWorker:
         self.ray = optional_import("ray", extra="ray", what="RayRuntime")
         self.task: StageTask | None = None
         self.in_flight: dict[tuple[int, int], collections.deque[Any]] = {}
+        self._frozen = contextlib.ExitStack()
 
     def configure(
         self,
@@ -62,6 +65,10 @@ class StageWorker:
             else:
                 reader = source.open(step.schema, name=step.source.name, mode=mode)
         self.task = StageTask(topology, stage_id, partition, mode, self._emit, self._output, reader)  # type: ignore[arg-type]
+        # As in the embedded runtime: full collections skip what is alive now (the imports,
+        # the plan, this task) while the actor runs a job (``volga.runtime.heap``).
+        self._frozen.close()
+        self._frozen.enter_context(frozen_while_streaming())
 
     def _emit(self, edge: Edge, dst: int, rows: pl.DataFrame | None, watermark: int, idle: bool) -> None:
         assert self.task is not None
@@ -158,6 +165,7 @@ class StageWorker:
         if self.task is not None and self.task.source is not None:
             self.task.source.reader.close()
         self.task, self.peers, self.outbox, self.in_flight = None, {}, None, {}
+        self._frozen.close()
 
     def ping(self) -> bool:
         return True
