@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import volga
 from tests.durable.job_output import pause_before_manifests, say
@@ -43,13 +44,27 @@ def run_job(bootstrap: str, topic: str, redis_url: str, root: Path, expect: int,
             job.wait()  # raises the job's error
             raise RuntimeError("job ended early")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{stored} of {expect} offline rows ({out} out) after 150 s")
+            raise TimeoutError(f"{stored} of {expect} offline rows ({out} out) after 150 s; {_sources(job)}")
         time.sleep(0.002)
     say("stopping")  # (a hang after this line is in job.stop())
     job.stop()
     return client
 
 
+
+
+def _sources(job: Any) -> str:
+    """Where each source stands (to tell rows not read from rows held back by a watermark)."""
+    now, parts = time.perf_counter(), []
+    for name, stage in job._stages.items():
+        reader = stage.reader
+        line = (f"source {name}: watermark {stage.watermark}, released to {getattr(stage, 'released_to', None)}, "
+                f"{0 if stage.buffer is None else stage.buffer.height} rows held, positions {reader.position()}")
+        for p in stage.partitions or ():
+            line += (f"; partition {p}: max {stage.part_max[p]}, last row {now - stage.part_last_row_at[p]:.1f} s ago, "
+                     f"caught up {reader.caught_up(p)}")
+        parts.append(line)
+    return " | ".join(parts)
 
 
 if __name__ == "__main__":
