@@ -92,13 +92,19 @@ class SourceReader(abc.ABC):
     def finished(self) -> bool:
         """True once a bounded source has handed out every row."""
 
-    def commit(self) -> None:  # noqa: B027 - optional hook
+    def commit(self, position: dict[str, int] | None = None) -> None:  # noqa: B027 - optional hook
         """Acknowledge every row handed out by ``poll`` so far: it is in the stores.
 
         Called by the runtime after the sink has written what those rows produced. Sources
         with server-side positions (Kafka consumer-group offsets, Redis Streams group acks)
         persist them here, so a restarted job resumes after the last written row
         (at-least-once). The default does nothing.
+
+        ``position``: a checkpoint's (as :meth:`position` returned it when the checkpoint
+        was taken), once that checkpoint is written. A reader with positions commits those
+        offsets, not the rows it handed out since, which no checkpoint holds yet: a job
+        restarted from the checkpoint starts a partition it had not read yet from the
+        committed offset.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -49,9 +49,9 @@ class ChainReader(SourceReader):
     def finished(self) -> bool:
         return self._current is None
 
-    def commit(self) -> None:
+    def commit(self, position: dict[str, int] | None = None) -> None:
         if self._current is not None:
-            self._current.commit()
+            self._current.commit(position)
 
     def close(self) -> None:
         if self._current is not None:

@@ -188,6 +188,8 @@ class KafkaReader(SourceReader):
         self._commits = source.group_id is not None and follow
         self._next: dict[int, int] = {}  # partition -> offset after the last message handed out
         self._committed: dict[int, int] = {}  # partition -> offset the broker acknowledged
+        # a checkpointed job's: the offsets of its last written checkpoint, the only ones it commits
+        self._checkpointed: dict[int, int] | None = None
         self._end: dict[int, int] = {}  # bounded: partition -> end offset, while still reading it
         self._frozen: set[int] = set()  # bounded: partitions whose end is fixed
         self._end_reached: set[int] = set()
@@ -455,12 +457,17 @@ class KafkaReader(SourceReader):
         """Per partition, the offset after the last message handed out."""
         return dict(self._next)
 
-    def commit(self) -> None:
+    def commit(self, position: dict[str, int] | None = None) -> None:
+        """Commit the group offsets: after every written micro-batch, of every message
+        handed out; in a checkpointed job, of the last written checkpoint's ``position``
+        only (from then on, also when the reader closes)."""
+        if position is not None:
+            self._checkpointed = {int(p): int(offset) for p, offset in position.items()}
         if not self._dead.flush() or not self._commits:
             return
         pending = [
             self._ck.TopicPartition(self._topic, p, offset)
-            for p, offset in self._next.items()
+            for p, offset in self._to_commit().items()
             if self._committed.get(p) != offset
         ]
         if pending:
@@ -468,6 +475,9 @@ class KafkaReader(SourceReader):
                 self._consumer.commit(offsets=pending, asynchronous=True)
             except self._ck.KafkaException as e:  # e.g. no broker right now: retried next batch
                 log.warning("%s: offset commit failed, will retry: %s", self._where(), e)
+
+    def _to_commit(self) -> dict[int, int]:
+        return self._next if self._checkpointed is None else self._checkpointed
 
     def close(self) -> None:
         """Commit what is still uncommitted (waiting at most ``connect_timeout``), then disconnect."""
@@ -488,10 +498,10 @@ class KafkaReader(SourceReader):
         assignment = self._consumer.assignment()
         if assignment:
             self._consumer.pause(assignment)  # poll() below only serves the commit callbacks
-        while time.monotonic() < deadline and any(self._committed.get(p) != o for p, o in self._next.items()):
+        while time.monotonic() < deadline and any(self._committed.get(p) != o for p, o in self._to_commit().items()):
             self._consumer.poll(0.05)
             self.commit()  # a failed commit is sent again
-        if any(self._committed.get(p) != o for p, o in self._next.items()):
+        if any(self._committed.get(p) != o for p, o in self._to_commit().items()):
             log.warning("%s: offsets not committed before close; the next job re-reads from the last commit", self._where())
 
 

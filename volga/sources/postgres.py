@@ -311,7 +311,7 @@ class PostgresReader(SourceReader):
         """Rows set aside so far."""
         return self._dead.count
 
-    def commit(self) -> None:
+    def commit(self, position: dict[str, int] | None = None) -> None:
         self._dead.flush()
 
     def _drop_connection(self) -> None:

@@ -250,7 +250,7 @@ class RedisStreamReader(SourceReader):
         """Entries set aside so far (dead-lettered, if a dead-letter sink is configured)."""
         return self._dead.count
 
-    def commit(self) -> None:
+    def commit(self, position: dict[str, int] | None = None) -> None:
         if not self._dead.flush() or not self._unacked:
             return
         ids, self._unacked = self._unacked, []

@@ -269,8 +269,8 @@ class StreamReader(SourceReader):
     def finished(self) -> bool:
         return bool(self.reader.finished)
 
-    def commit(self) -> None:
-        self.reader.commit()
+    def commit(self, position: dict[str, int] | None = None) -> None:
+        self.reader.commit(position)
 
     def close(self) -> None:
         self.reader.close()

@@ -205,19 +205,20 @@ def run_streaming(
         if checkpoint is None:
             _commit_sources(ops, stages)
         elif checkpoint(metrics, False):
-            _commit_readers(stages)
+            _commit_checkpointed(stages)
         if all(stage.done for stage in stages.values()):
             break
         if not any(outputs[s.id] is not None for s in plan.source_steps()):
             time.sleep(options.idle_sleep_s)
     if checkpoint is not None and checkpoint(metrics, True):
-        _commit_readers(stages)
+        _commit_checkpointed(stages)
 
 
-def _commit_readers(stages: dict[int, SourceStage]) -> None:
-    """After a checkpoint: positions committed for lag monitoring (held rows are in the checkpoint)."""
+def _commit_checkpointed(stages: dict[int, SourceStage]) -> None:
+    """After a checkpoint is written: its positions committed, for lag monitoring (held
+    rows are in the checkpoint)."""
     for stage in stages.values():
-        stage.reader.commit()
+        stage.commit_checkpointed()
 
 
 def _commit_sources(ops: Mapping[int, Operator], stages: dict[int, SourceStage]) -> None:
@@ -233,4 +234,5 @@ def _commit_sources(ops: Mapping[int, Operator], stages: dict[int, SourceStage])
         return
     if any(op.buffered_rows for op in ops.values()):
         return
-    _commit_readers(stages)
+    for stage in stages.values():
+        stage.reader.commit()

@@ -117,6 +117,7 @@ class SourceStage:
         self.pending_entered: float | None = None
         self.done = False
         self.skip_rows = 0  # rows a restored job re-reads from a source without positions
+        self.snapshot_position: dict[str, int] | None = None  # the reader's, at the last snapshot
         self.polled = 0  # rows the reader handed out (restoring a source without positions skips them)
         parts = getattr(reader, "partition_ids", None)  # readers outside SourceReader: unpartitioned
         self.partitions: tuple[int, ...] | None = tuple(parts) if parts is not None else None
@@ -302,10 +303,17 @@ class SourceStage:
             "done": self.done,
             "position": self.reader.position(),
         }
+        self.snapshot_position = state["position"]
         if self.partitions is not None:
             state["part_max"] = {str(p): m for p, m in self.part_max.items()}
             state["released_to"] = self.released_to
         return state
+
+    def commit_checkpointed(self) -> None:
+        """Once the checkpoint of the last snapshot is written: the reader commits that
+        snapshot's position (Kafka group offsets, for lag monitoring), not the rows it has
+        read since, which only the next checkpoint will hold."""
+        self.reader.commit(self.snapshot_position)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue as the snapshotted stage would: the reader seeks to the saved position

@@ -139,7 +139,7 @@ class StageWorker:
         """After a checkpoint is written: the source's positions committed (Kafka group
         offsets), for lag monitoring; the checkpoint is what a restarted job resumes from."""
         if self.task is not None and self.task.source is not None:
-            self.task.source.reader.commit()
+            self.task.source.commit_checkpointed()
 
     def rewind_source(self) -> None:
         """Read the source from its first row (a job rebuilding its state)."""
