@@ -253,3 +253,24 @@ def test_a_job_that_dies_before_its_first_periodic_checkpoint_applies_nothing_tw
     offline, history = stores(client)
     assert history.equals(want[1]), "Redis history differs (rows applied twice)"
     assert offline.equals(want[0])
+
+
+def test_sources_commit_the_positions_of_the_checkpoint_just_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a checkpoint is written, each source commits that checkpoint's position (Kafka:
+    group offsets), not one it reached since: a restart from the checkpoint starts a
+    partition it had not read from the committed offset, so committing ahead skips rows."""
+    from volga.sources.memory import MemoryReader
+
+    commits: list[tuple[dict[str, int] | None, list[dict[str, int]]]] = []  # (committed, positions on disk)
+
+    def commit(self: MemoryReader, position: dict[str, int] | None = None) -> None:
+        latest = CheckpointStore(tmp_path / "checkpoints").latest()
+        assert latest is not None
+        commits.append((position, [s["position"] for s in latest.state["sources"].values()]))
+
+    monkeypatch.setattr(MemoryReader, "position", lambda self: {"0": self._pos})
+    monkeypatch.setattr(MemoryReader, "commit", commit)
+    run(tmp_path)  # a checkpoint every micro-batch boundary ("0s"), each written in the background
+    orders = [position for position, _ in commits if position and position["0"] > 20]  # the 20 users are read at once
+    assert len(orders) >= 5, commits
+    assert all(position in on_disk for position, on_disk in commits), [c for c in commits if c[0] not in c[1]][:3]

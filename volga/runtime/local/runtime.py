@@ -106,7 +106,9 @@ class LocalRuntime:
                         ckpt.take(metrics)
                         return True
                     done = ckpt.written()
-                    if not ckpt.writing and ckpt.due():
+                    # Not in the call that saw a write finish: the sources commit the
+                    # positions of their last snapshot, which must be the written one's.
+                    if not done and not ckpt.writing and ckpt.due():
                         ckpt.take_in_background(metrics)
                     return done
 

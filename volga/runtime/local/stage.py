@@ -312,7 +312,8 @@ class SourceStage:
     def commit_checkpointed(self) -> None:
         """Once the checkpoint of the last snapshot is written: the reader commits that
         snapshot's position (Kafka group offsets, for lag monitoring), not the rows it has
-        read since, which only the next checkpoint will hold."""
+        read since, which only the next checkpoint will hold. The runtimes call it before
+        they take the next snapshot."""
         self.reader.commit(self.snapshot_position)
 
     def restore(self, state: dict[str, Any]) -> None:
